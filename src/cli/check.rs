@@ -1,0 +1,50 @@
+//! `check`: validate rule files.
+
+use super::Failure;
+use crate::engine::{KeySupply, Limits, Sanitizer};
+use crate::rules::RuleFile;
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub(crate) struct CheckArgs {
+    /// Rule files to check.
+    #[arg(required = true, value_name = "RULE_FILE")]
+    files: Vec<PathBuf>,
+}
+
+pub(crate) fn run(args: CheckArgs) -> Result<ExitCode, Failure> {
+    let mut failed = 0;
+    for path in &args.files {
+        match RuleFile::load(path) {
+            Ok((file, warnings)) => {
+                print!("{warnings}");
+                // Compile too (with a placeholder key): catches what only the
+                // compiler knows, such as too many globs.
+                match Sanitizer::compile(&file, KeySupply::Placeholder, Limits::default()) {
+                    Ok(_) => println!(
+                        "{}: ok ({} rules, {} warnings)",
+                        path.display(),
+                        file.rules.len(),
+                        warnings.warnings().count()
+                    ),
+                    Err(e) => {
+                        println!("{}:1:1: error: {e}", path.display());
+                        failed += 1;
+                    }
+                }
+            }
+            Err(diags) => {
+                print!("{diags}");
+                println!("{}: {} errors", path.display(), diags.errors().count());
+                failed += 1;
+            }
+        }
+    }
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,152 @@
+//! The commands of the `event-sanitizer` binary, one file each.
+//!
+//! Exit codes are stable: 0 success; 1 rule errors, failing rule tests or
+//! an input that could not be fully processed; 2 usage or configuration
+//! errors (a missing file, a bad flag, a hash key that cannot be read).
+
+mod check;
+mod explain;
+mod sanitize;
+mod schema;
+mod test;
+
+use crate::engine::{KeySupply, Limits, Sanitizer};
+use crate::rules::RuleFile;
+use crate::secret::Secret;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// event-sanitizer: keeps personal data out of the events sent to Customer.io.
+///
+/// Rules are YAML files written by the data governance team (see
+/// docs/rules.md). These commands check them, test them, explain what they
+/// do to an event, and apply them to files of events.
+#[derive(Parser, Debug)]
+#[command(name = "event-sanitizer", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check rule files: print every error and warning with file:line:column.
+    ///
+    /// Exits 1 when any file has an error, 0 otherwise (warnings are printed
+    /// but do not fail). Does not need the hash key.
+    Check(check::CheckArgs),
+    /// Run rule tests: every case of every test file, with a diff for each failure.
+    ///
+    /// PATHS are test files or folders; in a folder every .yaml file with
+    /// `cases:` is a test file. Exits 1 when any case fails.
+    Test(test::TestArgs),
+    /// Show what the rules do to one event: the output and every decision.
+    Explain(explain::ExplainArgs),
+    /// Sanitize a file of events (JSON Lines), e.g. to anonymize a historical export.
+    Sanitize(sanitize::SanitizeArgs),
+    /// Print the JSON Schema of the rule language (for editors, via yaml-language-server).
+    Schema,
+}
+
+/// Where the hash key comes from, for commands that hash.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct KeyArgs {
+    /// Read the HMAC key from this file instead of the source the rule file names.
+    #[arg(long, value_name = "FILE")]
+    hash_key_file: Option<PathBuf>,
+    /// Use a fixed, public placeholder key: digests are deterministic but are
+    /// not the production ones. For trying rules without the secret.
+    #[arg(long, conflicts_with = "hash_key_file")]
+    placeholder_key: bool,
+}
+
+/// Rules and limits, for commands that sanitize.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct RulesArgs {
+    /// The rule file.
+    #[arg(long, short = 'r', value_name = "FILE")]
+    rules: PathBuf,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// Largest message accepted, in bytes; larger ones are dead letters.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_bytes)]
+    max_bytes: usize,
+    /// Deepest nesting accepted; deeper messages are dead letters.
+    #[arg(long, value_name = "LEVELS", default_value_t = Limits::default().max_depth)]
+    max_depth: usize,
+}
+
+/// An error for a person: printed once, with the exit code to use.
+pub(crate) struct Failure {
+    pub message: String,
+    pub code: u8,
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            code: 2,
+        }
+    }
+}
+
+impl RulesArgs {
+    /// Loads and compiles the rule file, printing warnings to stderr.
+    pub(crate) fn sanitizer(&self) -> Result<Sanitizer, Failure> {
+        let (file, warnings) = RuleFile::load(&self.rules).map_err(|d| Failure {
+            message: d.to_string().trim_end().to_string(),
+            code: 1,
+        })?;
+        for w in warnings.warnings() {
+            eprintln!("{w}");
+        }
+        let owned;
+        let supply = if self.key.placeholder_key {
+            KeySupply::Placeholder
+        } else if let Some(path) = &self.key.hash_key_file {
+            owned = Secret::from_file(path).map_err(|e| {
+                Failure::usage(format!(
+                    "cannot read the hash key file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            if owned.is_empty() {
+                return Err(Failure::usage(format!(
+                    "the hash key file {} is empty",
+                    path.display()
+                )));
+            }
+            KeySupply::Fixed(&owned)
+        } else {
+            KeySupply::FromSource
+        };
+        let limits = Limits {
+            max_bytes: self.max_bytes,
+            max_depth: self.max_depth,
+        };
+        Sanitizer::compile(&file, supply, limits).map_err(|e| {
+            Failure::usage(format!("{e}\nhint: set the key where the rule file says, pass --hash-key-file FILE, or --placeholder-key for a dry run"))
+        })
+    }
+}
+
+/// Runs the binary: parses arguments, dispatches, prints errors once.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(a) => check::run(a),
+        Command::Test(a) => test::run(a),
+        Command::Explain(a) => explain::run(a),
+        Command::Sanitize(a) => sanitize::run(a),
+        Command::Schema => schema::run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

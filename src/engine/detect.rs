@@ -1,0 +1,448 @@
+//! Value detectors: find PII inside free text.
+//!
+//! Each detector has a cheap prefilter (a byte that must be present, a
+//! minimum count of digits) so that most strings cost one pass over their
+//! bytes; card numbers and SSNs are found by hand-written scanners that
+//! also do the checks a regex cannot (Luhn, SSN area rules).
+
+use crate::rules::{Builtin, DetectorSpec};
+use regex::Regex;
+
+/// A match: byte range in the scanned string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub start: usize,
+    pub end: usize,
+    /// Index into the sanitizer's detector table.
+    pub detector: u16,
+}
+
+/// A compiled detector.
+#[derive(Debug)]
+pub(crate) struct Detector {
+    pub name: String,
+    kind: DetectorKind,
+}
+
+#[derive(Debug)]
+enum DetectorKind {
+    CreditCard,
+    UsSsn,
+    Ipv6,
+    /// A regex with a prefilter and a validator.
+    Regex {
+        re: Regex,
+        pre: Prefilter,
+        check: fn(&str) -> bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Prefilter {
+    None,
+    Byte(u8),
+    Literal(&'static str),
+    MinDigits(usize),
+    Dots(usize),
+}
+
+fn always(_: &str) -> bool {
+    true
+}
+
+impl Detector {
+    pub fn compile(spec: &DetectorSpec) -> Result<Detector, regex::Error> {
+        let rx = |p: &str| regex::RegexBuilder::new(p).size_limit(1 << 20).build();
+        let kind = match spec {
+            DetectorSpec::Builtin(Builtin::CreditCard) => DetectorKind::CreditCard,
+            DetectorSpec::Builtin(Builtin::UsSsn) => DetectorKind::UsSsn,
+            DetectorSpec::Builtin(Builtin::Ipv6) => DetectorKind::Ipv6,
+            DetectorSpec::Builtin(Builtin::Email) => DetectorKind::Regex {
+                re: rx(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")?,
+                pre: Prefilter::Byte(b'@'),
+                check: always,
+            },
+            DetectorSpec::Builtin(Builtin::Phone) => DetectorKind::Regex {
+                re: rx(concat!(
+                    r"\+[0-9]{1,3}(?:[ .\-]?\(?[0-9]{1,4}\)?)(?:[ .\-]?[0-9]{2,8}){1,4}",
+                    r"|\([0-9]{2,4}\)[ .\-]?[0-9]{3,4}[ .\-]?[0-9]{3,4}",
+                    r"|\b[0-9]{3}[.\-][0-9]{3}[.\-][0-9]{4}\b",
+                ))?,
+                pre: Prefilter::MinDigits(7),
+                check: phone_ok,
+            },
+            DetectorSpec::Builtin(Builtin::Ipv4) => DetectorKind::Regex {
+                re: rx(r"\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b")?,
+                pre: Prefilter::Dots(3),
+                check: |s| s.parse::<std::net::Ipv4Addr>().is_ok(),
+            },
+            DetectorSpec::Builtin(Builtin::Iban) => DetectorKind::Regex {
+                re: rx(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}\b")?,
+                pre: Prefilter::MinDigits(4),
+                check: iban_ok,
+            },
+            DetectorSpec::Builtin(Builtin::Jwt) => DetectorKind::Regex {
+                re: rx(r"\beyJ[A-Za-z0-9_\-]{2,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*")?,
+                pre: Prefilter::Literal("eyJ"),
+                check: always,
+            },
+            DetectorSpec::Custom { regex, .. } => DetectorKind::Regex {
+                re: rx(regex)?,
+                pre: Prefilter::None,
+                check: always,
+            },
+        };
+        Ok(Detector {
+            name: spec.name().to_string(),
+            kind,
+        })
+    }
+
+    /// Appends every match in `s` to `out`, tagged with `id`.
+    pub fn find(&self, s: &str, id: u16, out: &mut Vec<Found>) {
+        match &self.kind {
+            DetectorKind::CreditCard => find_cards(s.as_bytes(), id, out),
+            DetectorKind::UsSsn => find_ssns(s.as_bytes(), id, out),
+            DetectorKind::Ipv6 => find_ipv6(s, id, out),
+            DetectorKind::Regex { re, pre, check } => {
+                let pass = match *pre {
+                    Prefilter::None => true,
+                    Prefilter::Byte(c) => memchr::memchr(c, s.as_bytes()).is_some(),
+                    Prefilter::Literal(l) => {
+                        memchr::memmem::find(s.as_bytes(), l.as_bytes()).is_some()
+                    }
+                    Prefilter::MinDigits(n) => s.bytes().filter(u8::is_ascii_digit).count() >= n,
+                    Prefilter::Dots(n) => memchr::memchr_iter(b'.', s.as_bytes()).count() >= n,
+                };
+                if !pass {
+                    return;
+                }
+                for m in re.find_iter(s) {
+                    if m.is_empty() {
+                        continue;
+                    }
+                    let text = m.as_str();
+                    if check(text) {
+                        out.push(Found {
+                            start: m.start(),
+                            end: m.end(),
+                            detector: id,
+                        });
+                    } else if let Some(end) = shrink_iban(text) {
+                        // An IBAN followed by unrelated words: keep the valid prefix.
+                        out.push(Found {
+                            start: m.start(),
+                            end: m.start() + end,
+                            detector: id,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[inline]
+fn alnum(b: &[u8], i: usize) -> bool {
+    b.get(i).is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+/// Luhn check over the digits of `b` (separators skipped).
+pub(crate) fn luhn(b: &[u8]) -> bool {
+    let mut sum = 0u32;
+    let mut double = false;
+    for &c in b.iter().rev() {
+        if !c.is_ascii_digit() {
+            continue;
+        }
+        let mut d = (c - b'0') as u32;
+        if double {
+            d *= 2;
+            if d > 9 {
+                d -= 9;
+            }
+        }
+        sum += d;
+        double = !double;
+    }
+    sum % 10 == 0
+}
+
+/// Card numbers: 13-19 digits in groups split by single spaces or dashes,
+/// not glued to letters or digits on either side, passing Luhn. When a run
+/// of groups is longer, the longest valid prefix of whole groups is taken.
+fn find_cards(b: &[u8], id: u16, out: &mut Vec<Found>) {
+    let n = b.len();
+    // Prefilter: at least 13 digits in the string.
+    if b.iter().filter(|c| c.is_ascii_digit()).count() < 13 {
+        return;
+    }
+    let mut i = 0;
+    while i < n {
+        if !b[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        if i > 0 && alnum(b, i - 1) {
+            while i < n && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            continue;
+        }
+        // Collect group ends: (byte end, digits so far).
+        let start = i;
+        let mut ends: smallvec::SmallVec<[(usize, usize); 8]> = smallvec::SmallVec::new();
+        let mut j = i;
+        let mut digits = 0;
+        loop {
+            while j < n && b[j].is_ascii_digit() {
+                j += 1;
+                digits += 1;
+            }
+            ends.push((j, digits));
+            if digits < 19
+                && j + 1 < n
+                && (b[j] == b' ' || b[j] == b'-')
+                && b[j + 1].is_ascii_digit()
+            {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        let found = ends
+            .iter()
+            .rev()
+            .find(|&&(end, d)| (13..=19).contains(&d) && !alnum(b, end) && luhn(&b[start..end]));
+        match found {
+            Some(&(end, _)) => {
+                out.push(Found {
+                    start,
+                    end,
+                    detector: id,
+                });
+                i = end;
+            }
+            None => i = ends[0].0,
+        }
+    }
+}
+
+/// US SSNs: `AAA-GG-SSSS` or `AAA GG SSSS`, area not 000, 666 or 9xx,
+/// group not 00, serial not 0000.
+fn find_ssns(b: &[u8], id: u16, out: &mut Vec<Found>) {
+    let n = b.len();
+    if n < 11 {
+        return;
+    }
+    let d = |i: usize| b[i].is_ascii_digit();
+    let mut i = 0;
+    while i + 11 <= n {
+        if !d(i) || (i > 0 && alnum(b, i - 1)) {
+            i += 1;
+            continue;
+        }
+        let sep = b[i + 3];
+        let shape = d(i + 1)
+            && d(i + 2)
+            && (sep == b'-' || sep == b' ')
+            && d(i + 4)
+            && d(i + 5)
+            && b[i + 6] == sep
+            && d(i + 7)
+            && d(i + 8)
+            && d(i + 9)
+            && d(i + 10)
+            && !alnum(b, i + 11);
+        if shape {
+            let area = &b[i..i + 3];
+            let valid = area != b"000"
+                && area != b"666"
+                && area[0] != b'9'
+                && &b[i + 4..i + 6] != b"00"
+                && &b[i + 7..i + 11] != b"0000";
+            if valid {
+                out.push(Found {
+                    start: i,
+                    end: i + 11,
+                    detector: id,
+                });
+                i += 11;
+                continue;
+            }
+        }
+        i += 1;
+    }
+}
+
+fn find_ipv6(s: &str, id: u16, out: &mut Vec<Found>) {
+    let b = s.as_bytes();
+    if memchr::memchr_iter(b':', b).take(2).count() < 2 {
+        return;
+    }
+    let is_part = |c: u8| c.is_ascii_hexdigit() || c == b':' || c == b'.';
+    let mut i = 0;
+    while i < b.len() {
+        if !is_part(b[i]) || (i > 0 && alnum(b, i - 1)) {
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        while j < b.len() && is_part(b[j]) {
+            j += 1;
+        }
+        let mut end = j;
+        // A trailing dot is sentence punctuation, not part of the address.
+        while end > i && b[end - 1] == b'.' {
+            end -= 1;
+        }
+        let cand = &s[i..end];
+        if !alnum(b, j)
+            && cand.matches(':').count() >= 2
+            && cand.parse::<std::net::Ipv6Addr>().is_ok()
+        {
+            out.push(Found {
+                start: i,
+                end,
+                detector: id,
+            });
+        }
+        i = j.max(i + 1);
+    }
+}
+
+fn phone_ok(s: &str) -> bool {
+    let digits = s.bytes().filter(u8::is_ascii_digit).count();
+    (7..=15).contains(&digits)
+}
+
+fn iban_ok(s: &str) -> bool {
+    let compact: Vec<u8> = s.bytes().filter(|c| *c != b' ').collect();
+    if !(15..=34).contains(&compact.len()) {
+        return false;
+    }
+    // Move the first four characters to the end; letters become 10..35.
+    let mut rem = 0u32;
+    for &c in compact[4..].iter().chain(&compact[..4]) {
+        let v = match c {
+            b'0'..=b'9' => (c - b'0') as u32,
+            b'A'..=b'Z' => (c - b'A') as u32 + 10,
+            _ => return false,
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+/// For an IBAN candidate that fails the check: the longest prefix ending at
+/// a space that passes it.
+fn shrink_iban(s: &str) -> Option<usize> {
+    if !s.as_bytes().first().is_some_and(u8::is_ascii_uppercase) || !s.contains(' ') {
+        return None;
+    }
+    let mut ends: Vec<usize> = s.match_indices(' ').map(|(i, _)| i).collect();
+    ends.reverse();
+    ends.into_iter().find(|&e| iban_ok(&s[..e]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find(b: Builtin, s: &str) -> Vec<String> {
+        let d = Detector::compile(&DetectorSpec::Builtin(b)).unwrap();
+        let mut out = Vec::new();
+        d.find(s, 0, &mut out);
+        out.iter().map(|f| s[f.start..f.end].to_string()).collect()
+    }
+
+    #[test]
+    fn cards() {
+        assert_eq!(
+            find(Builtin::CreditCard, "card 4111 1111 1111 1111 exp"),
+            vec!["4111 1111 1111 1111"]
+        );
+        assert_eq!(
+            find(Builtin::CreditCard, "4111-1111-1111-1111"),
+            vec!["4111-1111-1111-1111"]
+        );
+        assert_eq!(
+            find(Builtin::CreditCard, "x4111111111111111"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            find(Builtin::CreditCard, "4111111111111112"),
+            Vec::<String>::new(),
+            "Luhn"
+        );
+        assert_eq!(
+            find(Builtin::CreditCard, "4111 1111 1111 1111 1234"),
+            vec!["4111 1111 1111 1111"]
+        );
+        assert_eq!(
+            find(Builtin::CreditCard, "378282246310005"),
+            vec!["378282246310005"],
+            "amex 15"
+        );
+        assert!(find(Builtin::CreditCard, "2026-11-05T10:11:12.000Z").is_empty());
+    }
+
+    #[test]
+    fn ssns() {
+        assert_eq!(
+            find(Builtin::UsSsn, "SSN 123-45-6789 twice"),
+            vec!["123-45-6789"]
+        );
+        assert_eq!(find(Builtin::UsSsn, "123 45 6789"), vec!["123 45 6789"]);
+        for bad in [
+            "000-12-3456",
+            "666-12-3456",
+            "912-12-3456",
+            "123-00-4567",
+            "123-45-0000",
+            "123-45 6789",
+            "1123-45-6789",
+        ] {
+            assert!(find(Builtin::UsSsn, bad).is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn others() {
+        assert_eq!(
+            find(Builtin::Email, "mail jane.doe+x@mail.example.com now"),
+            vec!["jane.doe+x@mail.example.com"]
+        );
+        assert_eq!(
+            find(Builtin::Phone, "call +1-555-123-4567 or (555) 123-4567"),
+            vec!["+1-555-123-4567", "(555) 123-4567"]
+        );
+        assert_eq!(
+            find(Builtin::Phone, "+49 30 1234567"),
+            vec!["+49 30 1234567"]
+        );
+        assert!(find(Builtin::Phone, "2026-11-05").is_empty());
+        assert_eq!(find(Builtin::Ipv4, "from 10.0.0.1."), vec!["10.0.0.1"]);
+        assert!(find(Builtin::Ipv4, "999.1.1.1").is_empty());
+        assert_eq!(
+            find(Builtin::Ipv6, "addr 2001:db8::1 ok"),
+            vec!["2001:db8::1"]
+        );
+        assert!(find(Builtin::Ipv6, "at 10:11:12").is_empty());
+        assert_eq!(
+            find(Builtin::Iban, "pay DE89 3704 0044 0532 0130 00 THANKS"),
+            vec!["DE89 3704 0044 0532 0130 00"]
+        );
+        assert_eq!(
+            find(Builtin::Iban, "GB82WEST12345698765432"),
+            vec!["GB82WEST12345698765432"]
+        );
+        assert!(find(Builtin::Iban, "GB82WEST12345698765433").is_empty());
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc_DEF-123";
+        assert_eq!(find(Builtin::Jwt, &format!("Bearer {jwt}")), vec![jwt]);
+    }
+}

@@ -1,0 +1,90 @@
+//! What `explain` reports: every decision the engine took, and where.
+
+use super::DeadLetterReason;
+use std::fmt;
+
+/// One decision on one location.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Where, from the message root: `traits.phone`, `batch[2].context.ip`.
+    pub location: String,
+    /// Where the value went when the key was renamed (`traits.phone_hash`).
+    pub output: Option<String>,
+    /// `drop`, `hash`, `redact`, `keep` or `drop (not allowed)`.
+    pub action: &'static str,
+    /// The rule that decided.
+    pub rule: String,
+    /// More detail: which detector matched, which scope did not allow.
+    pub note: Option<String>,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.location)?;
+        if let Some(out) = &self.output {
+            write!(f, " -> {out}")?;
+        }
+        write!(f, ": {} by rule {}", self.action, self.rule)?;
+        if let Some(note) = &self.note {
+            write!(f, " ({note})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of [`Sanitizer::explain`](super::Sanitizer::explain).
+#[derive(Debug)]
+pub struct Explanation {
+    /// The clean JSON, or why the message is a dead letter.
+    pub output: Result<Vec<u8>, DeadLetterReason>,
+    /// Decisions in document order.
+    pub decisions: Vec<Decision>,
+    /// Rules whose `when` did not hold: (event location, rule id).
+    pub skipped: Vec<(String, String)>,
+    /// `allow` rules whose scope was reached with their `when` holding.
+    pub reached: Vec<String>,
+}
+
+/// Receives decisions while the engine walks a message. The engine is
+/// generic over it, so the production path ([`NoTrace`]) pays nothing.
+pub(crate) trait Trace {
+    const ON: bool;
+    fn decision(&mut self, d: Decision);
+    fn skipped(&mut self, event: &str, rule: &str);
+    fn reached(&mut self, rule: &str);
+}
+
+pub(crate) struct NoTrace;
+
+impl Trace for NoTrace {
+    const ON: bool = false;
+    #[inline(always)]
+    fn decision(&mut self, _: Decision) {}
+    #[inline(always)]
+    fn skipped(&mut self, _: &str, _: &str) {}
+    #[inline(always)]
+    fn reached(&mut self, _: &str) {}
+}
+
+#[derive(Default)]
+pub(crate) struct Recorder {
+    pub decisions: Vec<Decision>,
+    pub skipped: Vec<(String, String)>,
+    pub reached: Vec<String>,
+}
+
+impl Trace for Recorder {
+    const ON: bool = true;
+    fn decision(&mut self, d: Decision) {
+        self.decisions.push(d);
+    }
+    fn skipped(&mut self, event: &str, rule: &str) {
+        let event = if event.is_empty() { "(event)" } else { event };
+        self.skipped.push((event.to_string(), rule.to_string()));
+    }
+    fn reached(&mut self, rule: &str) {
+        if !self.reached.iter().any(|r| r == rule) {
+            self.reached.push(rule.to_string());
+        }
+    }
+}

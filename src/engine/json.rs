@@ -1,0 +1,470 @@
+//! A strict JSON tokenizer that records a flat tape of tokens with byte
+//! spans into the input, so the sanitizer can validate a whole message
+//! before writing anything, look ahead (for `when`), skip subtrees, and copy
+//! untouched scalars byte for byte.
+//!
+//! Strictness is part of failing closed: anything `serde_json` would reject
+//! is rejected here too, and so are unpaired UTF-16 surrogate escapes.
+
+/// Token kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Object,
+    Array,
+    String,
+    Number,
+    True,
+    False,
+    Null,
+}
+
+/// One token. For containers `start..end` spans the brackets and `next` is
+/// the tape index just past the container's last token; for strings
+/// `start..end` is the content between the quotes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tok {
+    pub kind: Kind,
+    /// Strings: whether the content has a backslash escape.
+    pub escaped: bool,
+    pub start: u32,
+    pub end: u32,
+    pub next: u32,
+}
+
+/// Why a message is not acceptable JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum JsonError {
+    /// Not JSON, at this byte offset.
+    Syntax(usize),
+    /// Nested deeper than the limit.
+    TooDeep,
+}
+
+// Bytes that end the fast path inside a string: quote, backslash, controls.
+#[inline(always)]
+fn needs_attention(chunk: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let quote = chunk ^ (ONES * b'"' as u64);
+    let backslash = chunk ^ (ONES * b'\\' as u64);
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let below_space = chunk.wrapping_sub(ONES * 0x20) & !chunk & HIGHS;
+    (has_zero(quote) | has_zero(backslash) | below_space) != 0
+}
+
+#[inline(always)]
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
+        i += 1;
+    }
+    i
+}
+
+/// Scans a string whose opening quote is at `i`; returns (index of the
+/// closing quote, has escapes).
+#[inline]
+fn scan_string(b: &[u8], i: usize) -> Result<(usize, bool), JsonError> {
+    let mut j = i + 1;
+    let mut escaped = false;
+    loop {
+        while j + 8 <= b.len() {
+            let chunk = u64::from_le_bytes(b[j..j + 8].try_into().unwrap_or([0; 8]));
+            if needs_attention(chunk) {
+                break;
+            }
+            j += 8;
+        }
+        let Some(&c) = b.get(j) else {
+            return Err(JsonError::Syntax(j));
+        };
+        match c {
+            b'"' => return Ok((j, escaped)),
+            b'\\' => {
+                escaped = true;
+                j = scan_escape(b, j)?;
+            }
+            0..=0x1f => return Err(JsonError::Syntax(j)),
+            _ => j += 1,
+        }
+    }
+}
+
+/// Validates the escape at `b[i] == '\\'`; returns the index after it.
+fn scan_escape(b: &[u8], i: usize) -> Result<usize, JsonError> {
+    match b.get(i + 1) {
+        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(i + 2),
+        Some(b'u') => {
+            let unit = hex4(b, i + 2).ok_or(JsonError::Syntax(i))?;
+            match unit {
+                0xD800..=0xDBFF => {
+                    // A high surrogate must be followed by a low one.
+                    if b.get(i + 6) == Some(&b'\\') && b.get(i + 7) == Some(&b'u') {
+                        if let Some(0xDC00..=0xDFFF) = hex4(b, i + 8) {
+                            return Ok(i + 12);
+                        }
+                    }
+                    Err(JsonError::Syntax(i))
+                }
+                0xDC00..=0xDFFF => Err(JsonError::Syntax(i)),
+                _ => Ok(i + 6),
+            }
+        }
+        _ => Err(JsonError::Syntax(i)),
+    }
+}
+
+fn hex4(b: &[u8], i: usize) -> Option<u32> {
+    let s = b.get(i..i + 4)?;
+    let mut v = 0u32;
+    for &c in s {
+        v = v * 16 + (c as char).to_digit(16)?;
+    }
+    Some(v)
+}
+
+fn scan_number(b: &[u8], i: usize) -> Result<usize, JsonError> {
+    let mut j = i;
+    if b[j] == b'-' {
+        j += 1;
+    }
+    match b.get(j) {
+        Some(b'0') => j += 1,
+        Some(b'1'..=b'9') => {
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+        }
+        _ => return Err(JsonError::Syntax(j)),
+    }
+    if b.get(j) == Some(&b'.') {
+        j += 1;
+        let s = j;
+        while j < b.len() && b[j].is_ascii_digit() {
+            j += 1;
+        }
+        if j == s {
+            return Err(JsonError::Syntax(j));
+        }
+    }
+    if matches!(b.get(j), Some(b'e' | b'E')) {
+        j += 1;
+        if matches!(b.get(j), Some(b'+' | b'-')) {
+            j += 1;
+        }
+        let s = j;
+        while j < b.len() && b[j].is_ascii_digit() {
+            j += 1;
+        }
+        if j == s {
+            return Err(JsonError::Syntax(j));
+        }
+    }
+    Ok(j)
+}
+
+/// Tokenizes `b` (already known to be UTF-8) into `tape`.
+pub(crate) fn tokenize(
+    b: &[u8],
+    max_depth: usize,
+    tape: &mut Vec<Tok>,
+    stack: &mut Vec<u32>,
+) -> Result<(), JsonError> {
+    tape.clear();
+    stack.clear();
+    let mut i = skip_ws(b, 0);
+    'value: loop {
+        // Expecting a value at `i`.
+        let Some(&c) = b.get(i) else {
+            return Err(JsonError::Syntax(i));
+        };
+        match c {
+            b'{' | b'[' => {
+                if stack.len() >= max_depth {
+                    return Err(JsonError::TooDeep);
+                }
+                let is_obj = c == b'{';
+                stack.push(tape.len() as u32);
+                tape.push(Tok {
+                    kind: if is_obj { Kind::Object } else { Kind::Array },
+                    escaped: false,
+                    start: i as u32,
+                    end: 0,
+                    next: 0,
+                });
+                i = skip_ws(b, i + 1);
+                let close = if is_obj { b'}' } else { b']' };
+                if b.get(i) != Some(&close) {
+                    if is_obj {
+                        i = object_key(b, i, tape)?;
+                    }
+                    continue 'value;
+                }
+                // Empty container: fall through to closing below.
+            }
+            b'"' => {
+                let (end, escaped) = scan_string(b, i)?;
+                tape.push(Tok {
+                    kind: Kind::String,
+                    escaped,
+                    start: i as u32 + 1,
+                    end: end as u32,
+                    next: tape.len() as u32 + 1,
+                });
+                i = end + 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let end = scan_number(b, i)?;
+                tape.push(Tok {
+                    kind: Kind::Number,
+                    escaped: false,
+                    start: i as u32,
+                    end: end as u32,
+                    next: tape.len() as u32 + 1,
+                });
+                i = end;
+            }
+            _ => {
+                let (kind, word): (Kind, &[u8]) = match c {
+                    b't' => (Kind::True, b"true"),
+                    b'f' => (Kind::False, b"false"),
+                    b'n' => (Kind::Null, b"null"),
+                    _ => return Err(JsonError::Syntax(i)),
+                };
+                if !b[i..].starts_with(word) {
+                    return Err(JsonError::Syntax(i));
+                }
+                tape.push(Tok {
+                    kind,
+                    escaped: false,
+                    start: i as u32,
+                    end: (i + word.len()) as u32,
+                    next: tape.len() as u32 + 1,
+                });
+                i += word.len();
+            }
+        }
+        // After a value (or at an empty container's closing bracket).
+        loop {
+            i = skip_ws(b, i);
+            let Some(&top) = stack.last() else {
+                return if i == b.len() {
+                    Ok(())
+                } else {
+                    Err(JsonError::Syntax(i))
+                };
+            };
+            let is_obj = tape[top as usize].kind == Kind::Object;
+            match (is_obj, b.get(i)) {
+                (true, Some(b'}')) | (false, Some(b']')) => {
+                    let n = tape.len() as u32;
+                    let t = &mut tape[top as usize];
+                    t.end = i as u32 + 1;
+                    t.next = n;
+                    stack.pop();
+                    i += 1;
+                }
+                (true, Some(b',')) => {
+                    i = object_key(b, skip_ws(b, i + 1), tape)?;
+                    continue 'value;
+                }
+                (false, Some(b',')) => {
+                    i = skip_ws(b, i + 1);
+                    continue 'value;
+                }
+                _ => return Err(JsonError::Syntax(i)),
+            }
+        }
+    }
+}
+
+/// Reads `"key" :` at `i`; returns the index of the value.
+#[inline]
+fn object_key(b: &[u8], i: usize, tape: &mut Vec<Tok>) -> Result<usize, JsonError> {
+    if b.get(i) != Some(&b'"') {
+        return Err(JsonError::Syntax(i));
+    }
+    let (end, escaped) = scan_string(b, i)?;
+    tape.push(Tok {
+        kind: Kind::String,
+        escaped,
+        start: i as u32 + 1,
+        end: end as u32,
+        next: tape.len() as u32 + 1,
+    });
+    let j = skip_ws(b, end + 1);
+    if b.get(j) != Some(&b':') {
+        return Err(JsonError::Syntax(j));
+    }
+    Ok(skip_ws(b, j + 1))
+}
+
+/// Decodes the content of a JSON string (validated by the tokenizer).
+pub(crate) fn unescape(raw: &str, out: &mut String) {
+    out.clear();
+    let b = raw.as_bytes();
+    let mut i = 0;
+    let mut run = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        out.push_str(&raw[run..i]);
+        let (c, len) = match b[i + 1] {
+            b'"' => ('"', 2),
+            b'\\' => ('\\', 2),
+            b'/' => ('/', 2),
+            b'b' => ('\u{8}', 2),
+            b'f' => ('\u{c}', 2),
+            b'n' => ('\n', 2),
+            b'r' => ('\r', 2),
+            b't' => ('\t', 2),
+            _ => {
+                let hi = hex4(b, i + 2).unwrap_or(0xFFFD);
+                if (0xD800..=0xDBFF).contains(&hi) {
+                    let lo = hex4(b, i + 8).unwrap_or(0xDC00);
+                    let cp = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                    (char::from_u32(cp).unwrap_or('\u{FFFD}'), 12)
+                } else {
+                    (char::from_u32(hi).unwrap_or('\u{FFFD}'), 6)
+                }
+            }
+        };
+        out.push(c);
+        i += len;
+        run = i;
+    }
+    out.push_str(&raw[run..]);
+}
+
+/// Writes `s` as JSON string content (no quotes), escaping as `serde_json`
+/// does: `"`, `\` and control characters.
+pub(crate) fn escape_into(s: &str, out: &mut Vec<u8>) {
+    let b = s.as_bytes();
+    let mut run = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let esc: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&b[run..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(c >> 4) as usize]);
+            out.push(HEX[(c & 15) as usize]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        run = i + 1;
+    }
+    out.extend_from_slice(&b[run..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(s: &str) -> bool {
+        let mut tape = Vec::new();
+        let mut stack = Vec::new();
+        tokenize(s.as_bytes(), 64, &mut tape, &mut stack).is_ok()
+    }
+
+    #[test]
+    fn agrees_with_serde_json_on_edge_cases() {
+        let cases = [
+            "{}",
+            "[]",
+            "{\"a\":1}",
+            " { \"a\" : [ 1 , 2 ] } ",
+            "0",
+            "-0",
+            "1.5e10",
+            "1E+2",
+            "\"x\"",
+            "01",
+            "1.",
+            ".5",
+            "-",
+            "1e",
+            "[1,]",
+            "{\"a\":1,}",
+            "{,}",
+            "[,1]",
+            "{\"a\" 1}",
+            "{1:2}",
+            "tru",
+            "nul",
+            "\"\\x\"",
+            "\"\\u12\"",
+            "\"a\u{1}\"",
+            "{} {}",
+            "",
+            "   ",
+            "[",
+            "{\"a\":",
+            "\"\\ud83d\\ude00\"",
+            "\"\\u00e9\"",
+            "[true,false,null]",
+            "{\"a\":{\"b\":{}}}",
+        ];
+        for c in cases {
+            let serde = serde_json::from_str::<serde_json::Value>(c).is_ok();
+            assert_eq!(ok(c), serde, "{c:?}");
+        }
+        // Unpaired surrogates are refused (serde_json refuses them too).
+        assert!(!ok("\"\\ud83d\""));
+        assert!(!ok("\"\\ude00\""));
+    }
+
+    #[test]
+    fn depth_limit() {
+        let deep = "[".repeat(65) + &"]".repeat(65);
+        let mut tape = Vec::new();
+        let mut stack = Vec::new();
+        assert_eq!(
+            tokenize(deep.as_bytes(), 64, &mut tape, &mut stack),
+            Err(JsonError::TooDeep)
+        );
+        let fine = "[".repeat(64) + &"]".repeat(64);
+        assert!(tokenize(fine.as_bytes(), 64, &mut tape, &mut stack).is_ok());
+    }
+
+    #[test]
+    fn tape_shape() {
+        let mut tape = Vec::new();
+        let mut stack = Vec::new();
+        tokenize(br#"{"a":[1,"x"],"b":null}"#, 64, &mut tape, &mut stack).unwrap();
+        let kinds: Vec<Kind> = tape.iter().map(|t| t.kind).collect();
+        use Kind::*;
+        assert_eq!(
+            kinds,
+            vec![Object, String, Array, Number, String, String, Null]
+        );
+        assert_eq!(tape[0].next, 7);
+        assert_eq!(tape[2].next, 5);
+    }
+
+    #[test]
+    fn unescape_and_escape_round_trip() {
+        let mut s = String::new();
+        unescape(r#"a\"b\\c\n\u00e9\ud83d\ude00"#, &mut s);
+        assert_eq!(s, "a\"b\\c\né😀");
+        let mut out = Vec::new();
+        escape_into("a\"b\\c\n\u{1}é", &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            serde_json::to_string("a\"b\\c\n\u{1}é")
+                .unwrap()
+                .trim_matches('"')
+        );
+    }
+}

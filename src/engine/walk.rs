@@ -1,0 +1,1037 @@
+//! The walk: one pass over the tape, writing the clean message.
+
+use super::compile::{CTest, Compiled, Target};
+use super::detect::Found;
+use super::explain::{Decision, Trace};
+use super::hash::canonical;
+use super::json::{self, unescape, JsonError, Kind, Tok};
+use super::{DeadLetterReason, Sanitizer};
+use crate::rules::Literal;
+use std::collections::HashMap;
+
+type Cache = HashMap<Box<str>, u32, foldhash::fast::RandomState>;
+
+/// Distinct key spellings remembered before the cache is emptied (bounds
+/// memory against messages that invent keys).
+const CACHE_LIMIT: usize = 16_384;
+
+/// What is known about one key spelling under the current rules.
+#[derive(Clone, Copy, Debug)]
+struct KeyClass {
+    key_id: u32,
+    glob_mask: u64,
+    hits_start: u32,
+    hits_len: u32,
+    /// Object serial << 1 | renamed: detects duplicate keys in O(1).
+    stamp: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct State {
+    pat: u16,
+    pos: u16,
+}
+
+/// Per-thread buffers and caches (inside [`super::Scratch`]).
+#[derive(Default)]
+pub(crate) struct Work {
+    sanitizer_id: u64,
+    tape: Vec<Tok>,
+    stack: Vec<u32>,
+    cache: Cache,
+    classes: Vec<KeyClass>,
+    hits: Vec<super::compile::Hit>,
+    states: Vec<State>,
+    done: Vec<u16>,
+    active: Vec<u64>,
+    serial: u64,
+    pub counts: Vec<u64>,
+    keybuf: String,
+    strbuf: String,
+    normbuf: String,
+    strout: Vec<u8>,
+    canon: Vec<u8>,
+    found: Vec<Found>,
+}
+
+impl Work {
+    fn reset_for(&mut self, s: &Compiled) {
+        if self.sanitizer_id != s.id || self.cache.len() > CACHE_LIMIT {
+            self.cache.clear();
+            self.classes.clear();
+            self.hits.clear();
+            if self.sanitizer_id != s.id {
+                self.counts.clear();
+                self.counts.resize(s.rules.len(), 0);
+                self.sanitizer_id = s.id;
+            }
+        }
+    }
+}
+
+/// Inherited down the tree.
+#[derive(Clone, Copy, Debug, Default)]
+struct Inherit {
+    /// Exempt from value detectors (`keep`).
+    kept: bool,
+    /// Values rules (bits) in scope.
+    values: u64,
+    /// Allow groups whose filter applies to this location's children.
+    filtering: u64,
+    /// Allow groups satisfied here and below.
+    free: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Act {
+    Pass,
+    Drop(u16),
+    AllowDrop(u8),
+    Hash(u16),
+    Redact(u16),
+}
+
+enum StrAct {
+    Plain,
+    Drop(u16),
+    Hash(u16),
+    Rewritten,
+}
+
+pub(crate) fn run<T: Trace>(
+    s: &Sanitizer,
+    input: &[u8],
+    w: &mut Work,
+    out: &mut Vec<u8>,
+    trace: &mut T,
+) -> Result<(), DeadLetterReason> {
+    out.clear();
+    let c = &s.c;
+    if input.iter().all(u8::is_ascii_whitespace) {
+        return Err(DeadLetterReason::Empty);
+    }
+    if input.len() > c.limits.max_bytes {
+        return Err(DeadLetterReason::TooLarge {
+            size: input.len(),
+            limit: c.limits.max_bytes,
+        });
+    }
+    let src = std::str::from_utf8(input).map_err(|e| DeadLetterReason::InvalidUtf8 {
+        offset: e.valid_up_to(),
+    })?;
+    w.reset_for(c);
+    let mut tape = std::mem::take(&mut w.tape);
+    let result = match json::tokenize(input, c.limits.max_depth, &mut tape, &mut w.stack) {
+        Err(JsonError::Syntax(offset)) => Err(DeadLetterReason::InvalidJson { offset }),
+        Err(JsonError::TooDeep) => Err(DeadLetterReason::TooDeep {
+            limit: c.limits.max_depth,
+        }),
+        Ok(()) if tape[0].kind != Kind::Object => Err(DeadLetterReason::NotAnObject),
+        Ok(()) => {
+            out.reserve(input.len());
+            let mut walker = Walker {
+                c,
+                src,
+                tape: &tape,
+                w: &mut *w,
+                out: &mut *out,
+                trace,
+                path: String::new(),
+                active_values: 0,
+            };
+            walker.document()
+        }
+    };
+    w.tape = tape;
+    w.states.clear();
+    if result.is_err() {
+        out.clear();
+    }
+    result
+}
+
+struct Walker<'a, T: Trace> {
+    c: &'a Compiled,
+    src: &'a str,
+    tape: &'a [Tok],
+    w: &'a mut Work,
+    out: &'a mut Vec<u8>,
+    trace: &'a mut T,
+    /// Location of the current node (only maintained when tracing).
+    path: String,
+    /// Values rules whose `when` holds for the current event.
+    active_values: u64,
+}
+
+#[inline(always)]
+fn better(cand: (u8, u16), best: Option<(u8, u16)>) -> bool {
+    match best {
+        None => true,
+        Some((s, r)) => cand.0 > s || (cand.0 == s && cand.1 < r),
+    }
+}
+
+impl<T: Trace> Walker<'_, T> {
+    fn raw(&self, t: Tok) -> &str {
+        &self.src[t.start as usize..t.end as usize]
+    }
+
+    #[inline]
+    fn active(&self, rule: u16) -> bool {
+        !self.c.has_when || (self.w.active[(rule >> 6) as usize] >> (rule & 63)) & 1 == 1
+    }
+
+    /// The class of a key spelling, computing it on first sight.
+    #[inline]
+    fn classify(&mut self, raw: &str, escaped: bool) -> u32 {
+        if !escaped {
+            if let Some(&c) = self.w.cache.get(raw) {
+                return c;
+            }
+            return self.classify_slow(raw);
+        }
+        let mut buf = std::mem::take(&mut self.w.keybuf);
+        unescape(raw, &mut buf);
+        let c = match self.w.cache.get(buf.as_str()) {
+            Some(&c) => c,
+            None => self.classify_slow(&buf),
+        };
+        self.w.keybuf = buf;
+        c
+    }
+
+    #[cold]
+    fn classify_slow(&mut self, key: &str) -> u32 {
+        let c = self.c;
+        let canon = c.mode.canonical(key);
+        let key_id = c.key_ids.get(canon.as_ref()).copied().unwrap_or(u32::MAX);
+        let mut glob_mask = 0u64;
+        for (i, g) in c.path_globs.iter().enumerate() {
+            if g.matches(&canon) {
+                glob_mask |= 1 << i;
+            }
+        }
+        let start = self.w.hits.len();
+        if key_id != u32::MAX {
+            self.w
+                .hits
+                .extend_from_slice(&c.field_hits[key_id as usize]);
+        }
+        for (g, hit) in &c.field_globs {
+            if g.matches(&canon) {
+                self.w.hits.push(*hit);
+            }
+        }
+        self.w.hits[start..].sort_by(|a, b| b.strength.cmp(&a.strength).then(a.rule.cmp(&b.rule)));
+        let idx = self.w.classes.len() as u32;
+        self.w.classes.push(KeyClass {
+            key_id,
+            glob_mask,
+            hits_start: start as u32,
+            hits_len: (self.w.hits.len() - start) as u32,
+            stamp: 0,
+        });
+        self.w.cache.insert(key.into(), idx);
+        idx
+    }
+
+    fn document(&mut self) -> Result<(), DeadLetterReason> {
+        let batch = self.find_batch(0);
+        self.event(0, batch)
+    }
+
+    /// The tape index of the root's `batch` key, if this is an envelope.
+    fn find_batch(&mut self, root: usize) -> Option<usize> {
+        let end = self.tape[root].next as usize;
+        let mut i = root + 1;
+        while i < end {
+            let k = self.tape[i];
+            let is_batch = if k.escaped {
+                let mut s = String::new();
+                unescape(self.raw(k), &mut s);
+                s == "batch"
+            } else {
+                self.raw(k) == "batch"
+            };
+            if is_batch {
+                return Some(i);
+            }
+            i = self.tape[i + 1].next as usize;
+        }
+        None
+    }
+
+    fn event(&mut self, root: usize, batch: Option<usize>) -> Result<(), DeadLetterReason> {
+        self.compute_active(root);
+        let lo = self.w.states.len();
+        for p in 0..self.c.patterns.len() {
+            if self.active(self.c.patterns[p].rule) {
+                self.push_state(lo, p as u16, 0);
+            }
+        }
+        self.w.done.clear();
+        let hi = self.w.states.len();
+        let mut root_groups = 0u64;
+        for (g, group) in self.c.groups.iter().enumerate() {
+            if group.root && group.rules.iter().any(|&r| self.active(r)) {
+                root_groups |= 1 << g;
+            }
+        }
+        if T::ON {
+            self.mark_reached(root_groups);
+        }
+        let inh = Inherit {
+            kept: false,
+            values: self.c.values_global,
+            filtering: root_groups,
+            free: 0,
+        };
+        let r = self.object(root, lo, hi, inh, batch);
+        self.w.states.truncate(lo);
+        r
+    }
+
+    fn compute_active(&mut self, root: usize) {
+        let c = self.c;
+        if !c.has_when {
+            self.active_values = if c.values_rules.len() == 64 {
+                u64::MAX
+            } else {
+                (1u64 << c.values_rules.len()) - 1
+            };
+            return;
+        }
+        self.w.active.clear();
+        self.w.active.resize(c.rules.len().div_ceil(64), 0);
+        let mut values = 0u64;
+        for (i, r) in c.rules.iter().enumerate() {
+            let holds = r
+                .when
+                .iter()
+                .all(|cond| self.condition(root, &cond.path, &cond.test));
+            if holds {
+                self.w.active[i >> 6] |= 1 << (i & 63);
+                if let Some(bit) = r.values_bit {
+                    values |= 1 << bit;
+                }
+            } else if T::ON {
+                let at = self.path.clone();
+                self.trace.skipped(&at, &r.id);
+            }
+        }
+        self.active_values = values;
+    }
+
+    fn condition(&mut self, root: usize, path: &[u32], test: &CTest) -> bool {
+        let mut cur = Some(root);
+        for &key_id in path {
+            cur = cur.and_then(|node| self.member(node, key_id));
+        }
+        let Some(node) = cur else {
+            return matches!(test, CTest::Exists(false));
+        };
+        let t = self.tape[node];
+        let text = |w: &Self| {
+            let raw = w.raw(t);
+            if t.escaped {
+                let mut s = String::new();
+                unescape(raw, &mut s);
+                s
+            } else {
+                raw.to_string()
+            }
+        };
+        match test {
+            CTest::Exists(e) => *e,
+            CTest::Regex(re) => t.kind == Kind::String && re.is_match(&text(self)),
+            CTest::OneOf(lits) => lits.iter().any(|lit| match (lit, t.kind) {
+                (Literal::Null, Kind::Null) => true,
+                (Literal::Bool(true), Kind::True) | (Literal::Bool(false), Kind::False) => true,
+                (Literal::Number(n), Kind::Number) => {
+                    self.raw(t).parse::<f64>().is_ok_and(|v| v == *n)
+                }
+                (Literal::String(s), Kind::String) => *s == text(self),
+                _ => false,
+            }),
+        }
+    }
+
+    /// The value of the first member of object `node` whose key has `key_id`.
+    fn member(&mut self, node: usize, key_id: u32) -> Option<usize> {
+        if self.tape[node].kind != Kind::Object {
+            return None;
+        }
+        let end = self.tape[node].next as usize;
+        let mut i = node + 1;
+        while i < end {
+            let k = self.tape[i];
+            let class = self.classify(&self.src[k.start as usize..k.end as usize], k.escaped);
+            if self.w.classes[class as usize].key_id == key_id {
+                return Some(i + 1);
+            }
+            i = self.tape[i + 1].next as usize;
+        }
+        None
+    }
+
+    /// Adds a state for a child whose states start at `lo`, following `**`
+    /// (which may match no level) and recording completed patterns.
+    fn push_state(&mut self, lo: usize, pat: u16, pos: u16) {
+        let segs = &self.c.patterns[pat as usize].segs;
+        if pos as usize == segs.len() {
+            self.w.done.push(pat);
+            return;
+        }
+        let st = State { pat, pos };
+        if self.w.states[lo..].contains(&st) {
+            return;
+        }
+        self.w.states.push(st);
+        if segs[pos as usize] == super::compile::CSeg::AnyDepth {
+            self.push_state(lo, pat, pos + 1);
+        }
+    }
+
+    /// States of an object member with key class `class`.
+    #[inline]
+    fn step_key(&mut self, lo: usize, hi: usize, class: u32) {
+        use super::compile::CSeg;
+        let clo = self.w.states.len();
+        self.w.done.clear();
+        if lo == hi {
+            return;
+        }
+        let kc = self.w.classes[class as usize];
+        for i in lo..hi {
+            let st = self.w.states[i];
+            match self.c.patterns[st.pat as usize].segs[st.pos as usize] {
+                CSeg::Key(id) if id == kc.key_id => self.push_state(clo, st.pat, st.pos + 1),
+                CSeg::Glob(g) if (kc.glob_mask >> g) & 1 == 1 => {
+                    self.push_state(clo, st.pat, st.pos + 1)
+                }
+                CSeg::AnyKey => self.push_state(clo, st.pat, st.pos + 1),
+                CSeg::AnyDepth => self.push_state(clo, st.pat, st.pos),
+                _ => {}
+            }
+        }
+    }
+
+    /// States of an array element: `[*]` advances, `**` stays, and key
+    /// steps wait for the element's keys (arrays are walked through).
+    #[inline]
+    fn step_index(&mut self, lo: usize, hi: usize) {
+        use super::compile::CSeg;
+        let clo = self.w.states.len();
+        self.w.done.clear();
+        for i in lo..hi {
+            let st = self.w.states[i];
+            match self.c.patterns[st.pat as usize].segs[st.pos as usize] {
+                CSeg::AnyIndex => self.push_state(clo, st.pat, st.pos + 1),
+                _ => self.push_state(clo, st.pat, st.pos),
+            }
+        }
+    }
+
+    /// The structural decision for a location whose states are
+    /// `states[clo..chi]` and completions `done`.
+    #[inline]
+    fn decide(
+        &mut self,
+        class: Option<u32>,
+        inh: Inherit,
+        clo: usize,
+        chi: usize,
+        container: bool,
+    ) -> (Act, Inherit) {
+        let c = self.c;
+        let mut best: Option<(u8, u16)> = None;
+        if let Some(class) = class {
+            let kc = self.w.classes[class as usize];
+            for h in &self.w.hits[kc.hits_start as usize..(kc.hits_start + kc.hits_len) as usize] {
+                if self.active(h.rule) {
+                    best = Some((h.strength, h.rule));
+                    break;
+                }
+            }
+        }
+        let mut child = inh;
+        let (mut selected, mut entered) = (0u64, 0u64);
+        for &p in &self.w.done {
+            let pat = &c.patterns[p as usize];
+            match pat.target {
+                Target::Select => {
+                    let cand = (c.rules[pat.rule as usize].strength, pat.rule);
+                    if better(cand, best) {
+                        best = Some(cand);
+                    }
+                }
+                Target::ValuesScope(b) => child.values |= 1 << b,
+                Target::AllowScope(g) => entered |= 1 << g,
+                Target::AllowPath(g) => selected |= 1 << g,
+            }
+        }
+        let mut allow_drop = None;
+        let need = inh.filtering;
+        child.filtering = 0;
+        if need != 0 {
+            let sel = need & selected;
+            child.free |= sel;
+            let rest = need & !sel;
+            if rest != 0 {
+                let mut partial = 0u64;
+                for st in &self.w.states[clo..chi] {
+                    if let Target::AllowPath(g) = c.patterns[st.pat as usize].target {
+                        partial |= 1 << g;
+                    }
+                }
+                let missing = rest & !partial;
+                let unreached = if container { missing } else { rest };
+                if unreached != 0 {
+                    allow_drop = Some(unreached.trailing_zeros() as u8);
+                }
+                child.filtering = rest & partial;
+            }
+        }
+        child.filtering |= entered & !child.free & !need;
+        if T::ON && entered != 0 {
+            self.mark_reached(entered);
+        }
+        let act = match best {
+            Some((3, r)) => Act::Drop(r),
+            _ if allow_drop.is_some() => Act::AllowDrop(allow_drop.unwrap_or(0)),
+            Some((2, r)) => Act::Hash(r),
+            Some((1, r)) => Act::Redact(r),
+            Some((_, r)) => {
+                if c.rules[r as usize].is_keep {
+                    if T::ON && !inh.kept {
+                        self.record(None, "keep", r, None);
+                    }
+                    child.kept = true;
+                    self.w.counts[r as usize] += 1;
+                }
+                Act::Pass
+            }
+            None => Act::Pass,
+        };
+        (act, child)
+    }
+
+    fn mark_reached(&mut self, groups: u64) {
+        for (g, group) in self.c.groups.iter().enumerate() {
+            if (groups >> g) & 1 == 1 {
+                for &r in &group.rules {
+                    if self.active(r) {
+                        self.trace.reached(&self.c.rules[r as usize].id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn record(
+        &mut self,
+        output: Option<String>,
+        action: &'static str,
+        rule: u16,
+        note: Option<String>,
+    ) {
+        let d = Decision {
+            location: self.path.clone(),
+            output,
+            action,
+            rule: self.c.rules[rule as usize].id.clone(),
+            note,
+        };
+        self.trace.decision(d);
+    }
+
+    fn push_path_key(&mut self, raw: &str, escaped: bool) {
+        let mut key = String::new();
+        if escaped {
+            unescape(raw, &mut key);
+        } else {
+            key.push_str(raw);
+        }
+        if !self.path.is_empty() {
+            self.path.push('.');
+        }
+        if key.contains(['.', '[', '"']) || key.is_empty() {
+            self.path
+                .push_str(&serde_json::to_string(&key).unwrap_or_default());
+        } else {
+            self.path.push_str(&key);
+        }
+    }
+
+    #[inline]
+    fn sep(&mut self, first: &mut bool) {
+        if !*first {
+            self.out.push(b',');
+        }
+        *first = false;
+    }
+
+    #[inline]
+    fn write_key(&mut self, raw: &str) {
+        self.out.push(b'"');
+        self.out.extend_from_slice(raw.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    /// Writes the renamed key of a hashed member; detects collisions.
+    fn write_renamed(
+        &mut self,
+        raw: &str,
+        rule: u16,
+        serial: u64,
+    ) -> Result<Option<String>, DeadLetterReason> {
+        let Some((before, after, has_key)) = &self.c.rules[rule as usize].rename else {
+            self.write_key(raw);
+            return Ok(None);
+        };
+        let start = self.out.len();
+        self.out.push(b'"');
+        self.out.extend_from_slice(before);
+        if *has_key {
+            self.out.extend_from_slice(raw.as_bytes());
+        }
+        self.out.extend_from_slice(after);
+        let name = String::from_utf8_lossy(&self.out[start + 1..]).into_owned();
+        self.out.extend_from_slice(b"\":");
+        let class = self.classify(&name, name.contains('\\')) as usize;
+        let stamp = self.w.classes[class].stamp;
+        if stamp >> 1 == serial {
+            return Err(DeadLetterReason::RenameCollision);
+        }
+        self.w.classes[class].stamp = serial << 1 | 1;
+        Ok(T::ON.then(|| {
+            let mut decoded = String::new();
+            unescape(&name, &mut decoded);
+            match self.path.rfind('.') {
+                Some(dot) => format!("{}.{decoded}", &self.path[..dot]),
+                None => decoded,
+            }
+        }))
+    }
+
+    fn object(
+        &mut self,
+        idx: usize,
+        lo: usize,
+        hi: usize,
+        inh: Inherit,
+        batch: Option<usize>,
+    ) -> Result<(), DeadLetterReason> {
+        let end = self.tape[idx].next as usize;
+        self.w.serial += 1;
+        let serial = self.w.serial;
+        self.out.push(b'{');
+        let mut first = true;
+        let mut i = idx + 1;
+        while i < end {
+            let k = self.tape[i];
+            let vi = i + 1;
+            let next = self.tape[vi].next as usize;
+            let raw = &self.src[k.start as usize..k.end as usize];
+            let class = self.classify(raw, k.escaped);
+            let stamp = self.w.classes[class as usize].stamp;
+            if stamp >> 1 == serial {
+                return Err(if stamp & 1 == 1 {
+                    DeadLetterReason::RenameCollision
+                } else {
+                    DeadLetterReason::DuplicateKey
+                });
+            }
+            self.w.classes[class as usize].stamp = serial << 1;
+            let plen = self.path.len();
+            if T::ON {
+                self.push_path_key(raw, k.escaped);
+            }
+            if Some(i) == batch {
+                self.batch(vi, &mut first)?;
+            } else {
+                let clo = self.w.states.len();
+                self.step_key(lo, hi, class);
+                let chi = self.w.states.len();
+                let container = matches!(self.tape[vi].kind, Kind::Object | Kind::Array);
+                let (act, child) = self.decide(Some(class), inh, clo, chi, container);
+                self.emit(vi, Some((raw, serial)), act, child, clo, chi, &mut first)?;
+                self.w.states.truncate(clo);
+            }
+            if T::ON {
+                self.path.truncate(plen);
+            }
+            i = next;
+        }
+        self.out.push(b'}');
+        Ok(())
+    }
+
+    fn batch(&mut self, vi: usize, first: &mut bool) -> Result<(), DeadLetterReason> {
+        let t = self.tape[vi];
+        if t.kind != Kind::Array {
+            return Err(DeadLetterReason::BatchNotArray);
+        }
+        self.sep(first);
+        self.out.extend_from_slice(b"\"batch\":[");
+        let saved_active = self.w.active.clone();
+        let saved_values = self.active_values;
+        let mut i = vi + 1;
+        let mut n = 0;
+        while i < t.next as usize {
+            if self.tape[i].kind != Kind::Object {
+                return Err(DeadLetterReason::BatchElementNotObject { index: n });
+            }
+            if n > 0 {
+                self.out.push(b',');
+            }
+            let plen = self.path.len();
+            if T::ON {
+                self.path.push_str(&format!("[{n}]"));
+            }
+            self.event(i, None)?;
+            self.path.truncate(plen);
+            i = self.tape[i].next as usize;
+            n += 1;
+        }
+        self.out.push(b']');
+        self.w.active = saved_active;
+        self.active_values = saved_values;
+        Ok(())
+    }
+
+    fn array(
+        &mut self,
+        idx: usize,
+        lo: usize,
+        hi: usize,
+        inh: Inherit,
+    ) -> Result<(), DeadLetterReason> {
+        let end = self.tape[idx].next as usize;
+        self.out.push(b'[');
+        let mut first = true;
+        let mut i = idx + 1;
+        let mut n = 0usize;
+        while i < end {
+            let next = self.tape[i].next as usize;
+            let plen = self.path.len();
+            if T::ON {
+                self.path.push_str(&format!("[{n}]"));
+            }
+            let clo = self.w.states.len();
+            self.step_index(lo, hi);
+            let chi = self.w.states.len();
+            let container = matches!(self.tape[i].kind, Kind::Object | Kind::Array);
+            let (act, child) = self.decide(None, inh, clo, chi, container);
+            self.emit(i, None, act, child, clo, chi, &mut first)?;
+            self.w.states.truncate(clo);
+            if T::ON {
+                self.path.truncate(plen);
+            }
+            i = next;
+            n += 1;
+        }
+        self.out.push(b']');
+        Ok(())
+    }
+
+    /// Writes one member (with its key) or array element, as decided.
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        vi: usize,
+        key: Option<(&str, u64)>,
+        act: Act,
+        child: Inherit,
+        clo: usize,
+        chi: usize,
+        first: &mut bool,
+    ) -> Result<(), DeadLetterReason> {
+        match act {
+            Act::Drop(r) => {
+                self.w.counts[r as usize] += 1;
+                if T::ON {
+                    self.record(None, "drop", r, None);
+                }
+            }
+            Act::AllowDrop(g) => {
+                let group = &self.c.groups[g as usize];
+                let rule = group
+                    .rules
+                    .iter()
+                    .copied()
+                    .find(|&r| self.active(r))
+                    .unwrap_or(group.rules[0]);
+                self.w.counts[rule as usize] += 1;
+                if T::ON {
+                    let scope = if group.scope.is_empty() {
+                        "the event".to_string()
+                    } else {
+                        format!("`{}`", group.scope)
+                    };
+                    self.record(
+                        None,
+                        "drop (not allowed)",
+                        rule,
+                        Some(format!("no allow rule selects it inside {scope}")),
+                    );
+                }
+            }
+            Act::Hash(r) => self.hash_member(vi, key, r, first, None)?,
+            Act::Redact(r) => {
+                self.sep(first);
+                if let Some((raw, _)) = key {
+                    self.write_key(raw);
+                }
+                let rule = &self.c.rules[r as usize];
+                self.out.push(b'"');
+                let text = rule.replacement.join(&rule.id);
+                json::escape_into(&text, self.out);
+                self.out.push(b'"');
+                self.w.counts[r as usize] += 1;
+                if T::ON {
+                    self.record(None, "redact", r, Some("whole value".into()));
+                }
+            }
+            Act::Pass => {
+                let t = self.tape[vi];
+                match t.kind {
+                    Kind::Object => {
+                        self.sep(first);
+                        if let Some((raw, _)) = key {
+                            self.write_key(raw);
+                        }
+                        self.object(vi, clo, chi, child, None)?;
+                    }
+                    Kind::Array => {
+                        self.sep(first);
+                        if let Some((raw, _)) = key {
+                            self.write_key(raw);
+                        }
+                        self.array(vi, clo, chi, child)?;
+                    }
+                    Kind::String if !child.kept && child.values & self.active_values != 0 => {
+                        match self.scan(t, child.values & self.active_values) {
+                            StrAct::Plain => self.copy(key, t, first),
+                            StrAct::Drop(r) => {
+                                self.w.counts[r as usize] += 1;
+                                if T::ON {
+                                    let note = self.found_note();
+                                    self.record(None, "drop", r, Some(note));
+                                }
+                            }
+                            StrAct::Hash(r) => {
+                                let note = T::ON.then(|| self.found_note());
+                                self.hash_member(vi, key, r, first, note)?;
+                            }
+                            StrAct::Rewritten => {
+                                self.sep(first);
+                                if let Some((raw, _)) = key {
+                                    self.write_key(raw);
+                                }
+                                self.out.push(b'"');
+                                self.out.extend_from_slice(&self.w.strout);
+                                self.out.push(b'"');
+                            }
+                        }
+                    }
+                    _ => self.copy(key, t, first),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn copy(&mut self, key: Option<(&str, u64)>, t: Tok, first: &mut bool) {
+        self.sep(first);
+        if let Some((raw, _)) = key {
+            self.write_key(raw);
+        }
+        if t.kind == Kind::String {
+            self.out.push(b'"');
+            self.out
+                .extend_from_slice(&self.src.as_bytes()[t.start as usize..t.end as usize]);
+            self.out.push(b'"');
+        } else {
+            self.out
+                .extend_from_slice(&self.src.as_bytes()[t.start as usize..t.end as usize]);
+        }
+    }
+
+    fn found_note(&self) -> String {
+        let mut names: Vec<&str> = self
+            .w
+            .found
+            .iter()
+            .map(|f| self.c.detectors[f.detector as usize].name.as_str())
+            .collect();
+        names.dedup();
+        format!("detector {} matched", names.join(", "))
+    }
+
+    fn hash_member(
+        &mut self,
+        vi: usize,
+        key: Option<(&str, u64)>,
+        r: u16,
+        first: &mut bool,
+        note: Option<String>,
+    ) -> Result<(), DeadLetterReason> {
+        self.sep(first);
+        let output = match key {
+            Some((raw, serial)) => self.write_renamed(raw, r, serial)?,
+            None => None,
+        };
+        let t = self.tape[vi];
+        let hasher = &self.c.hashers[self.c.rules[r as usize].hasher];
+        match t.kind {
+            Kind::Null => self.out.extend_from_slice(b"null"),
+            Kind::String => {
+                let raw = &self.src[t.start as usize..t.end as usize];
+                let mut decoded = std::mem::take(&mut self.w.strbuf);
+                let mut norm = std::mem::take(&mut self.w.normbuf);
+                let text: &str = if t.escaped {
+                    unescape(raw, &mut decoded);
+                    &decoded
+                } else {
+                    raw
+                };
+                let text = hasher.normalized(text, &mut norm);
+                self.out.push(b'"');
+                hasher.write(text.as_bytes(), self.out);
+                self.out.push(b'"');
+                self.w.strbuf = decoded;
+                self.w.normbuf = norm;
+            }
+            Kind::Object | Kind::Array => {
+                let mut canon = std::mem::take(&mut self.w.canon);
+                canon.clear();
+                canonical(self.src, self.tape, vi, &mut canon);
+                self.out.push(b'"');
+                hasher.write(&canon, self.out);
+                self.out.push(b'"');
+                self.w.canon = canon;
+            }
+            _ => {
+                self.out.push(b'"');
+                hasher.write(
+                    &self.src.as_bytes()[t.start as usize..t.end as usize],
+                    self.out,
+                );
+                self.out.push(b'"');
+            }
+        }
+        self.w.counts[r as usize] += 1;
+        if T::ON {
+            let note = note.or_else(|| {
+                matches!(t.kind, Kind::Object | Kind::Array)
+                    .then(|| "canonical JSON of the whole value".to_string())
+            });
+            self.record(output, "hash", r, note);
+        }
+        Ok(())
+    }
+
+    /// Runs the in-scope detectors over a string; on redaction the new
+    /// content (escaped) is left in `w.strout`.
+    fn scan(&mut self, t: Tok, mask: u64) -> StrAct {
+        let c = self.c;
+        let raw = &self.src[t.start as usize..t.end as usize];
+        let mut decoded = std::mem::take(&mut self.w.strbuf);
+        let s: &str = if t.escaped {
+            unescape(raw, &mut decoded);
+            &decoded
+        } else {
+            raw
+        };
+        self.w.found.clear();
+        let mut ran = 0u64;
+        let mut bits = mask;
+        while bits != 0 {
+            let bit = bits.trailing_zeros();
+            bits &= bits - 1;
+            let rule = &c.rules[c.values_rules[bit as usize] as usize];
+            for &d in &rule.detectors {
+                if (ran >> d) & 1 == 0 {
+                    ran |= 1 << d;
+                    c.detectors[d as usize].find(s, d, &mut self.w.found);
+                }
+            }
+        }
+        if self.w.found.is_empty() {
+            self.w.strbuf = decoded;
+            return StrAct::Plain;
+        }
+        // The strongest rule with a match decides; redactions merge.
+        let mut best: Option<(u8, u16)> = None;
+        let mut bits = mask;
+        while bits != 0 {
+            let bit = bits.trailing_zeros();
+            bits &= bits - 1;
+            let ri = c.values_rules[bit as usize];
+            let rule = &c.rules[ri as usize];
+            if self
+                .w
+                .found
+                .iter()
+                .any(|f| rule.detectors.contains(&f.detector))
+                && better((rule.strength, ri), best)
+            {
+                best = Some((rule.strength, ri));
+            }
+        }
+        let act = match best {
+            Some((3, r)) => StrAct::Drop(r),
+            Some((2, r)) => StrAct::Hash(r),
+            _ => {
+                self.redact_into(s, mask);
+                StrAct::Rewritten
+            }
+        };
+        self.w.strbuf = decoded;
+        act
+    }
+
+    fn redact_into(&mut self, s: &str, mask: u64) {
+        let c = self.c;
+        let found = &mut self.w.found;
+        found.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+        let out = &mut self.w.strout;
+        out.clear();
+        let mut at = 0usize;
+        let mut notes: Vec<(u16, &str)> = Vec::new();
+        for f in found.iter() {
+            if f.start < at {
+                continue;
+            }
+            // The first redact rule (file order) in scope that has this detector.
+            let mut bits = mask;
+            let mut rule = None;
+            while bits != 0 {
+                let bit = bits.trailing_zeros();
+                bits &= bits - 1;
+                let ri = c.values_rules[bit as usize];
+                if c.rules[ri as usize].strength == 1
+                    && c.rules[ri as usize].detectors.contains(&f.detector)
+                {
+                    rule = Some(ri);
+                    break;
+                }
+            }
+            let Some(ri) = rule else { continue };
+            json::escape_into(&s[at..f.start], out);
+            let name = c.detectors[f.detector as usize].name.as_str();
+            json::escape_into(&c.rules[ri as usize].replacement.join(name), out);
+            at = f.end;
+            self.w.counts[ri as usize] += 1;
+            if T::ON {
+                notes.push((ri, name));
+            }
+        }
+        json::escape_into(&s[at..], out);
+        for (ri, name) in notes {
+            self.record(None, "redact", ri, Some(format!("detector {name} matched")));
+        }
+    }
+}

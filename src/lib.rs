@@ -1,0 +1,45 @@
+//! # event-sanitizer
+//!
+//! A stream processor that stands between raw user-event topics and the
+//! Customer.io forwarder: every event is parsed, checked and rewritten by
+//! rules the data governance team writes in YAML, so that only the minimum
+//! data Customer.io needs leaves, with the rest dropped, hashed or redacted.
+//! It fails closed: a message that cannot be fully sanitized is never
+//! produced clean; it becomes a dead letter with a reason.
+//!
+//! ## Layout
+//!
+//! - [`rules`]: the rule language. YAML text becomes a typed [`rules::RuleFile`],
+//!   with every problem reported at once as `file:line:column`.
+//! - [`engine`]: the compiled [`engine::Sanitizer`] and its pure, synchronous
+//!   `sanitize` (bytes in; clean bytes or a [`engine::DeadLetterReason`] out)
+//!   and `explain`.
+//! - [`testing`]: the governance team's rule tests (`event-sanitizer test`).
+//! - [`cli`]: the commands (`check`, `test`, `explain`, `sanitize`, `schema`);
+//!   `src/main.rs` only calls [`cli::main`].
+//! - [`secret`]: secret bytes that never print.
+//!
+//! ## Example
+//!
+//! ```
+//! use event_sanitizer::engine::{KeySupply, Limits, Sanitizer, Scratch};
+//! use event_sanitizer::rules::RuleFile;
+//!
+//! let text = "version: 1\nname: demo\nhash: { algorithm: sha256, truncate: 16 }\nrules:\n  - id: never-send\n    action: drop\n    fields: [ssn]\n  - id: hash-contact\n    action: hash\n    fields: [phone]\n";
+//! let (file, _warnings) = RuleFile::parse("demo.yaml", text).unwrap();
+//! let sanitizer = Sanitizer::compile(&file, KeySupply::FromSource, Limits::default()).unwrap();
+//! let mut scratch = Scratch::default();
+//! let mut out = Vec::new();
+//! sanitizer
+//!     .sanitize(br#"{"userId":"u1","traits":{"SSN":"123-45-6789","phone":"555"}}"#, &mut scratch, &mut out)
+//!     .unwrap();
+//! assert_eq!(out, br#"{"userId":"u1","traits":{"phone_hash":"91a73fd806ab2c00"}}"#);
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod engine;
+pub mod rules;
+pub mod secret;
+pub mod testing;

@@ -1,0 +1,365 @@
+//! Rule tests written by the data governance team, run by
+//! `event-sanitizer test`: each case gives an input event and the output
+//! (or dead letter) it must produce. Output reads like
+//! `test <name> ... passed`, ends with `N passed, M failed`, and failing
+//! cases show a line diff of expected against actual.
+
+use crate::engine::{DeadLetterReason, KeySupply, Limits, Sanitizer};
+use crate::rules::yaml::{self, entries, items, kind, scalar_str, Reporter};
+use crate::rules::{Diagnostic, Diagnostics, RuleFile, Severity};
+use crate::secret::Secret;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// One test file.
+#[derive(Debug)]
+pub struct TestFile {
+    /// The file as named.
+    pub file: String,
+    /// The rule file it tests (resolved against the test file's folder).
+    pub rules: PathBuf,
+    /// The HMAC key digests are computed with (a test-only key).
+    pub hash_key: Option<Secret>,
+    /// The cases, in file order.
+    pub cases: Vec<Case>,
+}
+
+/// One case.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// `name`.
+    pub name: String,
+    /// Line of the case in its file.
+    pub line: usize,
+    /// The message value to sanitize.
+    pub input: Vec<u8>,
+    /// What must come out.
+    pub expect: Expect,
+}
+
+/// What a case expects.
+#[derive(Debug, Clone)]
+pub enum Expect {
+    /// This JSON (compared as JSON: key order and spacing do not matter).
+    Output(serde_json::Value),
+    /// A dead letter; with a code, that reason.
+    DeadLetter(Option<String>),
+}
+
+/// The result of one case.
+#[derive(Debug)]
+pub struct CaseResult {
+    /// The case name.
+    pub name: String,
+    /// Where the case is.
+    pub line: usize,
+    /// `None` when it passed; otherwise what went wrong, ready to print.
+    pub failure: Option<String>,
+}
+
+/// The results of one file.
+#[derive(Debug)]
+pub struct FileReport {
+    /// The test file.
+    pub file: String,
+    /// Per case.
+    pub results: Vec<CaseResult>,
+    /// Warnings: rule-file warnings, and `allow` scopes no case reaches.
+    pub warnings: Vec<String>,
+}
+
+const TEST_KEYS: &[&str] = &["rules", "hash_key", "cases"];
+const CASE_KEYS: &[&str] = &["name", "input", "input_raw", "expect", "expect_dead_letter"];
+
+/// Finds test files: the files named, and below each folder every `.yaml`
+/// or `.yml` file whose top level has `cases` (rule files are skipped).
+pub fn discover(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut stack = vec![p.clone()];
+            while let Some(dir) = stack.pop() {
+                let mut entries: Vec<_> = std::fs::read_dir(&dir)?.collect::<Result<_, _>>()?;
+                entries.sort_by_key(|e| e.path());
+                for e in entries {
+                    let path = e.path();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if matches!(
+                        path.extension().and_then(|x| x.to_str()),
+                        Some("yaml" | "yml")
+                    ) && is_test_file(&path)
+                    {
+                        out.push(path);
+                    }
+                }
+            }
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn is_test_file(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    text.lines().any(|l| l.starts_with("cases:"))
+}
+
+impl TestFile {
+    /// Reads and parses a test file.
+    pub fn load(path: &Path) -> Result<TestFile, Diagnostics> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics(vec![Diagnostic {
+                severity: Severity::Error,
+                file: shown.clone(),
+                line: 1,
+                column: 1,
+                rule: None,
+                message: format!("cannot read the test file: {e}"),
+            }])
+        })?;
+        let root = yaml::load(&shown, &text).map_err(|d| Diagnostics(vec![d]))?;
+        let mut r = Reporter::new(&shown);
+        let Some(top) = entries(&root) else {
+            r.error(
+                &root,
+                None,
+                "a test file is a mapping with `rules`, `hash_key` and `cases`",
+            );
+            return Err(Diagnostics(r.diags));
+        };
+        for (k, node, _) in &top {
+            if !TEST_KEYS.contains(k) {
+                r.error(node, None, format!("unknown key `{k}` in a test file{}; the keys are `rules`, `hash_key`, `cases`", yaml::suggest(k, TEST_KEYS)));
+            }
+        }
+        let get = |name: &str| top.iter().find(|(k, _, _)| *k == name).map(|(_, _, v)| *v);
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rules = match get("rules").and_then(scalar_str) {
+            Some(p) => base.join(p),
+            None => {
+                r.error(&root, None, "`rules` is missing: name the rule file under test, relative to this file (`rules: ../customerio.yaml`)");
+                PathBuf::new()
+            }
+        };
+        let hash_key = get("hash_key").and_then(|v| match yaml::scalar_text(v) {
+            Some(s) => Some(Secret::new(s)),
+            None => {
+                r.error(
+                    v,
+                    None,
+                    "`hash_key` must be text (a test-only key, never the production one)",
+                );
+                None
+            }
+        });
+        let mut cases = Vec::new();
+        match get("cases").map(|v| (v, items(v))) {
+            None => r.error(&root, None, "`cases` is missing"),
+            Some((v, None)) => r.error(v, None, format!("`cases` must be a list, not {}", kind(v))),
+            Some((_, Some(list))) => {
+                for node in list {
+                    if let Some(c) = parse_case(&mut r, node) {
+                        cases.push(c);
+                    }
+                }
+            }
+        }
+        if r.has_errors() {
+            return Err(Diagnostics(r.diags));
+        }
+        Ok(TestFile {
+            file: shown,
+            rules,
+            hash_key,
+            cases,
+        })
+    }
+
+    /// Compiles the rules under test and runs every case.
+    pub fn run(&self) -> Result<FileReport, Diagnostics> {
+        let (rule_file, warnings) = RuleFile::load(&self.rules)?;
+        let supply = match &self.hash_key {
+            Some(k) => KeySupply::Fixed(k),
+            None => KeySupply::Placeholder,
+        };
+        let sanitizer = Sanitizer::compile(&rule_file, supply, Limits::default()).map_err(|e| {
+            Diagnostics(vec![Diagnostic {
+                severity: Severity::Error,
+                file: rule_file.file.clone(),
+                line: 1,
+                column: 1,
+                rule: None,
+                message: e.to_string(),
+            }])
+        })?;
+        let mut results = Vec::new();
+        let mut reached = BTreeSet::new();
+        for case in &self.cases {
+            let exp = sanitizer.explain(&case.input);
+            reached.extend(exp.reached.iter().cloned());
+            let failure = check(case, exp.output);
+            results.push(CaseResult {
+                name: case.name.clone(),
+                line: case.line,
+                failure,
+            });
+        }
+        let mut warns: Vec<String> = warnings.0.iter().map(ToString::to_string).collect();
+        for rule in &rule_file.rules {
+            if matches!(rule.action, crate::rules::Action::Allow) && !reached.contains(&rule.id) {
+                warns.push(format!(
+                    "{}:{}:{}: warning: rule {}: no case in {} reaches this `allow` rule's scope with its `when` holding, so nothing tests what it lets through",
+                    rule_file.file, rule.line, rule.column, rule.id, self.file
+                ));
+            }
+        }
+        Ok(FileReport {
+            file: self.file.clone(),
+            results,
+            warnings: warns,
+        })
+    }
+}
+
+fn parse_case(r: &mut Reporter, node: &yaml::Node) -> Option<Case> {
+    let Some(e) = entries(node) else {
+        r.error(
+            node,
+            None,
+            "each case is a mapping with `name`, an input and an expectation",
+        );
+        return None;
+    };
+    let (line, _) = yaml::pos(node);
+    for (k, key_node, _) in &e {
+        if !CASE_KEYS.contains(k) {
+            r.error(key_node, None, format!("unknown key `{k}` in a case{}; the keys are `name`, `input` or `input_raw`, `expect` or `expect_dead_letter`", yaml::suggest(k, CASE_KEYS)));
+        }
+    }
+    let get = |name: &str| e.iter().find(|(k, _, _)| *k == name).map(|(_, _, v)| *v);
+    let name = get("name")
+        .and_then(scalar_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("case on line {line}"));
+    let input = match (get("input"), get("input_raw")) {
+        (Some(v), None) => {
+            let mut s = String::new();
+            if let Err((l, c, msg)) = yaml::to_json(v, &mut s) {
+                r.at_pos(
+                    l,
+                    c,
+                    None,
+                    Severity::Error,
+                    format!("case `{name}`: `input` cannot be JSON: {msg}"),
+                );
+                return None;
+            }
+            s.into_bytes()
+        }
+        (None, Some(v)) => {
+            match scalar_str(v) {
+                Some(s) => s.as_bytes().to_vec(),
+                None => {
+                    r.error(v, None, format!("case `{name}`: `input_raw` must be text (the message bytes as written)"));
+                    return None;
+                }
+            }
+        }
+        _ => {
+            r.error(node, None, format!("case `{name}` needs exactly one of `input` (an event) or `input_raw` (message text)"));
+            return None;
+        }
+    };
+    let expect = match (get("expect"), get("expect_dead_letter")) {
+        (Some(v), None) => {
+            let mut s = String::new();
+            if let Err((l, c, msg)) = yaml::to_json(v, &mut s) {
+                r.at_pos(
+                    l,
+                    c,
+                    None,
+                    Severity::Error,
+                    format!("case `{name}`: `expect` cannot be JSON: {msg}"),
+                );
+                return None;
+            }
+            Expect::Output(serde_json::from_str(&s).ok()?)
+        }
+        (None, Some(v)) => match &v.data {
+            saphyr::YamlData::Value(saphyr::Scalar::Boolean(true)) => Expect::DeadLetter(None),
+            _ => match scalar_str(v) {
+                Some(code) if DeadLetterReason::CODES.contains(&code) => {
+                    Expect::DeadLetter(Some(code.to_string()))
+                }
+                _ => {
+                    r.error(
+                        v,
+                        None,
+                        format!(
+                            "case `{name}`: `expect_dead_letter` is `true` or a reason: {}",
+                            DeadLetterReason::CODES.join(", ")
+                        ),
+                    );
+                    return None;
+                }
+            },
+        },
+        _ => {
+            r.error(node, None, format!("case `{name}` needs exactly one of `expect` (the clean event) or `expect_dead_letter`"));
+            return None;
+        }
+    };
+    Some(Case {
+        name,
+        line,
+        input,
+        expect,
+    })
+}
+
+fn check(case: &Case, output: Result<Vec<u8>, DeadLetterReason>) -> Option<String> {
+    match (&case.expect, output) {
+        (Expect::Output(want), Ok(bytes)) => {
+            let got: serde_json::Value = match serde_json::from_slice(&bytes) {
+                Ok(v) => v,
+                Err(e) => {
+                    return Some(format!(
+                        "the output is not JSON ({e}): {}",
+                        String::from_utf8_lossy(&bytes)
+                    ))
+                }
+            };
+            if &got == want {
+                return None;
+            }
+            let w = serde_json::to_string_pretty(want).unwrap_or_default();
+            let g = serde_json::to_string_pretty(&got).unwrap_or_default();
+            let diff = similar::TextDiff::from_lines(&w, &g);
+            let body = diff
+                .unified_diff()
+                .context_radius(3)
+                .header("expected", "actual")
+                .to_string();
+            Some(format!("the output differs from `expect`:\n{body}"))
+        }
+        (Expect::Output(_), Err(reason)) => Some(format!(
+            "expected a clean event, but it is a dead letter: {} ({reason})",
+            reason.code()
+        )),
+        (Expect::DeadLetter(_), Ok(bytes)) => Some(format!(
+            "expected a dead letter, but it came out clean: {}",
+            String::from_utf8_lossy(&bytes)
+        )),
+        (Expect::DeadLetter(Some(code)), Err(reason)) if reason.code() != code => Some(format!(
+            "expected dead letter `{code}`, got `{}` ({reason})",
+            reason.code()
+        )),
+        (Expect::DeadLetter(_), Err(_)) => None,
+    }
+}

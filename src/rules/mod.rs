@@ -9,6 +9,7 @@
 pub mod diagnostic;
 pub mod keys;
 mod parse;
+pub use parse::KNOWN_KEYS;
 pub mod path;
 pub(crate) mod yaml;
 

@@ -1,0 +1,227 @@
+//! The binary as a newcomer uses it: exit codes, messages, and that the
+//! hash key never shows in anything it prints.
+
+mod common;
+use std::process::{Command, Output};
+
+fn es(args: &[&str]) -> Output {
+    Command::new(common::bin())
+        .args(args)
+        .current_dir(common::root())
+        .env_remove("SANITIZER_HASH_KEY")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn check_passes_good_files_and_fails_bad_ones() {
+    let ok = es(&["check", "rules/customerio.yaml"]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(text(&ok).contains("rules/customerio.yaml: ok (5 rules, 0 warnings)"));
+    let bad = es(&[
+        "check",
+        "rules/customerio.yaml",
+        "tests/bad_rules/duplicate_id.yaml",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad).contains("tests/bad_rules/duplicate_id.yaml:7:5: error: rule same:"),
+        "{}",
+        text(&bad)
+    );
+    let missing = es(&["check", "no/such.yaml"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing).contains("no/such.yaml:1:1: error: cannot read the rule file"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(es(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(es(&["explain"]).status.code(), Some(2));
+}
+
+#[test]
+fn explain_shows_output_and_decisions() {
+    let o = es(&[
+        "explain",
+        "--rules",
+        "rules/customerio.yaml",
+        "--placeholder-key",
+        "tests/data/one_event.json",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("traits.phone -> traits.phone_hash: hash by rule hash-contact"),
+        "{t}"
+    );
+    assert!(t.contains("traits.ssn: drop by rule never-send"), "{t}");
+    let j = es(&[
+        "explain",
+        "--rules",
+        "rules/customerio.yaml",
+        "--placeholder-key",
+        "--format",
+        "json",
+        "tests/data/one_event.json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&j.stdout).unwrap();
+    assert_eq!(v["output"]["traits"]["email"], "jane@example.com");
+    assert!(v["output"]["traits"].get("ssn").is_none());
+}
+
+#[test]
+fn missing_key_is_a_clear_configuration_error() {
+    let o = es(&[
+        "explain",
+        "--rules",
+        "rules/customerio.yaml",
+        "tests/data/one_event.json",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let t = text(&o);
+    assert!(
+        t.contains(
+            "cannot read the hash key from environment variable SANITIZER_HASH_KEY: it is not set"
+        ),
+        "{t}"
+    );
+    assert!(t.contains("--hash-key-file"), "{t}");
+}
+
+#[test]
+fn the_key_never_appears_in_output_logs_or_errors() {
+    let secret = "correct-horse-battery-staple-42";
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, format!("{secret}\n")).unwrap();
+    let runs = [
+        Command::new(common::bin())
+            .args([
+                "explain",
+                "-r",
+                "rules/customerio.yaml",
+                "tests/data/one_event.json",
+            ])
+            .env("SANITIZER_HASH_KEY", secret)
+            .current_dir(common::root())
+            .output()
+            .unwrap(),
+        Command::new(common::bin())
+            .args([
+                "sanitize",
+                "-r",
+                "rules/customerio.yaml",
+                "-i",
+                "rules/examples/events.jsonl",
+            ])
+            .env("SANITIZER_HASH_KEY", secret)
+            .current_dir(common::root())
+            .output()
+            .unwrap(),
+        Command::new(common::bin())
+            .args(["sanitize", "-r", "rules/customerio.yaml", "--hash-key-file"])
+            .arg(&key)
+            .args(["-i", "tests/data/bad_lines.jsonl"])
+            .current_dir(common::root())
+            .output()
+            .unwrap(),
+    ];
+    for o in runs {
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(!text(&o).contains(secret));
+    }
+}
+
+#[test]
+fn sanitize_writes_clean_lines_and_dead_letters_with_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("clean.jsonl");
+    let dead = dir.path().join("dead.jsonl");
+    let o = Command::new(common::bin())
+        .args([
+            "sanitize",
+            "-r",
+            "rules/customerio.yaml",
+            "--placeholder-key",
+            "-i",
+            "tests/data/bad_lines.jsonl",
+            "-o",
+        ])
+        .arg(&out)
+        .arg("--dead-letters")
+        .arg(&dead)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("sanitized 6 lines"), "{t}");
+    assert!(
+        t.contains("2 clean, 3 dead letters, 1 blank lines skipped"),
+        "{t}"
+    );
+    assert!(
+        t.contains("dead letter invalid_json: 1")
+            && t.contains("dead letter not_an_object: 1")
+            && t.contains("dead letter duplicate_key: 1"),
+        "{t}"
+    );
+    let clean = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(clean.lines().count(), 2);
+    assert!(!clean.contains("123-45-6789"));
+    let dead: Vec<serde_json::Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 3);
+    assert_eq!(dead[0]["line"], 2);
+    assert_eq!(dead[0]["reason"], "invalid_json");
+    assert_eq!(dead[0]["raw"], "{not json");
+    // --fail-on-dead-letter turns them into a failing exit code.
+    let f = es(&[
+        "sanitize",
+        "-r",
+        "rules/customerio.yaml",
+        "--placeholder-key",
+        "-i",
+        "tests/data/bad_lines.jsonl",
+        "--fail-on-dead-letter",
+        "-o",
+        "/dev/null",
+    ]);
+    assert_eq!(f.status.code(), Some(1));
+}
+
+#[test]
+fn schema_is_json_schema_and_knows_every_key() {
+    let o = es(&["schema"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["$schema"], "http://json-schema.org/draft-07/schema#");
+    for (section, keys) in event_sanitizer::rules::KNOWN_KEYS {
+        let props = match *section {
+            "" => &v["properties"],
+            "rules" => &v["definitions"]["rule"]["properties"],
+            s => &v["properties"][s]["properties"],
+        };
+        let mut in_schema: Vec<&str> = props
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        in_schema.sort();
+        let mut known: Vec<&str> = keys.to_vec();
+        known.sort();
+        assert_eq!(in_schema, known, "section `{section}`");
+    }
+}

@@ -1,0 +1,52 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use event_sanitizer::engine::{KeySupply, Limits, Sanitizer, Scratch};
+use event_sanitizer::rules::RuleFile;
+use event_sanitizer::secret::Secret;
+use std::path::PathBuf;
+
+/// The crate root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Compiles rule text with a fixed test key.
+pub fn compile(text: &str) -> Sanitizer {
+    compile_with(text, Limits::default())
+}
+
+pub fn compile_with(text: &str, limits: Limits) -> Sanitizer {
+    let (file, _) =
+        RuleFile::parse("test.yaml", text).unwrap_or_else(|d| panic!("rules do not parse:\n{d}"));
+    let key = Secret::new("test-key");
+    Sanitizer::compile(&file, KeySupply::Fixed(&key), limits).expect("compiles")
+}
+
+/// The default rule set, with a fixed test key.
+pub fn default_rules() -> Sanitizer {
+    let text = std::fs::read_to_string(root().join("rules/customerio.yaml")).unwrap();
+    compile(&text)
+}
+
+/// Sanitizes one value: clean text, or the dead-letter code.
+pub fn run(s: &Sanitizer, input: &str) -> Result<String, &'static str> {
+    let mut scratch = Scratch::default();
+    let mut out = Vec::new();
+    s.sanitize(input.as_bytes(), &mut scratch, &mut out)
+        .map(|()| String::from_utf8(out).expect("output is UTF-8"))
+        .map_err(|r| r.code())
+}
+
+/// HMAC-SHA256 hex with the test key, computed independently of the engine.
+pub fn hmac_hex(value: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(b"test-key").unwrap();
+    m.update(value.as_bytes());
+    hex::encode(m.finalize().into_bytes())
+}
+
+/// The path of the built binary.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_event-sanitizer"))
+}

@@ -1,0 +1,98 @@
+//! Golden tests: every case in rules/tests/ passes, through the library
+//! and through the `test` command; and a failing case is reported as one.
+
+mod common;
+use event_sanitizer::testing::{discover, TestFile};
+use std::process::Command;
+
+#[test]
+fn every_shipped_rule_test_passes() {
+    let files = discover(&[common::root().join("rules")]).unwrap();
+    assert!(!files.is_empty());
+    let mut cases = 0;
+    for f in files {
+        let report = TestFile::load(&f).unwrap().run().unwrap();
+        for r in &report.results {
+            assert!(
+                r.failure.is_none(),
+                "{}: {}: {}",
+                report.file,
+                r.name,
+                r.failure.as_deref().unwrap_or("")
+            );
+            cases += 1;
+        }
+    }
+    assert!(cases >= 10);
+}
+
+#[test]
+fn the_default_rules_are_each_covered_by_a_case() {
+    // Every rule of the default set changes the output of some case.
+    let tf = TestFile::load(&common::root().join("rules/tests/customerio.yaml")).unwrap();
+    let (file, _) =
+        event_sanitizer::rules::RuleFile::load(&common::root().join("rules/customerio.yaml"))
+            .unwrap();
+    let key = event_sanitizer::secret::Secret::new("k");
+    let s = event_sanitizer::engine::Sanitizer::compile(
+        &file,
+        event_sanitizer::engine::KeySupply::Fixed(&key),
+        Default::default(),
+    )
+    .unwrap();
+    for rule in &file.rules {
+        let used = tf.cases.iter().any(|c| {
+            s.explain(&c.input)
+                .decisions
+                .iter()
+                .any(|d| d.rule == rule.id)
+        });
+        assert!(used, "no case exercises rule {}", rule.id);
+    }
+}
+
+#[test]
+fn test_command_passes_and_fails_as_it_should() {
+    let ok = Command::new(common::bin())
+        .args(["test", "rules/"])
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{stdout}");
+    assert!(
+        stdout.lines().last().unwrap().ends_with("passed, 0 failed"),
+        "{stdout}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let rules = common::root().join("rules/customerio.yaml");
+    std::fs::write(
+        dir.path().join("t.yaml"),
+        format!(
+            "rules: {}\nhash_key: k\ncases:\n  - name: wrong on purpose\n    input: {{ type: identify, traits: {{ ssn: x, plan: pro }} }}\n    expect: {{ type: identify, traits: {{ ssn: x, plan: pro }} }}\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let bad = Command::new(common::bin())
+        .args(["test"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("test wrong on purpose ... failed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("t.yaml:4: the output differs from `expect`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("-    \"ssn\": \"x\""),
+        "diff shows the dropped field: {stdout}"
+    );
+    assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
+}

@@ -20,9 +20,9 @@ fn drop_fields_at_any_depth_and_spelling() {
 
 #[test]
 fn key_match_modes() {
-    let exact = compile(&format!("version: 1\nname: t\nkeys: {{ match: exact }}\nrules:\n  - {{ id: d, action: drop, fields: [ssn] }}\n"));
+    let exact = compile("version: 1\nname: t\nkeys: { match: exact }\nrules:\n  - { id: d, action: drop, fields: [ssn] }\n");
     assert_eq!(run(&exact, r#"{"ssn":1,"SSN":2}"#).unwrap(), r#"{"SSN":2}"#);
-    let ci = compile(&format!("version: 1\nname: t\nkeys: {{ match: case-insensitive }}\nrules:\n  - {{ id: d, action: drop, fields: [ssn] }}\n"));
+    let ci = compile("version: 1\nname: t\nkeys: { match: case-insensitive }\nrules:\n  - { id: d, action: drop, fields: [ssn] }\n");
     assert_eq!(
         run(&ci, r#"{"ssn":1,"SSN":2,"s_sn":3}"#).unwrap(),
         r#"{"s_sn":3}"#

@@ -98,11 +98,20 @@ impl Detector {
         })
     }
 
-    /// Appends every match in `s` to `out`, tagged with `id`.
-    pub fn find(&self, s: &str, id: u16, out: &mut Vec<Found>) {
+    /// Appends every match in `s` to `out`, tagged with `id`. `stats` is
+    /// computed once per string and shared by all detectors.
+    pub fn find(&self, s: &str, stats: &mut Stats, id: u16, out: &mut Vec<Found>) {
         match &self.kind {
-            DetectorKind::CreditCard => find_cards(s.as_bytes(), id, out),
-            DetectorKind::UsSsn => find_ssns(s.as_bytes(), id, out),
+            DetectorKind::CreditCard => {
+                if stats.digit_run(s.as_bytes()) >= 13 {
+                    find_cards(s.as_bytes(), id, out)
+                }
+            }
+            DetectorKind::UsSsn => {
+                if stats.digit_run(s.as_bytes()) >= 11 {
+                    find_ssns(s.as_bytes(), id, out)
+                }
+            }
             DetectorKind::Ipv6 => find_ipv6(s, id, out),
             DetectorKind::Regex { re, pre, check } => {
                 let pass = match *pre {
@@ -111,7 +120,7 @@ impl Detector {
                     Prefilter::Literal(l) => {
                         memchr::memmem::find(s.as_bytes(), l.as_bytes()).is_some()
                     }
-                    Prefilter::MinDigits(n) => s.bytes().filter(u8::is_ascii_digit).count() >= n,
+                    Prefilter::MinDigits(n) => stats.digits(s.as_bytes()) >= n,
                     Prefilter::Dots(n) => memchr::memchr_iter(b'.', s.as_bytes()).count() >= n,
                 };
                 if !pass {
@@ -139,6 +148,105 @@ impl Detector {
                 }
             }
         }
+    }
+}
+
+/// Facts about one string that several detectors' prefilters share,
+/// computed on first use.
+#[derive(Default)]
+pub(crate) struct Stats {
+    digits: Option<usize>,
+    run: Option<usize>,
+}
+
+impl Stats {
+    /// Count of ASCII digits (a fold the compiler vectorizes).
+    pub fn digits(&mut self, b: &[u8]) -> usize {
+        *self.digits.get_or_insert_with(|| {
+            b.iter()
+                .fold(0usize, |n, &c| n + (c.wrapping_sub(b'0') < 10) as usize)
+        })
+    }
+
+    /// Length in bytes (capped at 16) of the longest run of digits and
+    /// single spaces or dashes between digits: an upper bound on the length
+    /// of any SSN (11 bytes) or card number (13 or more) in the string.
+    /// UUIDs, timestamps and version strings stay short. Computed with bit
+    /// masks over 64-byte windows that overlap by 15 bytes.
+    pub fn digit_run(&mut self, b: &[u8]) -> usize {
+        if let Some(r) = self.run {
+            return r;
+        }
+        let r = if self.digits(b) < 9 {
+            0
+        } else {
+            longest_run(b)
+        };
+        self.run = Some(r);
+        r
+    }
+}
+
+const RUN_CAP: usize = 16;
+
+const LO7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+const HI: u64 = 0x8080_8080_8080_8080;
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// High bit set in each byte of `x` that is zero (exact: the masked add
+/// cannot carry between bytes).
+#[inline(always)]
+fn zero_bytes(x: u64) -> u64 {
+    !(((x & LO7).wrapping_add(LO7)) | x) & HI
+}
+
+/// One bit per byte (bit k for byte k) from a mask of high bits: the
+/// multiply gathers the eight bits into the top byte without carries.
+#[inline(always)]
+fn movemask(hi: u64) -> u64 {
+    ((hi >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
+}
+
+/// Digit and separator (space, dash) masks of up to 64 bytes.
+#[inline]
+fn masks(w: &[u8]) -> (u64, u64) {
+    let (mut d, mut s) = (0u64, 0u64);
+    let mut chunks = w.chunks_exact(8);
+    let mut shift = 0;
+    for c in chunks.by_ref() {
+        let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        let t = x ^ (ONES * b'0' as u64);
+        // Bit 7 set where the byte is not 0x30..=0x39.
+        let nondigit = (((t & LO7).wrapping_add(ONES * 0x76)) | t) & HI;
+        d |= movemask(!nondigit & HI) << shift;
+        let sep = zero_bytes(x ^ (ONES * b' ' as u64)) | zero_bytes(x ^ (ONES * b'-' as u64));
+        s |= movemask(sep) << shift;
+        shift += 8;
+    }
+    for (i, &c) in chunks.remainder().iter().enumerate() {
+        d |= ((c.wrapping_sub(b'0') < 10) as u64) << (shift + i);
+        s |= ((c == b' ' || c == b'-') as u64) << (shift + i);
+    }
+    (d, s)
+}
+
+fn longest_run(b: &[u8]) -> usize {
+    let mut best = 0;
+    let mut start = 0;
+    loop {
+        let end = (start + 64).min(b.len());
+        let (d, s) = masks(&b[start..end]);
+        let mut x = d | (s & (d << 1) & (d >> 1));
+        let mut len = 0;
+        while x != 0 && len < RUN_CAP {
+            x &= x >> 1;
+            len += 1;
+        }
+        best = best.max(len);
+        if end == b.len() || best >= RUN_CAP {
+            return best;
+        }
+        start = end - (RUN_CAP - 1);
     }
 }
 
@@ -173,10 +281,6 @@ pub(crate) fn luhn(b: &[u8]) -> bool {
 /// of groups is longer, the longest valid prefix of whole groups is taken.
 fn find_cards(b: &[u8], id: u16, out: &mut Vec<Found>) {
     let n = b.len();
-    // Prefilter: at least 13 digits in the string.
-    if b.iter().filter(|c| c.is_ascii_digit()).count() < 13 {
-        return;
-    }
     let mut i = 0;
     while i < n {
         if !b[i].is_ascii_digit() {
@@ -356,7 +460,7 @@ mod tests {
     fn find(b: Builtin, s: &str) -> Vec<String> {
         let d = Detector::compile(&DetectorSpec::Builtin(b)).unwrap();
         let mut out = Vec::new();
-        d.find(s, 0, &mut out);
+        d.find(s, &mut Stats::default(), 0, &mut out);
         out.iter().map(|f| s[f.start..f.end].to_string()).collect()
     }
 
@@ -389,6 +493,45 @@ mod tests {
             "amex 15"
         );
         assert!(find(Builtin::CreditCard, "2026-11-05T10:11:12.000Z").is_empty());
+    }
+
+    #[test]
+    fn swar_masks_match_a_plain_loop() {
+        let samples: Vec<Vec<u8>> = vec![
+            b"0123456789 -/:aZ\x7f".to_vec(),
+            "é9-0 ü1x".as_bytes().to_vec(),
+            (0u8..=255).collect(),
+            b"--  99 -- 00".repeat(7),
+        ];
+        for s in samples {
+            for w in s.chunks(64) {
+                let (d, sp) = masks(w);
+                for (i, &c) in w.iter().enumerate() {
+                    assert_eq!((d >> i) & 1 == 1, c.is_ascii_digit(), "digit {c} at {i}");
+                    assert_eq!((sp >> i) & 1 == 1, c == b' ' || c == b'-', "sep {c} at {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn run_prefilter_is_an_upper_bound() {
+        assert_eq!(longest_run(b"x 123-45-6789 y"), 11);
+        assert_eq!(longest_run(b"4111 1111 1111 1111"), 16);
+        assert_eq!(
+            longest_run(b"965eda32-dae4-4550-8201-e2bd73ab4876"),
+            11,
+            "`4-4550-8201`"
+        );
+        assert_eq!(longest_run(b"830c71c2-cdcc-6929-2f45-e678309d6b79"), 6);
+        assert_eq!(longest_run(b"2026-11-16T20:39:50.000Z"), 10);
+        assert_eq!(longest_run(b"1--2"), 1);
+        let long = format!("{}4111 1111 1111 1111", "a".repeat(60));
+        assert_eq!(
+            longest_run(long.as_bytes()),
+            16,
+            "a run across a window edge"
+        );
     }
 
     #[test]

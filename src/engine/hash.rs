@@ -173,7 +173,7 @@ pub(crate) fn canonical(src: &str, tape: &[Tok], idx: usize, out: &mut Vec<u8>) 
             }
             out.push(b'"');
         }
-        _ => out.extend_from_slice(src[t.start as usize..t.end as usize].as_bytes()),
+        _ => out.extend_from_slice(&src.as_bytes()[t.start as usize..t.end as usize]),
     }
 }
 

@@ -40,18 +40,6 @@ pub(crate) enum JsonError {
     TooDeep,
 }
 
-// Bytes that end the fast path inside a string: quote, backslash, controls.
-#[inline(always)]
-fn needs_attention(chunk: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let quote = chunk ^ (ONES * b'"' as u64);
-    let backslash = chunk ^ (ONES * b'\\' as u64);
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
-    let below_space = chunk.wrapping_sub(ONES * 0x20) & !chunk & HIGHS;
-    (has_zero(quote) | has_zero(backslash) | below_space) != 0
-}
-
 #[inline(always)]
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
@@ -60,16 +48,36 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// High bit set in each byte of `chunk` that a JSON string scan must stop
+/// at: a quote, a backslash, or a control character.
+#[inline(always)]
+fn stops(chunk: u64) -> u64 {
+    const LO7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let zero = |x: u64| !(((x & LO7).wrapping_add(LO7)) | x) & HI;
+    let quote = zero(chunk ^ (ONES * b'"' as u64));
+    let backslash = zero(chunk ^ (ONES * b'\\' as u64));
+    // Bytes below 0x20: adding 0x60 to the low seven bits leaves bit 7 clear.
+    let control = !(((chunk & LO7).wrapping_add(ONES * 0x60)) | chunk) & HI;
+    quote | backslash | control
+}
+
 /// Scans a string whose opening quote is at `i`; returns (index of the
-/// closing quote, has escapes).
+/// closing quote, has escapes). Eight bytes per step (SWAR): the first
+/// byte needing attention is found from the stop mask's trailing zeros.
 #[inline]
 fn scan_string(b: &[u8], i: usize) -> Result<(usize, bool), JsonError> {
     let mut j = i + 1;
     let mut escaped = false;
     loop {
         while j + 8 <= b.len() {
-            let chunk = u64::from_le_bytes(b[j..j + 8].try_into().unwrap_or([0; 8]));
-            if needs_attention(chunk) {
+            let c = &b[j..j + 8];
+            let m = stops(u64::from_le_bytes([
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+            ]));
+            if m != 0 {
+                j += (m.trailing_zeros() / 8) as usize;
                 break;
             }
             j += 8;
@@ -423,6 +431,18 @@ mod tests {
         // Unpaired surrogates are refused (serde_json refuses them too).
         assert!(!ok("\"\\ud83d\""));
         assert!(!ok("\"\\ude00\""));
+    }
+
+    #[test]
+    fn swar_stops_match_a_plain_loop() {
+        let bytes: Vec<u8> = (0u8..=255).collect();
+        for w in bytes.chunks(8) {
+            let m = stops(u64::from_le_bytes(w.try_into().unwrap()));
+            for (k, &c) in w.iter().enumerate() {
+                let want = c == b'"' || c == b'\\' || c < 0x20;
+                assert_eq!((m >> (8 * k + 7)) & 1 == 1, want, "byte {c}");
+            }
+        }
     }
 
     #[test]

@@ -116,9 +116,17 @@ pub(crate) fn run<T: Trace>(
             limit: c.limits.max_bytes,
         });
     }
-    let src = std::str::from_utf8(input).map_err(|e| DeadLetterReason::InvalidUtf8 {
-        offset: e.valid_up_to(),
-    })?;
+    // SIMD validation for the common (valid) case; std finds the offset
+    // of the first bad byte for the dead letter's reason.
+    let src = match simdutf8::basic::from_utf8(input) {
+        Ok(s) => s,
+        Err(_) => {
+            let offset = std::str::from_utf8(input)
+                .err()
+                .map_or(0, |e| e.valid_up_to());
+            return Err(DeadLetterReason::InvalidUtf8 { offset });
+        }
+    };
     w.reset_for(c);
     let mut tape = std::mem::take(&mut w.tape);
     let result = match json::tokenize(input, c.limits.max_depth, &mut tape, &mut w.stack) {
@@ -444,6 +452,19 @@ impl<T: Trace> Walker<'_, T> {
         container: bool,
     ) -> (Act, Inherit) {
         let c = self.c;
+        // The common case: nothing names this location.
+        if self.w.done.is_empty()
+            && inh.filtering == 0
+            && class.is_none_or(|k| self.w.classes[k as usize].hits_len == 0)
+        {
+            return (
+                Act::Pass,
+                Inherit {
+                    filtering: 0,
+                    ..inh
+                },
+            );
+        }
         let mut best: Option<(u8, u16)> = None;
         if let Some(class) = class {
             let kc = self.w.classes[class as usize];
@@ -946,6 +967,7 @@ impl<T: Trace> Walker<'_, T> {
             raw
         };
         self.w.found.clear();
+        let mut stats = super::detect::Stats::default();
         let mut ran = 0u64;
         let mut bits = mask;
         while bits != 0 {
@@ -955,7 +977,7 @@ impl<T: Trace> Walker<'_, T> {
             for &d in &rule.detectors {
                 if (ran >> d) & 1 == 0 {
                     ran |= 1 << d;
-                    c.detectors[d as usize].find(s, d, &mut self.w.found);
+                    c.detectors[d as usize].find(s, &mut stats, d, &mut self.w.found);
                 }
             }
         }

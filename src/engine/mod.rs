@@ -19,6 +19,7 @@ pub(crate) mod detect;
 mod explain;
 pub(crate) mod hash;
 pub(crate) mod json;
+mod keycache;
 mod walk;
 
 pub use compile::{CompileError, KeySupply};

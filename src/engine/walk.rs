@@ -7,9 +7,6 @@ use super::hash::canonical;
 use super::json::{self, unescape, JsonError, Kind, Tok};
 use super::{DeadLetterReason, Sanitizer};
 use crate::rules::Literal;
-use std::collections::HashMap;
-
-type Cache = HashMap<Box<str>, u32, foldhash::fast::RandomState>;
 
 /// Distinct key spellings remembered before the cache is emptied (bounds
 /// memory against messages that invent keys).
@@ -38,7 +35,7 @@ pub(crate) struct Work {
     sanitizer_id: u64,
     tape: Vec<Tok>,
     stack: Vec<u32>,
-    cache: Cache,
+    cache: super::keycache::KeyCache,
     classes: Vec<KeyClass>,
     hits: Vec<super::compile::Hit>,
     states: Vec<State>,
@@ -193,15 +190,15 @@ impl<T: Trace> Walker<'_, T> {
     #[inline]
     fn classify(&mut self, raw: &str, escaped: bool) -> u32 {
         if !escaped {
-            if let Some(&c) = self.w.cache.get(raw) {
+            if let Some(c) = self.w.cache.get(raw.as_bytes()) {
                 return c;
             }
             return self.classify_slow(raw);
         }
         let mut buf = std::mem::take(&mut self.w.keybuf);
         unescape(raw, &mut buf);
-        let c = match self.w.cache.get(buf.as_str()) {
-            Some(&c) => c,
+        let c = match self.w.cache.get(buf.as_bytes()) {
+            Some(c) => c,
             None => self.classify_slow(&buf),
         };
         self.w.keybuf = buf;
@@ -239,7 +236,7 @@ impl<T: Trace> Walker<'_, T> {
             hits_len: (self.w.hits.len() - start) as u32,
             stamp: 0,
         });
-        self.w.cache.insert(key.into(), idx);
+        self.w.cache.insert(key.as_bytes(), idx);
         idx
     }
 

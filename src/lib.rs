@@ -39,7 +39,10 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod config;
 pub mod engine;
+pub mod metrics;
+pub mod pipeline;
 pub mod rules;
 pub mod secret;
 pub mod testing;

@@ -5,7 +5,9 @@
 //! errors (a missing file, a bad flag, a hash key that cannot be read).
 
 mod check;
+mod demo;
 mod explain;
+mod run;
 mod sanitize;
 mod schema;
 mod test;
@@ -47,6 +49,10 @@ enum Command {
     Sanitize(sanitize::SanitizeArgs),
     /// Print the JSON Schema of the rule language (for editors, via yaml-language-server).
     Schema,
+    /// Run the service: consume raw events, sanitize, produce clean events and dead letters.
+    Run(run::RunArgs),
+    /// Run the service against an in-process mock Kafka cluster with the sample events.
+    Demo(demo::DemoArgs),
 }
 
 /// Where the hash key comes from, for commands that hash.
@@ -141,6 +147,8 @@ pub fn main() -> ExitCode {
         Command::Explain(a) => explain::run(a),
         Command::Sanitize(a) => sanitize::run(a),
         Command::Schema => schema::run(),
+        Command::Run(a) => run::run(a),
+        Command::Demo(a) => demo::run(a),
     };
     match result {
         Ok(code) => code,

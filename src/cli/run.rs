@@ -1,0 +1,101 @@
+//! `run`: the Kafka service.
+
+use super::Failure;
+use crate::config::{Config, LogConfig};
+use crate::metrics::Telemetry;
+use crate::pipeline::{Pipeline, PipelineError};
+use clap::Args;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Args, Debug)]
+pub(crate) struct RunArgs {
+    /// The configuration file (YAML). Environment variables
+    /// EVENT_SANITIZER__SECTION__KEY override it.
+    #[arg(long, short = 'c', value_name = "FILE", env = "EVENT_SANITIZER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// Sets up logging: JSON for production, text on a terminal.
+pub(crate) fn init_logging(log: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match log.format.as_str() {
+        "json" => true,
+        "text" => false,
+        _ => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Resolves on the first SIGTERM or SIGINT; a second one exits at once.
+pub(crate) async fn signals() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!(
+            "signal received: finishing in-flight messages (a second signal exits at once)"
+        );
+        tokio::spawn(async move {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            tracing::warn!(
+                "second signal: exiting now; unacknowledged messages will be consumed again"
+            );
+            std::process::exit(130);
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub(crate) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
+    let cfg = Config::load(args.config.as_deref()).map_err(|e| Failure::usage(e.to_string()))?;
+    init_logging(&cfg.log);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::usage(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(async move {
+        let telemetry = Arc::new(Telemetry::new());
+        let pipeline = match Pipeline::new(cfg, telemetry).await {
+            Ok(p) => p,
+            Err(e) => return Err(Failure::usage(e.to_string())),
+        };
+        tracing::info!(metrics = %pipeline.http_addr(), "serving /metrics, /healthz, /readyz");
+        match pipeline.run(signals()).await {
+            Ok(_) => Ok(ExitCode::SUCCESS),
+            Err(e @ PipelineError::ShutdownTimeout(_)) | Err(e @ PipelineError::Fatal(_)) => {
+                Err(Failure {
+                    message: e.to_string(),
+                    code: 1,
+                })
+            }
+            Err(e) => Err(Failure {
+                message: e.to_string(),
+                code: 1,
+            }),
+        }
+    })
+}

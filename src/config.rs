@@ -1,0 +1,547 @@
+//! The service configuration: a YAML file overridden by environment
+//! variables (`EVENT_SANITIZER__KAFKA__BOOTSTRAP_SERVERS=...`), parsed into
+//! typed structs and validated once at startup, every problem reported at
+//! once. `config/example.yaml` documents every option.
+//!
+//! Secrets (the SASL password, the hash key) are never in this file: they
+//! come from files (`*_file`) or the environment, and [`Secret`] keeps them
+//! out of `Debug` output.
+
+use crate::secret::Secret;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything `event-sanitizer run` needs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Brokers and topics.
+    pub kafka: KafkaConfig,
+    /// The rule file and how it is reloaded.
+    pub rules: RulesConfig,
+    /// Limits on messages and work in flight.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The metrics and health endpoint.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Shutdown.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// `kafka`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port` list, comma-separated.
+    pub bootstrap_servers: String,
+    /// Consumer group; replicas of one deployment share it.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Raw event topics to read.
+    #[serde(default)]
+    pub input_topics: Vec<String>,
+    /// Where sanitized events go (read by the Customer.io forwarder).
+    #[serde(default)]
+    pub clean_topic: String,
+    /// Where messages that cannot be sanitized go, with their reason.
+    #[serde(default)]
+    pub dead_letter_topic: String,
+    /// Permit an unencrypted connection to the brokers (demo and tests).
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// A file holding the SASL password (`sasl.password`).
+    #[serde(default)]
+    pub sasl_password_file: Option<PathBuf>,
+    /// Extra librdkafka properties for both clients (security.protocol,
+    /// sasl.*, ssl.*...).
+    #[serde(default)]
+    pub common: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the consumer.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the producer (compression.type,
+    /// linger.ms...).
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+}
+
+fn default_group() -> String {
+    "event-sanitizer".into()
+}
+
+/// `rules`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// The rule file. Watched: a change is compiled and swapped in; a bad
+    /// change is rejected and the running rules kept.
+    pub file: PathBuf,
+    /// Read the HMAC key from this file instead of the rule file's source.
+    #[serde(default)]
+    pub hash_key_file: Option<PathBuf>,
+    /// How often the rule file (and key file) are checked for changes.
+    #[serde(default = "default_reload", with = "humantime_secs")]
+    pub reload_interval: Duration,
+}
+
+fn default_reload() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// `limits`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest message value accepted; larger ones are dead letters.
+    #[serde(default = "default_max_bytes")]
+    pub max_message_bytes: usize,
+    /// Deepest nesting accepted.
+    #[serde(default = "default_max_depth")]
+    pub max_depth: usize,
+    /// Messages consumed but not yet acknowledged by the broker, at most.
+    /// When reached, consumption pauses: memory stays flat when the output
+    /// is slow.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// Threads that sanitize (0: one per core).
+    #[serde(default)]
+    pub workers: usize,
+}
+
+fn default_max_bytes() -> usize {
+    1 << 20
+}
+fn default_max_depth() -> usize {
+    64
+}
+fn default_in_flight() -> usize {
+    10_000
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: default_max_bytes(),
+            max_depth: default_max_depth(),
+            max_in_flight: default_in_flight(),
+            workers: 0,
+        }
+    }
+}
+
+/// `http`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address for `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:9090".into()
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// `log`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json`, `text`, or `auto` (text on a terminal, JSON otherwise).
+    #[serde(default = "default_format")]
+    pub format: String,
+    /// A tracing filter: `info`, `event_sanitizer=debug,rdkafka=warn`...
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+fn default_format() -> String {
+    "auto".into()
+}
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: default_format(),
+            level: default_level(),
+        }
+    }
+}
+
+/// `shutdown`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Time to finish in-flight messages, flush and commit after SIGTERM.
+    /// Keep it under Kubernetes' terminationGracePeriodSeconds.
+    #[serde(default = "default_grace", with = "humantime_secs")]
+    pub timeout: Duration,
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(25)
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            timeout: default_grace(),
+        }
+    }
+}
+
+/// Durations written as seconds (`5`, `0.5`) or with a unit (`500ms`, `5s`, `2m`).
+mod humantime_secs {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(f64),
+            S(String),
+        }
+        let secs = match Raw::deserialize(d)? {
+            Raw::N(n) => n,
+            Raw::S(s) => parse(&s).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not a duration (use 5, 500ms, 5s or 2m)"
+                ))
+            })?,
+        };
+        if !(0.0..=86_400.0).contains(&secs) {
+            return Err(serde::de::Error::custom(
+                "a duration must be between 0 and 1 day",
+            ));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+
+    fn parse(s: &str) -> Option<f64> {
+        let s = s.trim();
+        let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+            (n, 0.001)
+        } else if let Some(n) = s.strip_suffix('s') {
+            (n, 1.0)
+        } else if let Some(n) = s.strip_suffix('m') {
+            (n, 60.0)
+        } else {
+            (s, 1.0)
+        };
+        num.trim().parse::<f64>().ok().map(|n| n * mult)
+    }
+}
+
+/// Why the configuration cannot be used: every problem, each a sentence.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    /// The problems.
+    pub problems: Vec<String>,
+}
+
+/// librdkafka properties this service sets itself; overriding them would
+/// break at-least-once delivery or the topic layout.
+const RESERVED: &[(&str, &str)] = &[
+    (
+        "enable.auto.offset.store",
+        "offsets are stored only after the broker acknowledges the output",
+    ),
+    ("enable.auto.commit", "commits are driven by the service"),
+    ("group.id", "set `kafka.group_id` instead"),
+    ("bootstrap.servers", "set `kafka.bootstrap_servers` instead"),
+    (
+        "enable.idempotence",
+        "the producer must be idempotent to keep order on retries",
+    ),
+    ("acks", "the producer waits for all in-sync replicas"),
+    (
+        "sasl.password",
+        "put the password in a file and set `kafka.sasl_password_file`",
+    ),
+];
+
+impl Config {
+    /// Loads `path` (YAML) with environment overrides and validates it.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut b = config::Config::builder();
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError {
+                    problems: vec![format!(
+                        "the configuration file {} does not exist",
+                        p.display()
+                    )],
+                });
+            }
+            b = b.add_source(config::File::from(p).format(config::FileFormat::Yaml));
+        }
+        let vars: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("EVENT_SANITIZER__"))
+            .collect();
+        b = b.add_source(
+            config::Environment::with_prefix("EVENT_SANITIZER")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("kafka.input_topics")
+                .try_parsing(true)
+                .source(Some(vars)),
+        );
+        let raw = b.build().map_err(|e| ConfigError {
+            problems: vec![e.to_string()],
+        })?;
+        let cfg: Config = raw.try_deserialize().map_err(|e| ConfigError {
+            problems: vec![explain_serde(&e.to_string())],
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        let k = &self.kafka;
+        if k.bootstrap_servers.trim().is_empty() {
+            p.push("`kafka.bootstrap_servers` is empty: list the brokers as host:port, comma-separated".to_string());
+        }
+        for server in k
+            .bootstrap_servers
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            let addr = server.rsplit_once("://").map_or(server, |(_, a)| a);
+            match addr.rsplit_once(':') {
+                Some((host, port))
+                    if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+                _ => p.push(format!(
+                    "`kafka.bootstrap_servers`: `{server}` is not host:port"
+                )),
+            }
+        }
+        if k.group_id.trim().is_empty() {
+            p.push("`kafka.group_id` is empty".into());
+        }
+        if k.input_topics.is_empty() || k.input_topics.iter().any(|t| t.trim().is_empty()) {
+            p.push("`kafka.input_topics` is missing: name the raw event topic(s) to read".into());
+        }
+        if k.clean_topic.trim().is_empty() {
+            p.push(
+                "`kafka.clean_topic` is missing: name the topic the Customer.io forwarder reads"
+                    .into(),
+            );
+        }
+        if k.dead_letter_topic.trim().is_empty() {
+            p.push("`kafka.dead_letter_topic` is missing: messages that cannot be sanitized must go somewhere".into());
+        }
+        if k.input_topics.contains(&k.clean_topic) || k.input_topics.contains(&k.dead_letter_topic)
+        {
+            p.push(
+                "an output topic is also an input topic: the service would read its own output"
+                    .into(),
+            );
+        }
+        if !k.clean_topic.is_empty() && k.clean_topic == k.dead_letter_topic {
+            p.push("`kafka.clean_topic` and `kafka.dead_letter_topic` are the same: raw dead letters would reach the forwarder".into());
+        }
+        for (section, props) in [
+            ("common", &k.common),
+            ("consumer", &k.consumer),
+            ("producer", &k.producer),
+        ] {
+            for key in props.keys() {
+                if let Some((_, why)) = RESERVED.iter().find(|(r, _)| r == key) {
+                    p.push(format!("`kafka.{section}.{key}` cannot be set here: {why}"));
+                }
+            }
+        }
+        if let Some(f) = &k.sasl_password_file {
+            if let Err(e) = std::fs::metadata(f) {
+                p.push(format!(
+                    "`kafka.sasl_password_file` {} cannot be read: {}",
+                    f.display(),
+                    e.kind()
+                ));
+            }
+        }
+        if !self.rules.file.is_file() {
+            p.push(format!(
+                "`rules.file` {} is not a readable file",
+                self.rules.file.display()
+            ));
+        }
+        if let Some(f) = &self.rules.hash_key_file {
+            if let Err(e) = std::fs::read(f) {
+                p.push(format!(
+                    "`rules.hash_key_file` {} cannot be read: {}",
+                    f.display(),
+                    e.kind()
+                ));
+            }
+        }
+        if self.limits.max_in_flight == 0 {
+            p.push("`limits.max_in_flight` must be at least 1".into());
+        }
+        if self.limits.max_message_bytes == 0 || self.limits.max_depth == 0 {
+            p.push("`limits.max_message_bytes` and `limits.max_depth` must be at least 1".into());
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!(
+                "`http.listen` `{}` is not an address such as 0.0.0.0:9090",
+                self.http.listen
+            ));
+        }
+        if !["auto", "json", "text"].contains(&self.log.format.as_str()) {
+            p.push(format!(
+                "`log.format` `{}` must be auto, json or text",
+                self.log.format
+            ));
+        }
+        if self.rules.reload_interval.is_zero() {
+            p.push("`rules.reload_interval` must be above 0".into());
+        }
+        let protocol = k
+            .common
+            .get("security.protocol")
+            .or(k.consumer.get("security.protocol"))
+            .map(|s| s.to_ascii_lowercase());
+        let plaintext = matches!(
+            protocol.as_deref(),
+            None | Some("plaintext") | Some("sasl_plaintext")
+        );
+        if plaintext && !k.allow_plaintext {
+            p.push(format!(
+                "the broker connection would be unencrypted (security.protocol {}): set `kafka.common.security.protocol: ssl` (or sasl_ssl), or `kafka.allow_plaintext: true` to accept it knowingly",
+                protocol.as_deref().unwrap_or("plaintext, the default")
+            ));
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems: p })
+        }
+    }
+
+    /// The security protocol in use, for the startup log.
+    pub fn security_protocol(&self) -> String {
+        self.kafka
+            .common
+            .get("security.protocol")
+            .cloned()
+            .unwrap_or_else(|| "plaintext".into())
+    }
+
+    /// The SASL password, when a file is configured.
+    pub fn sasl_password(&self) -> Result<Option<Secret>, ConfigError> {
+        match &self.kafka.sasl_password_file {
+            None => Ok(None),
+            Some(f) => Secret::from_file(f).map(Some).map_err(|e| ConfigError {
+                problems: vec![format!(
+                    "`kafka.sasl_password_file` {} cannot be read: {}",
+                    f.display(),
+                    e.kind()
+                )],
+            }),
+        }
+    }
+}
+
+fn explain_serde(msg: &str) -> String {
+    if msg.contains("missing field") {
+        format!("{msg} (every option is described in config/example.yaml)")
+    } else {
+        msg.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let rules = dir.join("rules.yaml");
+        std::fs::write(&rules, "version: 1\nname: t\nrules: []\n").unwrap();
+        let p = dir.join("c.yaml");
+        std::fs::write(&p, text.replace("RULES", &rules.display().to_string())).unwrap();
+        p
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "kafka: { bootstrap_servers: 'a:1', input_topics: [raw], clean_topic: c, dead_letter_topic: d, allow_plaintext: true }\nrules: { file: RULES }\n");
+        let env = vec![
+            (
+                "EVENT_SANITIZER__KAFKA__BOOTSTRAP_SERVERS".to_string(),
+                "b:2,c:3".to_string(),
+            ),
+            (
+                "EVENT_SANITIZER__KAFKA__INPUT_TOPICS".to_string(),
+                "x,y".to_string(),
+            ),
+            (
+                "EVENT_SANITIZER__LIMITS__MAX_IN_FLIGHT".to_string(),
+                "7".to_string(),
+            ),
+        ];
+        let c = Config::load_with_env(Some(&p), env).unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "b:2,c:3");
+        assert_eq!(c.kafka.input_topics, vec!["x", "y"]);
+        assert_eq!(c.limits.max_in_flight, 7);
+        assert_eq!(c.rules.reload_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn every_problem_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "kafka: { bootstrap_servers: 'nohost', clean_topic: c, dead_letter_topic: c, consumer: { enable.auto.commit: 'true' } }\nrules: { file: /nonexistent.yaml }\nhttp: { listen: nowhere }\n");
+        let e = Config::load_with_env(Some(&p), vec![]).unwrap_err();
+        let text = e.to_string();
+        for needle in [
+            "`nohost` is not host:port",
+            "`kafka.input_topics` is missing",
+            "are the same",
+            "`kafka.consumer.enable.auto.commit` cannot be set",
+            "`rules.file` /nonexistent.yaml",
+            "`http.listen`",
+            "unencrypted",
+        ] {
+            assert!(text.contains(needle), "{needle}: {text}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "kafka: { bootstrap_servers: 'a:1', input_topics: [r], clean_topic: c, dead_letter_topic: d, allow_plaintext: true, clean_topc: x }\nrules: { file: RULES }\n");
+        let e = Config::load_with_env(Some(&p), vec![]).unwrap_err();
+        assert!(e.to_string().contains("clean_topc"), "{e}");
+    }
+}

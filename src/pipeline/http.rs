@@ -1,0 +1,66 @@
+//! One port: `/metrics` (Prometheus text format), `/healthz` (the process
+//! answers), `/readyz` (rules loaded, group joined, producer reaches a broker).
+
+use super::Health;
+use crate::metrics::Telemetry;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub(super) async fn serve(
+    listener: tokio::net::TcpListener,
+    telemetry: Arc<Telemetry>,
+    health: Arc<Health>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let t = telemetry.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        t.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let h = health.clone();
+                async move { readiness(&h).into_response() }
+            }),
+        );
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.changed().await;
+        })
+        .await;
+}
+
+fn readiness(h: &Health) -> (StatusCode, String) {
+    let mut missing = Vec::new();
+    if !h.rules.load(Ordering::Relaxed) {
+        missing.push("rules not loaded");
+    }
+    if !h.joined.load(Ordering::Relaxed) {
+        missing.push("consumer has not joined its group");
+    }
+    if !h.producer.load(Ordering::Relaxed) {
+        missing.push("producer cannot reach a broker");
+    }
+    if missing.is_empty() {
+        (StatusCode::OK, "ready\n".into())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", missing.join("; ")),
+        )
+    }
+}

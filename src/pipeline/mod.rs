@@ -1,0 +1,735 @@
+//! The Kafka service: consume raw events, sanitize, produce to the clean
+//! topic (or the dead-letter topic with a reason), at least once.
+//!
+//! Guarantee: an input offset is stored for commit only after the broker
+//! has acknowledged that message's output *and* every earlier message of
+//! the same partition is acknowledged too ([`tracker::Tracker`]). A crash
+//! therefore replays, never loses. Per-partition order is kept: a
+//! partition always goes to the same worker, which enqueues into the
+//! idempotent producer in order. At most `limits.max_in_flight` messages
+//! are between consume and acknowledgement; at the bound the consumer stops
+//! polling, so a slow or unavailable broker pauses consumption instead of
+//! growing memory.
+//!
+//! Shutdown is passed in: when it resolves, consumption stops, in-flight
+//! messages finish, the producer flushes and offsets are committed, within
+//! `shutdown.timeout`.
+
+mod http;
+pub mod reload;
+pub mod tracker;
+
+use crate::config::Config;
+use crate::engine::{DeadLetterReason, Limits, Sanitizer, Scratch};
+use crate::metrics::Telemetry;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::TopicPartitionList;
+use reload::RuleSource;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tracker::Tracker;
+
+/// Why the service stopped with an error (the binary exits non-zero, and
+/// Kubernetes restarts the pod).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Rules could not be loaded at startup.
+    #[error("cannot load the rules: {0}")]
+    Rules(#[from] reload::LoadError),
+    /// A Kafka client could not be created or subscribed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// librdkafka reported a fatal error.
+    #[error("fatal kafka error: {0}")]
+    Fatal(String),
+    /// The metrics endpoint could not listen.
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// Shutdown did not finish in time; unfinished messages will be
+    /// consumed again.
+    #[error("shutdown timed out with {0} messages unacknowledged; they will be consumed again after restart")]
+    ShutdownTimeout(usize),
+}
+
+/// What readiness needs: rules loaded, group joined, producer reaching a broker.
+#[derive(Default)]
+pub struct Health {
+    /// Rules compiled.
+    pub rules: AtomicBool,
+    /// The consumer received an assignment (possibly empty).
+    pub joined: AtomicBool,
+    /// The producer fetched metadata recently.
+    pub producer: AtomicBool,
+}
+
+/// Counts for the caller when the service stops.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Summary {
+    /// Messages consumed.
+    pub consumed: u64,
+    /// Clean records acknowledged.
+    pub clean: u64,
+    /// Dead letters acknowledged.
+    pub dead_letters: u64,
+}
+
+struct ConsumerCtx {
+    telemetry: Arc<Telemetry>,
+    tracker: Arc<Tracker>,
+    health: Arc<Health>,
+    inputs: Vec<String>,
+}
+
+fn log_kafka(client: &str, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", client, fac, "{msg}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", client, fac, "{msg}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", client, fac, "{msg}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", client, fac, "{msg}"),
+    }
+}
+
+fn error_kind(e: &KafkaError) -> String {
+    e.rdkafka_error_code()
+        .map_or_else(|| "client".to_string(), |c| format!("{c:?}").to_lowercase())
+}
+
+impl ClientContext for ConsumerCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        log_kafka("consumer", level, fac, msg);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.telemetry
+            .kafka_error("consumer", &error_kind(&error), reason);
+    }
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            if !self.inputs.contains(topic) {
+                continue;
+            }
+            for (p, ps) in &t.partitions {
+                if *p >= 0 && ps.consumer_lag >= 0 {
+                    self.telemetry.lag(topic, *p, ps.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+fn describe(parts: &[(String, i32)]) -> String {
+    parts
+        .iter()
+        .map(|(t, p)| format!("{t}/{p}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl ConsumerContext for ConsumerCtx {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts = partitions(tpl);
+            self.tracker.revoke(&parts);
+            self.telemetry.clear_lag();
+            self.telemetry.rebalance("revoke", &describe(&parts));
+        }
+    }
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                self.health.joined.store(true, Ordering::Relaxed);
+                self.telemetry
+                    .rebalance("assign", &describe(&partitions(tpl)));
+            }
+            Rebalance::Error(e) => {
+                self.telemetry
+                    .kafka_error("consumer", "rebalance", &e.to_string())
+            }
+            Rebalance::Revoke(_) => {}
+        }
+    }
+    fn commit_callback(&self, result: KafkaResult<()>, _: &TopicPartitionList) {
+        match result {
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => self.telemetry.committed(false, &e.to_string()),
+            Ok(()) => self.telemetry.committed(true, ""),
+        }
+    }
+}
+
+struct ProducerCtx {
+    telemetry: Arc<Telemetry>,
+    fatal: Arc<Notify>,
+    fatal_msg: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl ClientContext for ProducerCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        log_kafka("producer", level, fac, msg);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.telemetry
+            .kafka_error("producer", &error_kind(&error), reason);
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            *self.fatal_msg.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(format!("{error}: {reason}"));
+            self.fatal.notify_one();
+        }
+    }
+}
+
+type Consumer0 = StreamConsumer<ConsumerCtx>;
+type Producer0 = FutureProducer<ProducerCtx>;
+
+/// State shared by the consumer loop, the workers and the delivery tasks.
+struct Shared {
+    cfg: Config,
+    telemetry: Arc<Telemetry>,
+    rules: Arc<RuleSource>,
+    tracker: Arc<Tracker>,
+    consumer: Arc<Consumer0>,
+    producer: Producer0,
+    clean: AtomicU64,
+    dead: AtomicU64,
+}
+
+/// One consumed message on its way through a worker.
+struct Job {
+    msg: OwnedMessage,
+    epoch: u64,
+    permit: OwnedSemaphorePermit,
+    consumed_at: Instant,
+}
+
+/// A record to produce, owned so it can be produced again after a failure.
+struct OutRecord {
+    topic: String,
+    payload: Vec<u8>,
+    key: Option<Vec<u8>>,
+    headers: OwnedHeaders,
+    clean: bool,
+}
+
+/// A running service: clients created, rules loaded, metrics endpoint bound.
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    health: Arc<Health>,
+    http: tokio::net::TcpListener,
+    fatal: Arc<Notify>,
+    fatal_msg: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+fn client_config(
+    cfg: &Config,
+    extra: &std::collections::BTreeMap<String, String>,
+    password: Option<&crate::secret::Secret>,
+) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka.bootstrap_servers);
+    for (k, v) in cfg.kafka.common.iter().chain(extra) {
+        c.set(k, v);
+    }
+    if let Some(p) = password {
+        c.set("sasl.password", String::from_utf8_lossy(p.expose()));
+    }
+    c
+}
+
+impl Pipeline {
+    /// Loads rules, creates the Kafka clients and binds the HTTP endpoint.
+    pub async fn new(cfg: Config, telemetry: Arc<Telemetry>) -> Result<Pipeline, PipelineError> {
+        let limits = Limits {
+            max_bytes: cfg.limits.max_message_bytes,
+            max_depth: cfg.limits.max_depth,
+        };
+        let rules = Arc::new(RuleSource::load(
+            &cfg.rules.file,
+            cfg.rules.hash_key_file.as_deref(),
+            limits,
+            &telemetry,
+        )?);
+        let health = Arc::new(Health::default());
+        health.rules.store(true, Ordering::Relaxed);
+        let tracker = Arc::new(Tracker::default());
+        let password = cfg
+            .sasl_password()
+            .map_err(|e| PipelineError::Fatal(e.to_string()))?;
+        let mut cc = ClientConfig::new();
+        cc.set("group.id", &cfg.kafka.group_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "5000")
+            .set("queued.max.messages.kbytes", "16384");
+        for (k, v) in client_config(&cfg, &cfg.kafka.consumer, password.as_ref()).config_map() {
+            cc.set(k, v);
+        }
+        let consumer: Consumer0 = cc.create_with_context(ConsumerCtx {
+            telemetry: telemetry.clone(),
+            tracker: tracker.clone(),
+            health: health.clone(),
+            inputs: cfg.kafka.input_topics.clone(),
+        })?;
+        let topics: Vec<&str> = cfg.kafka.input_topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let fatal = Arc::new(Notify::new());
+        let fatal_msg = Arc::new(std::sync::Mutex::new(None));
+        let mut pc = ClientConfig::new();
+        pc.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "0");
+        for (k, v) in client_config(&cfg, &cfg.kafka.producer, password.as_ref()).config_map() {
+            pc.set(k, v);
+        }
+        let producer: Producer0 = pc.create_with_context(ProducerCtx {
+            telemetry: telemetry.clone(),
+            fatal: fatal.clone(),
+            fatal_msg: fatal_msg.clone(),
+        })?;
+        let http = tokio::net::TcpListener::bind(&cfg.http.listen)
+            .await
+            .map_err(|error| PipelineError::Listen {
+                addr: cfg.http.listen.clone(),
+                error,
+            })?;
+        tracing::info!(
+            security_protocol = %cfg.security_protocol(),
+            group = %cfg.kafka.group_id,
+            inputs = ?cfg.kafka.input_topics,
+            clean = %cfg.kafka.clean_topic,
+            dead_letters = %cfg.kafka.dead_letter_topic,
+            "starting"
+        );
+        let shared = Arc::new(Shared {
+            cfg,
+            telemetry,
+            rules,
+            tracker,
+            consumer: Arc::new(consumer),
+            producer,
+            clean: AtomicU64::new(0),
+            dead: AtomicU64::new(0),
+        });
+        Ok(Pipeline {
+            shared,
+            health,
+            http,
+            fatal,
+            fatal_msg,
+        })
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` answer.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Runs until `shutdown` resolves (then drains, flushes, commits) or a
+    /// fatal error.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<Summary, PipelineError> {
+        let Pipeline {
+            shared,
+            health,
+            http,
+            fatal,
+            fatal_msg,
+        } = self;
+        let cfg = &shared.cfg;
+        let (stop_side, stop_side_rx) = tokio::sync::watch::channel(false);
+        // Side tasks: HTTP, rule reload, producer health.
+        let http_task = tokio::spawn(http::serve(
+            http,
+            shared.telemetry.clone(),
+            health.clone(),
+            stop_side_rx.clone(),
+        ));
+        let reload_task = {
+            let (rules, telemetry, every, mut stop) = (
+                shared.rules.clone(),
+                shared.telemetry.clone(),
+                cfg.rules.reload_interval,
+                stop_side_rx.clone(),
+            );
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! { _ = tick.tick() => {}, _ = stop.changed() => break }
+                    let (r, t) = (rules.clone(), telemetry.clone());
+                    let _ = tokio::task::spawn_blocking(move || r.check(&t)).await;
+                }
+            })
+        };
+        let health_task = {
+            let (shared, health, mut stop) = (shared.clone(), health.clone(), stop_side_rx.clone());
+            tokio::spawn(async move {
+                loop {
+                    let s = shared.clone();
+                    let ok = tokio::task::spawn_blocking(move || {
+                        s.producer
+                            .client()
+                            .fetch_metadata(Some(&s.cfg.kafka.clean_topic), Duration::from_secs(3))
+                            .is_ok()
+                    })
+                    .await
+                    .unwrap_or(false);
+                    health.producer.store(ok, Ordering::Relaxed);
+                    tokio::select! { _ = tokio::time::sleep(Duration::from_secs(if ok { 5 } else { 1 })) => {}, _ = stop.changed() => break }
+                }
+            })
+        };
+
+        let max = cfg.limits.max_in_flight;
+        let permits = Arc::new(Semaphore::new(max));
+        let workers = if cfg.limits.workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            cfg.limits.workers
+        };
+        let mut senders = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (tx, rx) = mpsc::channel::<Job>(1024);
+            senders.push(tx);
+            handles.push(tokio::spawn(worker(rx, shared.clone())));
+        }
+        let mut consumed = 0u64;
+        tokio::pin!(shutdown);
+        let mut failure = None;
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                _ = fatal.notified() => { failure = Some(fatal_msg.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default()); break }
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let msg = tokio::select! {
+                _ = &mut shutdown => break,
+                _ = fatal.notified() => { failure = Some(fatal_msg.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default()); break }
+                m = shared.consumer.recv() => m,
+            };
+            let msg = match msg {
+                Ok(m) => m.detach(),
+                Err(e) => {
+                    shared
+                        .telemetry
+                        .kafka_error("consumer", &error_kind(&e), &e.to_string());
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                    continue;
+                }
+            };
+            consumed += 1;
+            shared.telemetry.consumed(msg.topic());
+            let epoch = shared
+                .tracker
+                .begin(msg.topic(), msg.partition(), msg.offset());
+            let w = (msg.partition().unsigned_abs() as usize + msg.topic().len()) % workers;
+            if senders[w]
+                .send(Job {
+                    msg,
+                    epoch,
+                    permit,
+                    consumed_at: Instant::now(),
+                })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        // Drain: no more input; workers finish their queues; deliveries finish.
+        tracing::info!(consumed, "stopping: finishing in-flight messages");
+        let deadline = tokio::time::Instant::now() + cfg.shutdown.timeout;
+        drop(senders);
+        for h in handles {
+            let _ = tokio::time::timeout_at(deadline, h).await;
+        }
+        let drained = tokio::time::timeout_at(deadline, permits.acquire_many(max as u32))
+            .await
+            .is_ok();
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        {
+            let s = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = s.producer.flush(remaining);
+                match s.consumer.commit_consumer_state(CommitMode::Sync) {
+                    Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                    Err(e) => s.telemetry.committed(false, &e.to_string()),
+                }
+            })
+            .await;
+        }
+        let _ = stop_side.send(true);
+        let _ = tokio::join!(reload_task, health_task);
+        http_task.abort();
+        let summary = Summary {
+            consumed,
+            clean: shared.clean.load(Ordering::Relaxed),
+            dead_letters: shared.dead.load(Ordering::Relaxed),
+        };
+        tracing::info!(
+            consumed = summary.consumed,
+            clean = summary.clean,
+            dead_letters = summary.dead_letters,
+            "stopped"
+        );
+        if let Some(f) = failure {
+            return Err(PipelineError::Fatal(f));
+        }
+        if !drained {
+            return Err(PipelineError::ShutdownTimeout(shared.tracker.pending()));
+        }
+        Ok(summary)
+    }
+}
+
+/// Lineage and dead-letter headers this service writes; incoming headers
+/// with these names are dropped so they cannot be spoofed.
+const OWN_PREFIX: &str = "sanitizer-";
+
+fn build(
+    s: &Sanitizer,
+    cfg: &Config,
+    m: &OwnedMessage,
+    scratch: &mut Scratch,
+    out: &mut Vec<u8>,
+) -> (OutRecord, Option<DeadLetterReason>) {
+    let result = match m.payload() {
+        None => Err(DeadLetterReason::Empty),
+        Some(p) => s.sanitize(p, scratch, out),
+    };
+    match result {
+        Ok(()) => {
+            let mut headers = OwnedHeaders::new();
+            if let Some(hs) = m.headers() {
+                for h in hs.iter() {
+                    if !h.key.to_ascii_lowercase().starts_with(OWN_PREFIX) && s.keep_header(h.key) {
+                        headers = headers.insert(Header {
+                            key: h.key,
+                            value: h.value,
+                        });
+                    }
+                }
+            }
+            headers = headers
+                .insert(Header {
+                    key: "sanitizer-rules",
+                    value: Some(s.name()),
+                })
+                .insert(Header {
+                    key: "sanitizer-rules-hash",
+                    value: Some(s.content_hash()),
+                })
+                .insert(Header {
+                    key: "sanitizer-version",
+                    value: Some(env!("CARGO_PKG_VERSION")),
+                });
+            let key = s.message_key(m.key()).map(|k| k.into_owned());
+            (
+                OutRecord {
+                    topic: cfg.kafka.clean_topic.clone(),
+                    payload: out.clone(),
+                    key,
+                    headers,
+                    clean: true,
+                },
+                None,
+            )
+        }
+        Err(reason) => {
+            let mut headers = OwnedHeaders::new();
+            if let Some(hs) = m.headers() {
+                for h in hs.iter() {
+                    headers = headers.insert(Header {
+                        key: h.key,
+                        value: h.value,
+                    });
+                }
+            }
+            let (p, o, detail) = (
+                m.partition().to_string(),
+                m.offset().to_string(),
+                reason.to_string(),
+            );
+            headers = headers
+                .insert(Header {
+                    key: "sanitizer-error",
+                    value: Some(reason.code()),
+                })
+                .insert(Header {
+                    key: "sanitizer-error-detail",
+                    value: Some(&detail),
+                })
+                .insert(Header {
+                    key: "sanitizer-source-topic",
+                    value: Some(m.topic()),
+                })
+                .insert(Header {
+                    key: "sanitizer-source-partition",
+                    value: Some(&p),
+                })
+                .insert(Header {
+                    key: "sanitizer-source-offset",
+                    value: Some(&o),
+                })
+                .insert(Header {
+                    key: "sanitizer-rules",
+                    value: Some(s.name()),
+                })
+                .insert(Header {
+                    key: "sanitizer-rules-hash",
+                    value: Some(s.content_hash()),
+                });
+            let rec = OutRecord {
+                topic: cfg.kafka.dead_letter_topic.clone(),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                key: m.key().map(<[u8]>::to_vec),
+                headers,
+                clean: false,
+            };
+            (rec, Some(reason))
+        }
+    }
+}
+
+fn flush_counts(scratch: &mut Scratch, s: &Sanitizer, t: &Telemetry) {
+    scratch.drain_rule_counts(|i, n| t.rule_actions(s.rule_id(i), s.rule_action(i), n));
+}
+
+async fn worker(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
+    let mut scratch = Scratch::default();
+    let mut out = Vec::with_capacity(4096);
+    let mut last: Option<Arc<Sanitizer>> = None;
+    let mut since_flush = 0u32;
+    while let Some(job) = rx.recv().await {
+        let s = shared.rules.current();
+        if let Some(prev) = &last {
+            if !Arc::ptr_eq(prev, &s) {
+                flush_counts(&mut scratch, prev, &shared.telemetry);
+            }
+        }
+        let t0 = Instant::now();
+        let (rec, reason) = build(&s, &shared.cfg, &job.msg, &mut scratch, &mut out);
+        shared.telemetry.sanitized(t0.elapsed().as_secs_f64());
+        if let Some(r) = &reason {
+            shared
+                .telemetry
+                .dead_letter(job.msg.topic(), job.msg.partition(), job.msg.offset(), r);
+        }
+        since_flush += 1;
+        if since_flush >= 256 {
+            flush_counts(&mut scratch, &s, &shared.telemetry);
+            since_flush = 0;
+        }
+        last = Some(s);
+        let fut = enqueue(&shared, &rec).await;
+        tokio::spawn(complete(shared.clone(), job, rec, fut));
+    }
+    if let Some(s) = &last {
+        flush_counts(&mut scratch, s, &shared.telemetry);
+    }
+}
+
+/// Hands a record to the producer, waiting while its queue is full.
+async fn enqueue(shared: &Shared, rec: &OutRecord) -> DeliveryFuture {
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        let mut fr = FutureRecord::to(&rec.topic)
+            .payload(&rec.payload)
+            .headers(rec.headers.clone());
+        if let Some(k) = &rec.key {
+            fr = fr.key(k);
+        }
+        match shared.producer.send_result(fr) {
+            Ok(f) => return f,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {}
+            Err((e, _)) => {
+                shared
+                    .telemetry
+                    .kafka_error("producer", &error_kind(&e), &e.to_string())
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Waits for the broker's acknowledgement (producing again on failure),
+/// then marks the input offset done and stores what may be committed.
+async fn complete(shared: Arc<Shared>, job: Job, rec: OutRecord, mut fut: DeliveryFuture) {
+    loop {
+        match fut.await {
+            Ok(Ok(_)) => break,
+            Ok(Err((e, _))) => shared.telemetry.produce_retry(&rec.topic, &e.to_string()),
+            Err(_) => shared
+                .telemetry
+                .produce_retry(&rec.topic, "delivery report lost"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        fut = enqueue(&shared, &rec).await;
+    }
+    let m = &job.msg;
+    if let Some(offset) = shared
+        .tracker
+        .finish(m.topic(), m.partition(), job.epoch, m.offset())
+    {
+        if let Err(e) = shared
+            .consumer
+            .store_offset(m.topic(), m.partition(), offset)
+        {
+            // The partition was revoked meanwhile: its next owner replays it.
+            tracing::debug!(topic = m.topic(), partition = m.partition(), error = %e, "offset not stored");
+        }
+    }
+    let delay = m.timestamp().to_millis().map(|ts| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        (now - ts) as f64 / 1000.0
+    });
+    shared.telemetry.delivered(
+        &rec.topic,
+        rec.clean,
+        job.consumed_at.elapsed().as_secs_f64(),
+        delay,
+    );
+    if rec.clean {
+        shared.clean.fetch_add(1, Ordering::Relaxed);
+    } else {
+        shared.dead.fetch_add(1, Ordering::Relaxed);
+    }
+    drop(job.permit);
+}

@@ -650,7 +650,9 @@ async fn worker(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
                 .dead_letter(job.msg.topic(), job.msg.partition(), job.msg.offset(), r);
         }
         since_flush += 1;
-        if since_flush >= 256 {
+        // Counts go to the metrics every 256 messages, and whenever the
+        // queue runs dry so that a quiet service still reports them.
+        if since_flush >= 256 || rx.is_empty() {
             flush_counts(&mut scratch, &s, &shared.telemetry);
             since_flush = 0;
         }

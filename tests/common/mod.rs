@@ -50,3 +50,14 @@ pub fn hmac_hex(value: &str) -> String {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_event-sanitizer"))
 }
+
+pub mod kafka;
+
+/// Writes the default rules and a key file into `dir`.
+pub fn rules_and_key(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let rules = dir.join("rules.yaml");
+    std::fs::copy(root().join("rules/customerio.yaml"), &rules).unwrap();
+    let key = dir.join("key");
+    std::fs::write(&key, "test-key\n").unwrap();
+    (rules, key)
+}

@@ -1,0 +1,210 @@
+//! The service against a real Kafka-protocol broker (librdkafka's mock
+//! cluster, in process): sanitized output in per-key order, dead letters
+//! with their reasons, offsets committed, hot reload, metrics.
+
+mod common;
+use common::kafka::*;
+use event_sanitizer::metrics::Telemetry;
+use event_sanitizer::pipeline::Pipeline;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn metric(telemetry: &Telemetry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = telemetry.render();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sanitizes_in_order_dead_letters_with_reasons_and_commits() {
+    let mock = cluster(4);
+    let bs = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, key) = common::rules_and_key(dir.path());
+    let mut input = sequenced(40, 50, "a");
+    let bad: Vec<(Option<String>, Vec<u8>)> = vec![
+        (Some("user-1".into()), b"{not json".to_vec()),
+        (None, b"[1,2,3]".to_vec()),
+        (Some("user-2".into()), b"{\"batch\":7}".to_vec()),
+    ];
+    input.extend(bad.iter().cloned());
+    produce(&bs, &input).await;
+
+    let telemetry = Arc::new(Telemetry::new());
+    let group = "g-order";
+    let p = Pipeline::new(config(&bs, &rules, &key, group), telemetry.clone()).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(p.run(async move {
+        let _ = rx.await;
+    }));
+    let out = read_outputs(&bs, input.len(), Duration::from_secs(60)).await;
+    assert_eq!(out.len(), input.len(), "every input comes out once");
+    tx.send(()).unwrap();
+    let summary = service.await.unwrap().unwrap();
+    assert_eq!(summary.consumed as usize, input.len());
+    assert_eq!(summary.dead_letters, 3);
+
+    // Clean: sanitized, lineage headers, key kept, per-key order.
+    let mut last_seq: HashMap<String, i64> = HashMap::new();
+    let mut ids = std::collections::HashSet::new();
+    for o in out.iter().filter(|o| o.topic == CLEAN) {
+        let v = o.json();
+        let user = v["userId"].as_str().unwrap().to_string();
+        assert_eq!(o.key.as_deref(), Some(user.as_bytes()));
+        assert!(v["traits"].get("ssn").is_none() && v["traits"].get("phone").is_none());
+        assert!(v["traits"]["phone_hash"].as_str().unwrap().len() == 64);
+        assert_eq!(o.header("sanitizer-rules"), Some("customerio-default"));
+        assert_eq!(o.header("sanitizer-rules-hash").map(str::len), Some(12));
+        assert_eq!(o.header("sanitizer-version"), Some(env!("CARGO_PKG_VERSION")));
+        assert_eq!(o.header("trace-id"), Some("t-1"));
+        assert_eq!(o.header("x-user-email"), None, "dropped by message.headers");
+        let seq = v["traits"]["seq"].as_i64().unwrap();
+        let prev = last_seq.insert(user.clone(), seq);
+        assert!(prev.is_none_or(|p| p < seq), "order broken for {user}: {prev:?} then {seq}");
+        assert!(ids.insert(v["messageId"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(ids.len(), 2000);
+    // Dead letters: original payload and key, reason and source headers.
+    let mut reasons: Vec<&str> = out.iter().filter(|o| o.topic == DLQ).map(|o| o.header("sanitizer-error").unwrap()).collect();
+    reasons.sort();
+    assert_eq!(reasons, vec!["batch_not_array", "invalid_json", "not_an_object"]);
+    let dl = out.iter().find(|o| o.header("sanitizer-error") == Some("invalid_json")).unwrap();
+    assert_eq!(dl.payload, b"{not json");
+    assert_eq!(dl.key.as_deref(), Some(&b"user-1"[..]));
+    assert_eq!(dl.header("sanitizer-source-topic"), Some(RAW));
+    assert!(dl.header("sanitizer-source-offset").unwrap().parse::<i64>().is_ok());
+    // Everything consumed was committed, dead letters included.
+    assert_eq!(committed(&bs, group, 4), high_watermarks(&bs, RAW, 4));
+    // Metrics agree.
+    assert_eq!(metric(&telemetry, "event_sanitizer_messages_in_total", &[("topic", RAW)]), input.len() as f64);
+    assert_eq!(metric(&telemetry, "event_sanitizer_messages_out_total", &[("outcome", "clean")]), 2000.0);
+    assert_eq!(metric(&telemetry, "event_sanitizer_dead_letters_total", &[("reason", "invalid_json")]), 1.0);
+    assert_eq!(metric(&telemetry, "event_sanitizer_rule_actions_total", &[("rule", "never-send")]), 2000.0);
+    assert_eq!(metric(&telemetry, "event_sanitizer_in_flight_messages", &[]), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reload_takes_effect_and_a_bad_reload_keeps_the_rules() {
+    let mock = cluster(2);
+    let bs = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, key) = common::rules_and_key(dir.path());
+    let telemetry = Arc::new(Telemetry::new());
+    let p = Pipeline::new(config(&bs, &rules, &key, "g-reload"), telemetry.clone()).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(p.run(async move {
+        let _ = rx.await;
+    }));
+    let wait_for = |name: &'static str, result: &'static str, n: f64| {
+        let t = telemetry.clone();
+        async move {
+            for _ in 0..100 {
+                if metric(&t, name, &[("result", result)]) >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("{name}{{result={result}}} never reached {n}");
+        }
+    };
+
+    produce(&bs, &sequenced(2, 5, "before")).await;
+    assert_eq!(read_outputs(&bs, 10, Duration::from_secs(60)).await.len(), 10);
+    // Also drop `plan`: a valid change, swapped in without a restart.
+    let text = std::fs::read_to_string(&rules).unwrap().replace("fields: [ssn, social_security,", "fields: [plan, ssn, social_security,");
+    std::fs::write(&rules, text).unwrap();
+    wait_for("event_sanitizer_rule_reloads_total", "success", 1.0).await;
+    produce(&bs, &sequenced(2, 5, "after")).await;
+    // A broken change: rejected, counted, old (new) rules kept.
+    std::fs::write(&rules, "version: 1\nname: broken\nrules:\n  - id: x\n    action: explode\n").unwrap();
+    wait_for("event_sanitizer_rule_reloads_total", "failure", 1.0).await;
+    produce(&bs, &sequenced(2, 5, "broken")).await;
+
+    let out = read_outputs(&bs, 30, Duration::from_secs(60)).await;
+    tx.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    assert_eq!(out.len(), 30);
+    for o in &out {
+        let v = o.json();
+        let id = v["messageId"].as_str().unwrap();
+        let has_plan = v["traits"].get("plan").is_some();
+        if id.starts_with("before") {
+            assert!(has_plan, "{id}");
+        } else {
+            assert!(!has_plan, "{id}: the reloaded rules drop plan");
+        }
+        assert_eq!(o.header("sanitizer-rules"), Some("customerio-default"));
+    }
+    let hashes: std::collections::HashSet<_> = out.iter().map(|o| o.header("sanitizer-rules-hash").unwrap().to_string()).collect();
+    assert_eq!(hashes.len(), 2, "lineage names both rule versions");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_health_and_readiness_over_http() {
+    let mock = cluster(1);
+    let bs = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, key) = common::rules_and_key(dir.path());
+    let telemetry = Arc::new(Telemetry::new());
+    let p = Pipeline::new(config(&bs, &rules, &key, "g-http"), telemetry).await.unwrap();
+    let addr = p.http_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(p.run(async move {
+        let _ = rx.await;
+    }));
+    produce(&bs, &sequenced(1, 3, "h")).await;
+    read_outputs(&bs, 3, Duration::from_secs(30)).await;
+    let get = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.unwrap();
+        let (head, body) = buf.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_string(), body.to_string())
+    };
+    assert!(get("/healthz").await.0.contains("200"));
+    let mut ready = String::new();
+    for _ in 0..50 {
+        ready = get("/readyz").await.0;
+        if ready.contains("200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ready.contains("200"), "{ready}");
+    let (status, body) = get("/metrics").await;
+    assert!(status.contains("200"));
+    // Chunked transfer encoding may wrap the body; parse the metric lines.
+    let scrape = prometheus_parse::Scrape::parse(body.lines().filter(|l| l.starts_with('#') || l.starts_with("event_sanitizer")).map(|l| Ok(l.to_string()))).unwrap();
+    let names: std::collections::HashSet<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+    for n in [
+        "event_sanitizer_messages_in_total",
+        "event_sanitizer_messages_out_total",
+        "event_sanitizer_dead_letters_total",
+        "event_sanitizer_rule_actions_total",
+        "event_sanitizer_processing_seconds",
+        "event_sanitizer_end_to_end_delay_seconds",
+        "event_sanitizer_in_flight_messages",
+        "event_sanitizer_rule_set_info",
+        "event_sanitizer_rule_set_loaded_timestamp_seconds",
+        "event_sanitizer_rule_reloads_total",
+        "event_sanitizer_build_info",
+    ] {
+        assert!(names.contains(n), "missing {n}");
+    }
+    // Never a user id or payload value as a label.
+    assert!(!body.contains("user-0") && !body.contains("+1-555"), "{body}");
+    tx.send(()).unwrap();
+    service.await.unwrap().unwrap();
+}

@@ -551,9 +551,16 @@ mod example {
     #[test]
     fn the_shipped_example_loads() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let c = super::Config::load_with_env(Some(&root.join("config/example.yaml")), vec![]).unwrap();
-        assert_eq!(c.kafka.common.get("security.protocol").map(String::as_str), Some("ssl"));
-        assert_eq!(c.kafka.producer.get("compression.type").map(String::as_str), Some("lz4"));
+        let c =
+            super::Config::load_with_env(Some(&root.join("config/example.yaml")), vec![]).unwrap();
+        assert_eq!(
+            c.kafka.common.get("security.protocol").map(String::as_str),
+            Some("ssl")
+        );
+        assert_eq!(
+            c.kafka.producer.get("compression.type").map(String::as_str),
+            Some("lz4")
+        );
         assert_eq!(c.shutdown.timeout, std::time::Duration::from_secs(25));
     }
 }

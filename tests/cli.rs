@@ -225,3 +225,28 @@ fn schema_is_json_schema_and_knows_every_key() {
         assert_eq!(in_schema, known, "section `{section}`");
     }
 }
+
+#[test]
+fn run_refuses_bad_configuration_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = common::root().join("rules/customerio.yaml");
+    let cases = [
+        ("kafka: { bootstrap_servers: 'b:9092', clean_topic: c, dead_letter_topic: d, allow_plaintext: true }\nrules: { file: RULES }\n", "`kafka.input_topics` is missing"),
+        ("kafka: { bootstrap_servers: 'broker-without-port', input_topics: [r], clean_topic: c, dead_letter_topic: d, allow_plaintext: true }\nrules: { file: RULES }\n", "`broker-without-port` is not host:port"),
+        ("kafka: { bootstrap_servers: 'b:9092', input_topics: [r], clean_topic: c, dead_letter_topic: d, allow_plaintext: true, sasl_password_file: /nonexistent/pw }\nrules: { file: RULES }\n", "`kafka.sasl_password_file` /nonexistent/pw cannot be read"),
+        ("kafka: { bootstrap_servers: 'b:9092', input_topics: [r], clean_topic: c, dead_letter_topic: d }\nrules: { file: RULES }\n", "unencrypted"),
+    ];
+    for (i, (body, want)) in cases.iter().enumerate() {
+        let cfg = dir.path().join(format!("c{i}.yaml"));
+        std::fs::write(&cfg, body.replace("RULES", &rules.display().to_string())).unwrap();
+        let o = es(&["run", "-c", cfg.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains(want), "{want}: {}", text(&o));
+    }
+    // Rules that do not compile stop startup too (no key).
+    let cfg = dir.path().join("nokey.yaml");
+    std::fs::write(&cfg, format!("kafka: {{ bootstrap_servers: 'b:9092', input_topics: [r], clean_topic: c, dead_letter_topic: d, allow_plaintext: true }}\nrules: {{ file: {} }}\nhttp: {{ listen: '127.0.0.1:0' }}\n", rules.display())).unwrap();
+    let o = es(&["run", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("SANITIZER_HASH_KEY"), "{}", text(&o));
+}

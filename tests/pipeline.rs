@@ -19,7 +19,9 @@ fn metric(telemetry: &Telemetry, name: &str, labels: &[(&str, &str)]) -> f64 {
         .iter()
         .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
             _ => 0.0,
         })
         .sum()
@@ -42,7 +44,9 @@ async fn sanitizes_in_order_dead_letters_with_reasons_and_commits() {
 
     let telemetry = Arc::new(Telemetry::new());
     let group = "g-order";
-    let p = Pipeline::new(config(&bs, &rules, &key, group), telemetry.clone()).await.unwrap();
+    let p = Pipeline::new(config(&bs, &rules, &key, group), telemetry.clone())
+        .await
+        .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(p.run(async move {
         let _ = rx.await;
@@ -65,32 +69,83 @@ async fn sanitizes_in_order_dead_letters_with_reasons_and_commits() {
         assert!(v["traits"]["phone_hash"].as_str().unwrap().len() == 64);
         assert_eq!(o.header("sanitizer-rules"), Some("customerio-default"));
         assert_eq!(o.header("sanitizer-rules-hash").map(str::len), Some(12));
-        assert_eq!(o.header("sanitizer-version"), Some(env!("CARGO_PKG_VERSION")));
+        assert_eq!(
+            o.header("sanitizer-version"),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
         assert_eq!(o.header("trace-id"), Some("t-1"));
         assert_eq!(o.header("x-user-email"), None, "dropped by message.headers");
         let seq = v["traits"]["seq"].as_i64().unwrap();
         let prev = last_seq.insert(user.clone(), seq);
-        assert!(prev.is_none_or(|p| p < seq), "order broken for {user}: {prev:?} then {seq}");
+        assert!(
+            prev.is_none_or(|p| p < seq),
+            "order broken for {user}: {prev:?} then {seq}"
+        );
         assert!(ids.insert(v["messageId"].as_str().unwrap().to_string()));
     }
     assert_eq!(ids.len(), 2000);
     // Dead letters: original payload and key, reason and source headers.
-    let mut reasons: Vec<&str> = out.iter().filter(|o| o.topic == DLQ).map(|o| o.header("sanitizer-error").unwrap()).collect();
+    let mut reasons: Vec<&str> = out
+        .iter()
+        .filter(|o| o.topic == DLQ)
+        .map(|o| o.header("sanitizer-error").unwrap())
+        .collect();
     reasons.sort();
-    assert_eq!(reasons, vec!["batch_not_array", "invalid_json", "not_an_object"]);
-    let dl = out.iter().find(|o| o.header("sanitizer-error") == Some("invalid_json")).unwrap();
+    assert_eq!(
+        reasons,
+        vec!["batch_not_array", "invalid_json", "not_an_object"]
+    );
+    let dl = out
+        .iter()
+        .find(|o| o.header("sanitizer-error") == Some("invalid_json"))
+        .unwrap();
     assert_eq!(dl.payload, b"{not json");
     assert_eq!(dl.key.as_deref(), Some(&b"user-1"[..]));
     assert_eq!(dl.header("sanitizer-source-topic"), Some(RAW));
-    assert!(dl.header("sanitizer-source-offset").unwrap().parse::<i64>().is_ok());
+    assert!(dl
+        .header("sanitizer-source-offset")
+        .unwrap()
+        .parse::<i64>()
+        .is_ok());
     // Everything consumed was committed, dead letters included.
     assert_eq!(committed(&bs, group, 4), high_watermarks(&bs, RAW, 4));
     // Metrics agree.
-    assert_eq!(metric(&telemetry, "event_sanitizer_messages_in_total", &[("topic", RAW)]), input.len() as f64);
-    assert_eq!(metric(&telemetry, "event_sanitizer_messages_out_total", &[("outcome", "clean")]), 2000.0);
-    assert_eq!(metric(&telemetry, "event_sanitizer_dead_letters_total", &[("reason", "invalid_json")]), 1.0);
-    assert_eq!(metric(&telemetry, "event_sanitizer_rule_actions_total", &[("rule", "never-send")]), 2000.0);
-    assert_eq!(metric(&telemetry, "event_sanitizer_in_flight_messages", &[]), 0.0);
+    assert_eq!(
+        metric(
+            &telemetry,
+            "event_sanitizer_messages_in_total",
+            &[("topic", RAW)]
+        ),
+        input.len() as f64
+    );
+    assert_eq!(
+        metric(
+            &telemetry,
+            "event_sanitizer_messages_out_total",
+            &[("outcome", "clean")]
+        ),
+        2000.0
+    );
+    assert_eq!(
+        metric(
+            &telemetry,
+            "event_sanitizer_dead_letters_total",
+            &[("reason", "invalid_json")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &telemetry,
+            "event_sanitizer_rule_actions_total",
+            &[("rule", "never-send")]
+        ),
+        2000.0
+    );
+    assert_eq!(
+        metric(&telemetry, "event_sanitizer_in_flight_messages", &[]),
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -100,7 +155,9 @@ async fn reload_takes_effect_and_a_bad_reload_keeps_the_rules() {
     let dir = tempfile::tempdir().unwrap();
     let (rules, key) = common::rules_and_key(dir.path());
     let telemetry = Arc::new(Telemetry::new());
-    let p = Pipeline::new(config(&bs, &rules, &key, "g-reload"), telemetry.clone()).await.unwrap();
+    let p = Pipeline::new(config(&bs, &rules, &key, "g-reload"), telemetry.clone())
+        .await
+        .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(p.run(async move {
         let _ = rx.await;
@@ -119,14 +176,24 @@ async fn reload_takes_effect_and_a_bad_reload_keeps_the_rules() {
     };
 
     produce(&bs, &sequenced(2, 5, "before")).await;
-    assert_eq!(read_outputs(&bs, 10, Duration::from_secs(60)).await.len(), 10);
+    assert_eq!(
+        read_outputs(&bs, 10, Duration::from_secs(60)).await.len(),
+        10
+    );
     // Also drop `plan`: a valid change, swapped in without a restart.
-    let text = std::fs::read_to_string(&rules).unwrap().replace("fields: [ssn, social_security,", "fields: [plan, ssn, social_security,");
+    let text = std::fs::read_to_string(&rules).unwrap().replace(
+        "fields: [ssn, social_security,",
+        "fields: [plan, ssn, social_security,",
+    );
     std::fs::write(&rules, text).unwrap();
     wait_for("event_sanitizer_rule_reloads_total", "success", 1.0).await;
     produce(&bs, &sequenced(2, 5, "after")).await;
     // A broken change: rejected, counted, old (new) rules kept.
-    std::fs::write(&rules, "version: 1\nname: broken\nrules:\n  - id: x\n    action: explode\n").unwrap();
+    std::fs::write(
+        &rules,
+        "version: 1\nname: broken\nrules:\n  - id: x\n    action: explode\n",
+    )
+    .unwrap();
     wait_for("event_sanitizer_rule_reloads_total", "failure", 1.0).await;
     produce(&bs, &sequenced(2, 5, "broken")).await;
 
@@ -145,7 +212,10 @@ async fn reload_takes_effect_and_a_bad_reload_keeps_the_rules() {
         }
         assert_eq!(o.header("sanitizer-rules"), Some("customerio-default"));
     }
-    let hashes: std::collections::HashSet<_> = out.iter().map(|o| o.header("sanitizer-rules-hash").unwrap().to_string()).collect();
+    let hashes: std::collections::HashSet<_> = out
+        .iter()
+        .map(|o| o.header("sanitizer-rules-hash").unwrap().to_string())
+        .collect();
     assert_eq!(hashes.len(), 2, "lineage names both rule versions");
 }
 
@@ -156,7 +226,9 @@ async fn metrics_health_and_readiness_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let (rules, key) = common::rules_and_key(dir.path());
     let telemetry = Arc::new(Telemetry::new());
-    let p = Pipeline::new(config(&bs, &rules, &key, "g-http"), telemetry).await.unwrap();
+    let p = Pipeline::new(config(&bs, &rules, &key, "g-http"), telemetry)
+        .await
+        .unwrap();
     let addr = p.http_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(p.run(async move {
@@ -167,7 +239,11 @@ async fn metrics_health_and_readiness_over_http() {
     let get = |path: &'static str| async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut buf = String::new();
         s.read_to_string(&mut buf).await.unwrap();
         let (head, body) = buf.split_once("\r\n\r\n").unwrap();
@@ -186,8 +262,14 @@ async fn metrics_health_and_readiness_over_http() {
     let (status, body) = get("/metrics").await;
     assert!(status.contains("200"));
     // Chunked transfer encoding may wrap the body; parse the metric lines.
-    let scrape = prometheus_parse::Scrape::parse(body.lines().filter(|l| l.starts_with('#') || l.starts_with("event_sanitizer")).map(|l| Ok(l.to_string()))).unwrap();
-    let names: std::collections::HashSet<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+    let scrape = prometheus_parse::Scrape::parse(
+        body.lines()
+            .filter(|l| l.starts_with('#') || l.starts_with("event_sanitizer"))
+            .map(|l| Ok(l.to_string())),
+    )
+    .unwrap();
+    let names: std::collections::HashSet<&str> =
+        scrape.samples.iter().map(|s| s.metric.as_str()).collect();
     for n in [
         "event_sanitizer_messages_in_total",
         "event_sanitizer_messages_out_total",
@@ -204,7 +286,94 @@ async fn metrics_health_and_readiness_over_http() {
         assert!(names.contains(n), "missing {n}");
     }
     // Never a user id or payload value as a label.
-    assert!(!body.contains("user-0") && !body.contains("+1-555"), "{body}");
+    assert!(
+        !body.contains("user-0") && !body.contains("+1-555"),
+        "{body}"
+    );
     tx.send(()).unwrap();
     service.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_errors_and_an_outage_lose_nothing() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = cluster(3);
+    let bs = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, key) = common::rules_and_key(dir.path());
+    let input = sequenced(20, 50, "f");
+    produce(&bs, &input).await;
+    // Retriable produce errors for the service's first requests.
+    let errs = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 30];
+    mock.request_errors(RDKafkaApiKey::Produce, &errs);
+    let telemetry = Arc::new(Telemetry::new());
+    let p = Pipeline::new(config(&bs, &rules, &key, "g-fault"), telemetry.clone())
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(p.run(async move {
+        let _ = rx.await;
+    }));
+    // The broker goes down and comes back while work is in flight.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    mock.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    mock.broker_up(1).unwrap();
+    let out = read_unique(&bs, input.len(), Duration::from_secs(90)).await;
+    tx.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    let ids: std::collections::HashSet<String> = out
+        .iter()
+        .map(|o| o.json()["messageId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), input.len(), "every event out at least once");
+    assert_eq!(committed(&bs, "g-fault", 3), high_watermarks(&bs, RAW, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_split_partitions_and_a_rebalance_loses_nothing() {
+    let mock = cluster(4);
+    let bs = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, key) = common::rules_and_key(dir.path());
+    let (ta, tb) = (Arc::new(Telemetry::new()), Arc::new(Telemetry::new()));
+    let a = Pipeline::new(config(&bs, &rules, &key, "g-two"), ta.clone())
+        .await
+        .unwrap();
+    let b = Pipeline::new(config(&bs, &rules, &key, "g-two"), tb.clone())
+        .await
+        .unwrap();
+    let (stop_a, rx_a) = tokio::sync::oneshot::channel::<()>();
+    let (stop_b, rx_b) = tokio::sync::oneshot::channel::<()>();
+    let sa = tokio::spawn(a.run(async move {
+        let _ = rx_a.await;
+    }));
+    let sb = tokio::spawn(b.run(async move {
+        let _ = rx_b.await;
+    }));
+    let first = sequenced(40, 25, "t1");
+    produce(&bs, &first).await;
+    read_unique(&bs, first.len(), Duration::from_secs(60)).await;
+    let (a_in, b_in) = (
+        metric(&ta, "event_sanitizer_messages_in_total", &[]),
+        metric(&tb, "event_sanitizer_messages_in_total", &[]),
+    );
+    assert!(
+        a_in > 0.0 && b_in > 0.0,
+        "both instances got partitions: {a_in} {b_in}"
+    );
+    // One instance leaves; the other takes over its partitions.
+    stop_a.send(()).unwrap();
+    sa.await.unwrap().unwrap();
+    let second = sequenced(40, 25, "t2");
+    produce(&bs, &second).await;
+    let out = read_unique(&bs, first.len() + second.len(), Duration::from_secs(60)).await;
+    stop_b.send(()).unwrap();
+    sb.await.unwrap().unwrap();
+    let ids: std::collections::HashSet<String> = out
+        .iter()
+        .map(|o| o.json()["messageId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), first.len() + second.len());
+    assert_eq!(committed(&bs, "g-two", 4), high_watermarks(&bs, RAW, 4));
 }

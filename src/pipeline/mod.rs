@@ -90,6 +90,9 @@ pub struct Summary {
     pub dead_letters: u64,
 }
 
+/// How long a revoke waits for the revoked partitions' in-flight messages.
+const REVOKE_DRAIN: Duration = Duration::from_secs(10);
+
 struct ConsumerCtx {
     telemetry: Arc<Telemetry>,
     tracker: Arc<Tracker>,
@@ -157,6 +160,14 @@ impl ConsumerContext for ConsumerCtx {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts = partitions(tpl);
+            // Let in-flight messages of these partitions finish (bounded),
+            // so their offsets are stored before the revoke commit and the
+            // next owner replays as little as possible. Deliveries complete
+            // on other threads; this only pauses consumption.
+            let deadline = Instant::now() + REVOKE_DRAIN;
+            while self.tracker.pending_in(&parts) > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             self.tracker.revoke(&parts);
             self.telemetry.clear_lag();
             self.telemetry.rebalance("revoke", &describe(&parts));

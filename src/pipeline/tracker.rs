@@ -73,6 +73,16 @@ impl Tracker {
         }
     }
 
+    /// Messages of these partitions registered and not finished.
+    pub fn pending_in(&self, partitions: &[(String, i32)]) -> usize {
+        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        partitions
+            .iter()
+            .filter_map(|p| parts.get(p))
+            .map(|p| p.pending.len())
+            .sum()
+    }
+
     /// Messages registered and not finished.
     pub fn pending(&self) -> usize {
         let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());

@@ -40,22 +40,43 @@ pub fn config(bootstrap: &str, rules: &Path, key: &Path, group: &str) -> Config 
             consumer,
             producer: Default::default(),
         },
-        rules: RulesConfig { file: rules.into(), hash_key_file: Some(key.into()), reload_interval: Duration::from_millis(200) },
-        limits: LimitsConfig { max_in_flight: 500, ..LimitsConfig::default() },
-        http: HttpConfig { listen: "127.0.0.1:0".into() },
+        rules: RulesConfig {
+            file: rules.into(),
+            hash_key_file: Some(key.into()),
+            reload_interval: Duration::from_millis(200),
+        },
+        limits: LimitsConfig {
+            max_in_flight: 500,
+            ..LimitsConfig::default()
+        },
+        http: HttpConfig {
+            listen: "127.0.0.1:0".into(),
+        },
         log: LogConfig::default(),
-        shutdown: ShutdownConfig { timeout: Duration::from_secs(20) },
+        shutdown: ShutdownConfig {
+            timeout: Duration::from_secs(20),
+        },
     }
 }
 
 pub async fn produce(bootstrap: &str, records: &[(Option<String>, Vec<u8>)]) {
-    let p: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("linger.ms", "5").create().unwrap();
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
     let mut futs = Vec::new();
     for (k, v) in records {
         let mut r = FutureRecord::to(RAW).payload(v).headers(
             rdkafka::message::OwnedHeaders::new()
-                .insert(rdkafka::message::Header { key: "x-user-email", value: Some("leak@example.com") })
-                .insert(rdkafka::message::Header { key: "trace-id", value: Some("t-1") }),
+                .insert(rdkafka::message::Header {
+                    key: "x-user-email",
+                    value: Some("leak@example.com"),
+                })
+                .insert(rdkafka::message::Header {
+                    key: "trace-id",
+                    value: Some("t-1"),
+                }),
         );
         if let Some(k) = k {
             r = r.key(k);
@@ -91,7 +112,10 @@ pub struct Out {
 
 impl Out {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.payload).unwrap()
@@ -118,13 +142,59 @@ pub async fn read_outputs(bootstrap: &str, want: usize, timeout: Duration) -> Ve
                 partition: m.partition(),
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().unwrap_or_default().to_vec(),
-                headers: m.headers().map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect()).unwrap_or_default(),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }),
             Ok(Err(e)) => panic!("reading outputs: {e}"),
             Err(_) => break,
         }
     }
     out
+}
+
+/// Reads outputs until `want` distinct message ids arrived (at-least-once
+/// may deliver some twice), or `timeout` passed.
+pub async fn read_unique(bootstrap: &str, want: usize, timeout: Duration) -> Vec<Out> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let total = high_watermarks(bootstrap, CLEAN, 64.min(partitions_of(bootstrap, CLEAN)))
+            .iter()
+            .sum::<i64>() as usize
+            + high_watermarks(bootstrap, DLQ, 1)[0] as usize;
+        let out = read_outputs(bootstrap, total, Duration::from_secs(30)).await;
+        let ids: std::collections::HashSet<String> = out
+            .iter()
+            .filter_map(|o| serde_json::from_slice::<serde_json::Value>(&o.payload).ok())
+            .filter_map(|v| v["messageId"].as_str().map(str::to_string))
+            .collect();
+        if ids.len() >= want || tokio::time::Instant::now() > deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn partitions_of(bootstrap: &str, topic: &str) -> i32 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    md.topics()[0].partitions().len() as i32
 }
 
 fn rand_suffix() -> u64 {
@@ -136,19 +206,35 @@ fn rand_suffix() -> u64 {
 
 /// The group's committed offset for each partition of the raw topic.
 pub fn committed(bootstrap: &str, group: &str, partitions: i32) -> Vec<i64> {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().unwrap();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(RAW, p);
     }
     let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    got.elements().iter().map(|e| e.offset().to_raw().unwrap_or(-1)).collect()
+    got.elements()
+        .iter()
+        .map(|e| e.offset().to_raw().unwrap_or(-1))
+        .collect()
 }
 
 /// High watermarks of the raw topic's partitions.
 pub fn high_watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).collect()
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect()
 }
 
 /// Sequenced events: `per_key` events for each of `keys` users, interleaved.

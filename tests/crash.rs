@@ -1,0 +1,161 @@
+//! The real binary as a child process against a mock cluster hosted by
+//! this test: SIGKILL mid-stream and a restart lose nothing; SIGTERM and a
+//! restart duplicate nothing.
+
+mod common;
+use common::kafka::*;
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PARTITIONS: i32 = 6;
+const GROUP: &str = "g-crash";
+
+fn write_config(dir: &Path, bootstrap: &str) -> std::path::PathBuf {
+    let (rules, key) = common::rules_and_key(dir);
+    let cfg = dir.join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "kafka:\n  bootstrap_servers: \"{bootstrap}\"\n  group_id: {GROUP}\n  input_topics: [{RAW}]\n  clean_topic: {CLEAN}\n  dead_letter_topic: {DLQ}\n  allow_plaintext: true\n  consumer: {{ session.timeout.ms: '6000', auto.commit.interval.ms: '300' }}\nrules: {{ file: {}, hash_key_file: {} }}\nlimits: {{ max_in_flight: 2000 }}\nhttp: {{ listen: '127.0.0.1:0' }}\nlog: {{ format: json, level: warn }}\nshutdown: {{ timeout: 20s }}\n",
+            rules.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn start(cfg: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(common::bin())
+        .args(["run", "-c"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+fn sum(v: &[i64]) -> i64 {
+    v.iter().map(|x| (*x).max(0)).sum()
+}
+
+/// Waits until the group has committed everything produced so far.
+fn wait_all_committed(bs: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let hw = high_watermarks(bs, RAW, PARTITIONS);
+        let c = committed(bs, GROUP, PARTITIONS);
+        if c == hw {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all committed: {c:?} vs {hw:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+async fn ids_on_clean(bs: &str) -> HashMap<String, usize> {
+    let total = sum(&high_watermarks(bs, CLEAN, PARTITIONS)) as usize;
+    let out = read_outputs(bs, total, Duration::from_secs(60)).await;
+    assert_eq!(out.len(), total, "read every clean record");
+    let mut ids = HashMap::new();
+    for o in out.iter().filter(|o| o.topic == CLEAN) {
+        *ids.entry(o.json()["messageId"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_nothing_and_sigterm_duplicates_nothing() {
+    let mock = cluster(PARTITIONS);
+    let bs = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &bs);
+    let log = dir.path().join("service.log");
+
+    // Phase 1: 20,000 events; kill -9 the service mid-stream; restart.
+    let first = sequenced(100, 200, "c");
+    produce(&bs, &first).await;
+    let mut child = start(&cfg, &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sum(&high_watermarks(&bs, CLEAN, PARTITIONS)) < 4000 {
+        assert!(
+            Instant::now() < deadline,
+            "no progress; log: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&child, "-KILL");
+    child.wait().unwrap();
+    let at_kill = sum(&high_watermarks(&bs, CLEAN, PARTITIONS));
+    assert!(
+        at_kill < first.len() as i64,
+        "killed after the end ({at_kill}): not mid-stream"
+    );
+    let mut child = start(&cfg, &log);
+    wait_all_committed(&bs, Duration::from_secs(120));
+    signal(&child, "-TERM");
+    assert!(
+        child.wait().unwrap().success(),
+        "graceful exit; log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let ids = ids_on_clean(&bs).await;
+    let lost: Vec<_> = first
+        .iter()
+        .map(|(_, v)| {
+            serde_json::from_slice::<serde_json::Value>(v).unwrap()["messageId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .filter(|id| !ids.contains_key(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} lost after SIGKILL, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+
+    // Phase 2: SIGTERM between batches: every event exactly once.
+    for tag in ["d", "e"] {
+        produce(&bs, &sequenced(50, 40, tag)).await;
+        let mut child = start(&cfg, &log);
+        wait_all_committed(&bs, Duration::from_secs(120));
+        signal(&child, "-TERM");
+        assert!(child.wait().unwrap().success());
+    }
+    let ids = ids_on_clean(&bs).await;
+    for tag in ["d-", "e-"] {
+        let mine: Vec<usize> = ids
+            .iter()
+            .filter(|(k, _)| k.starts_with(tag))
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(mine.len(), 2000, "{tag}: all out");
+        assert!(
+            mine.iter().all(|n| *n == 1),
+            "{tag}: duplicates after a graceful restart"
+        );
+    }
+}

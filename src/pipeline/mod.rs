@@ -29,7 +29,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
 use reload::RuleSource;
@@ -196,10 +196,36 @@ impl ConsumerContext for ConsumerCtx {
     }
 }
 
+/// What the delivery callback needs to finish a message.
 struct ProducerCtx {
     telemetry: Arc<Telemetry>,
+    tracker: Arc<Tracker>,
+    consumer: Arc<Consumer0>,
+    counts: Arc<Counts>,
+    retry: mpsc::UnboundedSender<(OwnedMessage, Box<Pending>)>,
+    /// Output topic names, for the metrics.
+    outputs: [String; 2],
     fatal: Arc<Notify>,
     fatal_msg: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+#[derive(Default)]
+struct Counts {
+    clean: AtomicU64,
+    dead: AtomicU64,
+}
+
+/// A message between consume and acknowledgement: travels with its output
+/// record through librdkafka as the delivery opaque.
+struct Pending {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    timestamp: Option<i64>,
+    epoch: u64,
+    clean: bool,
+    consumed_at: Instant,
+    permit: OwnedSemaphorePermit,
 }
 
 impl ClientContext for ProducerCtx {
@@ -217,19 +243,63 @@ impl ClientContext for ProducerCtx {
     }
 }
 
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = Box<Pending>;
+
+    /// Runs on librdkafka's polling thread: no task wake-up per message.
+    fn delivery(&self, result: &DeliveryResult<'_>, p: Box<Pending>) {
+        match result {
+            Ok(_) => self.finish(*p),
+            Err((e, msg)) => {
+                self.telemetry.produce_retry(msg.topic(), &e.to_string());
+                let _ = self.retry.send((msg.detach(), p));
+            }
+        }
+    }
+}
+
+impl ProducerCtx {
+    /// The output is acknowledged: mark the input done, store what may be
+    /// committed, count, and free the in-flight slot.
+    fn finish(&self, p: Pending) {
+        if let Some(offset) = self
+            .tracker
+            .finish(&p.topic, p.partition, p.epoch, p.offset)
+        {
+            if let Err(e) = self.consumer.store_offset(&p.topic, p.partition, offset) {
+                // The partition was revoked meanwhile: its next owner replays it.
+                tracing::debug!(topic = %p.topic, partition = p.partition, error = %e, "offset not stored");
+            }
+        }
+        let delay = p.timestamp.map(|ts| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            (now - ts) as f64 / 1000.0
+        });
+        let topic = &self.outputs[usize::from(!p.clean)];
+        self.telemetry
+            .delivered(topic, p.clean, p.consumed_at.elapsed().as_secs_f64(), delay);
+        if p.clean {
+            self.counts.clean.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.counts.dead.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(p.permit);
+    }
+}
+
 type Consumer0 = StreamConsumer<ConsumerCtx>;
-type Producer0 = FutureProducer<ProducerCtx>;
+type Producer0 = ThreadedProducer<ProducerCtx>;
 
 /// State shared by the consumer loop, the workers and the delivery tasks.
 struct Shared {
     cfg: Config,
     telemetry: Arc<Telemetry>,
     rules: Arc<RuleSource>,
-    tracker: Arc<Tracker>,
     consumer: Arc<Consumer0>,
     producer: Producer0,
-    clean: AtomicU64,
-    dead: AtomicU64,
+    counts: Arc<Counts>,
 }
 
 /// One consumed message on its way through a worker.
@@ -252,6 +322,8 @@ struct OutRecord {
 /// A running service: clients created, rules loaded, metrics endpoint bound.
 pub struct Pipeline {
     shared: Arc<Shared>,
+    retry: mpsc::UnboundedReceiver<(OwnedMessage, Box<Pending>)>,
+    tracker: Arc<Tracker>,
     health: Arc<Health>,
     http: tokio::net::TcpListener,
     fatal: Arc<Notify>,
@@ -321,8 +393,19 @@ impl Pipeline {
         for (k, v) in client_config(&cfg, &cfg.kafka.producer, password.as_ref()).config_map() {
             pc.set(k, v);
         }
+        let consumer = Arc::new(consumer);
+        let counts = Arc::new(Counts::default());
+        let (retry_tx, retry) = mpsc::unbounded_channel();
         let producer: Producer0 = pc.create_with_context(ProducerCtx {
             telemetry: telemetry.clone(),
+            tracker: tracker.clone(),
+            consumer: consumer.clone(),
+            counts: counts.clone(),
+            retry: retry_tx,
+            outputs: [
+                cfg.kafka.clean_topic.clone(),
+                cfg.kafka.dead_letter_topic.clone(),
+            ],
             fatal: fatal.clone(),
             fatal_msg: fatal_msg.clone(),
         })?;
@@ -344,14 +427,14 @@ impl Pipeline {
             cfg,
             telemetry,
             rules,
-            tracker,
-            consumer: Arc::new(consumer),
+            consumer,
             producer,
-            clean: AtomicU64::new(0),
-            dead: AtomicU64::new(0),
+            counts,
         });
         Ok(Pipeline {
             shared,
+            retry,
+            tracker,
             health,
             http,
             fatal,
@@ -371,6 +454,8 @@ impl Pipeline {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<Summary, PipelineError> {
         let Pipeline {
             shared,
+            mut retry,
+            tracker,
             health,
             http,
             fatal,
@@ -421,6 +506,29 @@ impl Pipeline {
             })
         };
 
+        // Failed deliveries (rare: librdkafka retries until delivered unless
+        // the error is permanent) are produced again after a pause.
+        let retry_task = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                while let Some((msg, p)) = retry.recv().await {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let headers = msg
+                        .headers()
+                        .map(|h| h.as_borrowed().detach())
+                        .unwrap_or_default();
+                    enqueue(
+                        &shared,
+                        msg.topic(),
+                        msg.payload().unwrap_or_default(),
+                        msg.key(),
+                        headers,
+                        p,
+                    )
+                    .await;
+                }
+            })
+        };
         let max = cfg.limits.max_in_flight;
         let permits = Arc::new(Semaphore::new(max));
         let workers = if cfg.limits.workers == 0 {
@@ -464,9 +572,7 @@ impl Pipeline {
             };
             consumed += 1;
             shared.telemetry.consumed(msg.topic());
-            let epoch = shared
-                .tracker
-                .begin(msg.topic(), msg.partition(), msg.offset());
+            let epoch = tracker.begin(msg.topic(), msg.partition(), msg.offset());
             let w = (msg.partition().unsigned_abs() as usize + msg.topic().len()) % workers;
             if senders[w]
                 .send(Job {
@@ -506,10 +612,11 @@ impl Pipeline {
         let _ = stop_side.send(true);
         let _ = tokio::join!(reload_task, health_task);
         http_task.abort();
+        retry_task.abort();
         let summary = Summary {
             consumed,
-            clean: shared.clean.load(Ordering::Relaxed),
-            dead_letters: shared.dead.load(Ordering::Relaxed),
+            clean: shared.counts.clean.load(Ordering::Relaxed),
+            dead_letters: shared.counts.dead.load(Ordering::Relaxed),
         };
         tracing::info!(
             consumed = summary.consumed,
@@ -521,7 +628,7 @@ impl Pipeline {
             return Err(PipelineError::Fatal(f));
         }
         if !drained {
-            return Err(PipelineError::ShutdownTimeout(shared.tracker.pending()));
+            return Err(PipelineError::ShutdownTimeout(tracker.pending()));
         }
         Ok(summary)
     }
@@ -668,81 +775,65 @@ async fn worker(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
             since_flush = 0;
         }
         last = Some(s);
-        let fut = enqueue(&shared, &rec).await;
-        tokio::spawn(complete(shared.clone(), job, rec, fut));
+        let m = &job.msg;
+        let pending = Box::new(Pending {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m.timestamp().to_millis(),
+            epoch: job.epoch,
+            clean: rec.clean,
+            consumed_at: job.consumed_at,
+            permit: job.permit,
+        });
+        enqueue(
+            &shared,
+            &rec.topic,
+            &rec.payload,
+            rec.key.as_deref(),
+            rec.headers,
+            pending,
+        )
+        .await;
     }
     if let Some(s) = &last {
         flush_counts(&mut scratch, s, &shared.telemetry);
     }
 }
 
-/// Hands a record to the producer, waiting while its queue is full.
-async fn enqueue(shared: &Shared, rec: &OutRecord) -> DeliveryFuture {
+/// Hands a record to the producer, waiting while its queue is full. The
+/// delivery callback finishes the message.
+async fn enqueue(
+    shared: &Shared,
+    topic: &str,
+    payload: &[u8],
+    key: Option<&[u8]>,
+    headers: OwnedHeaders,
+    pending: Box<Pending>,
+) {
     let mut backoff = Duration::from_millis(1);
+    let mut rec = BaseRecord::with_opaque_to(topic, pending)
+        .payload(payload)
+        .headers(headers);
+    if let Some(k) = key {
+        rec = rec.key(k);
+    }
     loop {
-        let mut fr = FutureRecord::to(&rec.topic)
-            .payload(&rec.payload)
-            .headers(rec.headers.clone());
-        if let Some(k) = &rec.key {
-            fr = fr.key(k);
-        }
-        match shared.producer.send_result(fr) {
-            Ok(f) => return f,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {}
-            Err((e, _)) => {
-                shared
-                    .telemetry
-                    .kafka_error("producer", &error_kind(&e), &e.to_string())
+        match shared.producer.send(rec) {
+            Ok(()) => return,
+            Err((e, back)) => {
+                if !matches!(
+                    e,
+                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                ) {
+                    shared
+                        .telemetry
+                        .kafka_error("producer", &error_kind(&e), &e.to_string());
+                }
+                rec = back;
             }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(200));
     }
-}
-
-/// Waits for the broker's acknowledgement (producing again on failure),
-/// then marks the input offset done and stores what may be committed.
-async fn complete(shared: Arc<Shared>, job: Job, rec: OutRecord, mut fut: DeliveryFuture) {
-    loop {
-        match fut.await {
-            Ok(Ok(_)) => break,
-            Ok(Err((e, _))) => shared.telemetry.produce_retry(&rec.topic, &e.to_string()),
-            Err(_) => shared
-                .telemetry
-                .produce_retry(&rec.topic, "delivery report lost"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        fut = enqueue(&shared, &rec).await;
-    }
-    let m = &job.msg;
-    if let Some(offset) = shared
-        .tracker
-        .finish(m.topic(), m.partition(), job.epoch, m.offset())
-    {
-        if let Err(e) = shared
-            .consumer
-            .store_offset(m.topic(), m.partition(), offset)
-        {
-            // The partition was revoked meanwhile: its next owner replays it.
-            tracing::debug!(topic = m.topic(), partition = m.partition(), error = %e, "offset not stored");
-        }
-    }
-    let delay = m.timestamp().to_millis().map(|ts| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        (now - ts) as f64 / 1000.0
-    });
-    shared.telemetry.delivered(
-        &rec.topic,
-        rec.clean,
-        job.consumed_at.elapsed().as_secs_f64(),
-        delay,
-    );
-    if rec.clean {
-        shared.clean.fetch_add(1, Ordering::Relaxed);
-    } else {
-        shared.dead.fetch_add(1, Ordering::Relaxed);
-    }
-    drop(job.permit);
 }

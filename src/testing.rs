@@ -112,17 +112,7 @@ fn is_test_file(path: &Path) -> bool {
 impl TestFile {
     /// Reads and parses a test file.
     pub fn load(path: &Path) -> Result<TestFile, Diagnostics> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostics(vec![Diagnostic {
-                severity: Severity::Error,
-                file: shown.clone(),
-                line: 1,
-                column: 1,
-                rule: None,
-                message: format!("cannot read the test file: {e}"),
-            }])
-        })?;
+        let (shown, text) = crate::rules::diagnostic::read_source(path, "test file")?;
         let root = yaml::load(&shown, &text).map_err(|d| Diagnostics(vec![d]))?;
         let mut r = Reporter::new(&shown);
         let Some(top) = entries(&root) else {
@@ -248,20 +238,7 @@ fn parse_case(r: &mut Reporter, node: &yaml::Node) -> Option<Case> {
         .map(str::to_string)
         .unwrap_or_else(|| format!("case on line {line}"));
     let input = match (get("input"), get("input_raw")) {
-        (Some(v), None) => {
-            let mut s = String::new();
-            if let Err((l, c, msg)) = yaml::to_json(v, &mut s) {
-                r.at_pos(
-                    l,
-                    c,
-                    None,
-                    Severity::Error,
-                    format!("case `{name}`: `input` cannot be JSON: {msg}"),
-                );
-                return None;
-            }
-            s.into_bytes()
-        }
+        (Some(v), None) => json_of(r, v, &name, "input")?.into_bytes(),
         (None, Some(v)) => {
             match scalar_str(v) {
                 Some(s) => s.as_bytes().to_vec(),
@@ -278,17 +255,7 @@ fn parse_case(r: &mut Reporter, node: &yaml::Node) -> Option<Case> {
     };
     let expect = match (get("expect"), get("expect_dead_letter")) {
         (Some(v), None) => {
-            let mut s = String::new();
-            if let Err((l, c, msg)) = yaml::to_json(v, &mut s) {
-                r.at_pos(
-                    l,
-                    c,
-                    None,
-                    Severity::Error,
-                    format!("case `{name}`: `expect` cannot be JSON: {msg}"),
-                );
-                return None;
-            }
+            let s = json_of(r, v, &name, "expect")?;
             Expect::Output(serde_json::from_str(&s).ok()?)
         }
         (None, Some(v)) => match &v.data {
@@ -321,6 +288,24 @@ fn parse_case(r: &mut Reporter, node: &yaml::Node) -> Option<Case> {
         input,
         expect,
     })
+}
+
+/// A case's YAML value as JSON text, or a diagnostic at the value.
+fn json_of(r: &mut Reporter, v: &yaml::Node, name: &str, what: &str) -> Option<String> {
+    let mut s = String::new();
+    match yaml::to_json(v, &mut s) {
+        Ok(()) => Some(s),
+        Err((l, c, msg)) => {
+            r.at_pos(
+                l,
+                c,
+                None,
+                Severity::Error,
+                format!("case `{name}`: `{what}` cannot be JSON: {msg}"),
+            );
+            None
+        }
+    }
 }
 
 fn check(case: &Case, output: Result<Vec<u8>, DeadLetterReason>) -> Option<String> {

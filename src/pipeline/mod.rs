@@ -638,6 +638,16 @@ impl Pipeline {
 /// with these names are dropped so they cannot be spoofed.
 const OWN_PREFIX: &str = "sanitizer-";
 
+fn with_headers(mut headers: OwnedHeaders, add: &[(&str, &str)]) -> OwnedHeaders {
+    for (key, value) in add {
+        headers = headers.insert(Header {
+            key,
+            value: Some(*value),
+        });
+    }
+    headers
+}
+
 fn build(
     s: &Sanitizer,
     cfg: &Config,
@@ -662,19 +672,14 @@ fn build(
                     }
                 }
             }
-            headers = headers
-                .insert(Header {
-                    key: "sanitizer-rules",
-                    value: Some(s.name()),
-                })
-                .insert(Header {
-                    key: "sanitizer-rules-hash",
-                    value: Some(s.content_hash()),
-                })
-                .insert(Header {
-                    key: "sanitizer-version",
-                    value: Some(env!("CARGO_PKG_VERSION")),
-                });
+            headers = with_headers(
+                headers,
+                &[
+                    ("sanitizer-rules", s.name()),
+                    ("sanitizer-rules-hash", s.content_hash()),
+                    ("sanitizer-version", env!("CARGO_PKG_VERSION")),
+                ],
+            );
             let key = s.message_key(m.key()).map(|k| k.into_owned());
             (
                 OutRecord {
@@ -702,35 +707,18 @@ fn build(
                 m.offset().to_string(),
                 reason.to_string(),
             );
-            headers = headers
-                .insert(Header {
-                    key: "sanitizer-error",
-                    value: Some(reason.code()),
-                })
-                .insert(Header {
-                    key: "sanitizer-error-detail",
-                    value: Some(&detail),
-                })
-                .insert(Header {
-                    key: "sanitizer-source-topic",
-                    value: Some(m.topic()),
-                })
-                .insert(Header {
-                    key: "sanitizer-source-partition",
-                    value: Some(&p),
-                })
-                .insert(Header {
-                    key: "sanitizer-source-offset",
-                    value: Some(&o),
-                })
-                .insert(Header {
-                    key: "sanitizer-rules",
-                    value: Some(s.name()),
-                })
-                .insert(Header {
-                    key: "sanitizer-rules-hash",
-                    value: Some(s.content_hash()),
-                });
+            headers = with_headers(
+                headers,
+                &[
+                    ("sanitizer-error", reason.code()),
+                    ("sanitizer-error-detail", &detail),
+                    ("sanitizer-source-topic", m.topic()),
+                    ("sanitizer-source-partition", &p),
+                    ("sanitizer-source-offset", &o),
+                    ("sanitizer-rules", s.name()),
+                    ("sanitizer-rules-hash", s.content_hash()),
+                ],
+            );
             let rec = OutRecord {
                 topic: cfg.kafka.dead_letter_topic.clone(),
                 payload: m.payload().unwrap_or_default().to_vec(),

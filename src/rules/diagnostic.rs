@@ -80,3 +80,30 @@ impl fmt::Display for Diagnostics {
 }
 
 impl std::error::Error for Diagnostics {}
+
+impl Diagnostics {
+    /// One error at the top of `file`.
+    pub fn single(file: &str, message: String) -> Self {
+        Diagnostics(vec![Diagnostic {
+            severity: Severity::Error,
+            file: file.to_string(),
+            line: 1,
+            column: 1,
+            rule: None,
+            message,
+        }])
+    }
+}
+
+/// Reads a file the user named: its name as shown, and its text, or the
+/// reason it cannot be read (`what` says which kind of file it is).
+pub fn read_source(path: &std::path::Path, what: &str) -> Result<(String, String), Diagnostics> {
+    let shown = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((shown, text)),
+        Err(e) => Err(Diagnostics::single(
+            &shown,
+            format!("cannot read the {what}: {e}"),
+        )),
+    }
+}

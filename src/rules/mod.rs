@@ -378,17 +378,7 @@ pub enum Literal {
 impl RuleFile {
     /// Reads and parses a rule file.
     pub fn load(path: &std::path::Path) -> Result<(RuleFile, Diagnostics), Diagnostics> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostics(vec![Diagnostic {
-                severity: Severity::Error,
-                file: shown.clone(),
-                line: 1,
-                column: 1,
-                rule: None,
-                message: format!("cannot read the rule file: {e}"),
-            }])
-        })?;
+        let (shown, text) = diagnostic::read_source(path, "rule file")?;
         Self::parse(&shown, &text)
     }
 

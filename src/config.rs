@@ -564,3 +564,51 @@ mod example {
         assert_eq!(c.shutdown.timeout, std::time::Duration::from_secs(25));
     }
 }
+
+#[cfg(test)]
+mod chart {
+    use crate::rules::yaml;
+
+    /// The Helm chart renders `values.config` plus the mounted file paths
+    /// into config.yaml (`_helpers.tpl`, `es.config`): the same document,
+    /// built here from values.yaml, must load with the real loader, so the
+    /// chart and the binary cannot drift apart.
+    #[test]
+    fn the_charts_config_loads() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("helm/event-sanitizer/values.yaml")).unwrap();
+        let node = yaml::load("values.yaml", &text).unwrap();
+        let mut json = String::new();
+        yaml::to_json(&node, &mut json).unwrap();
+        let values: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("hash-key");
+        std::fs::write(&key, "k").unwrap();
+        let mut cfg = values["config"].clone();
+        cfg["rules"] = serde_json::json!({
+            "file": root.join("helm/event-sanitizer/files").join(values["rules"]["fileName"].as_str().unwrap()),
+            "hash_key_file": key,
+            "reload_interval": values["rules"]["reloadInterval"],
+        });
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
+        let c = super::Config::load_with_env(Some(&path), vec![]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.kafka.input_topics, vec!["events.raw"]);
+        assert_eq!(c.shutdown.timeout.as_secs(), 25);
+        let grace = values["terminationGracePeriodSeconds"].as_u64().unwrap();
+        assert!(
+            grace > c.shutdown.timeout.as_secs(),
+            "terminationGracePeriodSeconds must exceed the shutdown bound"
+        );
+    }
+
+    #[test]
+    fn the_chart_ships_the_default_rules_unchanged() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(
+            std::fs::read(root.join("helm/event-sanitizer/files/customerio.yaml")).unwrap(),
+            std::fs::read(root.join("rules/customerio.yaml")).unwrap(),
+            "copy rules/customerio.yaml to helm/event-sanitizer/files/"
+        );
+    }
+}

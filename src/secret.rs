@@ -26,6 +26,22 @@ impl Secret {
         Ok(Secret(bytes))
     }
 
+    /// Reads a hash key file: as [`Secret::from_file`], and an empty key
+    /// is an error. The message names the file, never the content.
+    pub fn key_file(path: &std::path::Path) -> Result<Self, String> {
+        let key = Self::from_file(path).map_err(|e| {
+            format!(
+                "cannot read the hash key file {}: {}",
+                path.display(),
+                e.kind()
+            )
+        })?;
+        if key.is_empty() {
+            return Err(format!("the hash key file {} is empty", path.display()));
+        }
+        Ok(key)
+    }
+
     /// The secret's bytes, for the one place that uses them.
     pub fn expose(&self) -> &[u8] {
         &self.0

@@ -9,26 +9,8 @@ use event_sanitizer::engine::{KeySupply, Limits, Sanitizer};
 use event_sanitizer::rules::RuleFile;
 use sha2::Digest;
 
-const NEVER_SEND: &[&str] = &[
-    "ssn",
-    "social_security",
-    "tax_id",
-    "credit_card",
-    "card_number",
-    "cvv",
-    "password",
-    "password_hash",
-    "bank_account",
-    "routing_number",
-];
-const HASH_FIELDS: &[&str] = &[
-    "phone",
-    "phone_number",
-    "ip_address",
-    "ip",
-    "address",
-    "street_address",
-];
+use common::HASH_FIELDS;
+use common::NEVER_SEND;
 
 /// The checklist's `sanitizeAttributes`, transcribed.
 fn checklist(

@@ -9,26 +9,8 @@ use event_sanitizer::engine::{DeadLetterReason, Scratch};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
-const NEVER: &[&str] = &[
-    "ssn",
-    "social_security",
-    "tax_id",
-    "credit_card",
-    "card_number",
-    "cvv",
-    "password",
-    "password_hash",
-    "bank_account",
-    "routing_number",
-];
-const HASHED: &[&str] = &[
-    "phone",
-    "phone_number",
-    "ip_address",
-    "ip",
-    "address",
-    "street_address",
-];
+use common::HASH_FIELDS as HASHED;
+use common::NEVER_SEND as NEVER;
 
 /// The spellings apps use for a snake_case name.
 fn spellings(name: &'static str) -> impl Strategy<Value = String> {

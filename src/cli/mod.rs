@@ -112,18 +112,7 @@ impl RulesArgs {
         let supply = if self.key.placeholder_key {
             KeySupply::Placeholder
         } else if let Some(path) = &self.key.hash_key_file {
-            owned = Secret::from_file(path).map_err(|e| {
-                Failure::usage(format!(
-                    "cannot read the hash key file {}: {e}",
-                    path.display()
-                ))
-            })?;
-            if owned.is_empty() {
-                return Err(Failure::usage(format!(
-                    "the hash key file {} is empty",
-                    path.display()
-                )));
-            }
+            owned = Secret::key_file(path).map_err(Failure::usage)?;
             KeySupply::Fixed(&owned)
         } else {
             KeySupply::FromSource

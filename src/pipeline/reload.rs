@@ -54,19 +54,7 @@ fn compile(file: &Path, key_file: Option<&Path>, limits: Limits) -> Result<Sanit
     let key;
     let supply = match key_file {
         Some(k) => {
-            key = Secret::from_file(k).map_err(|e| {
-                LoadError::Compile(format!(
-                    "cannot read the hash key file {}: {}",
-                    k.display(),
-                    e.kind()
-                ))
-            })?;
-            if key.is_empty() {
-                return Err(LoadError::Compile(format!(
-                    "the hash key file {} is empty",
-                    k.display()
-                )));
-            }
+            key = Secret::key_file(k).map_err(LoadError::Compile)?;
             KeySupply::Fixed(&key)
         }
         None => KeySupply::FromSource,

@@ -6,6 +6,29 @@ use event_sanitizer::rules::RuleFile;
 use event_sanitizer::secret::Secret;
 use std::path::PathBuf;
 
+/// The Customer.io security checklist's NEVER_SEND fields.
+pub const NEVER_SEND: &[&str] = &[
+    "ssn",
+    "social_security",
+    "tax_id",
+    "credit_card",
+    "card_number",
+    "cvv",
+    "password",
+    "password_hash",
+    "bank_account",
+    "routing_number",
+];
+/// The checklist's HASH_FIELDS.
+pub const HASH_FIELDS: &[&str] = &[
+    "phone",
+    "phone_number",
+    "ip_address",
+    "ip",
+    "address",
+    "street_address",
+];
+
 /// The crate root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -92,25 +92,26 @@ async fn sigkill_loses_nothing_and_sigterm_duplicates_nothing() {
     let log = dir.path().join("service.log");
 
     // Phase 1: 20,000 events; kill -9 the service mid-stream; restart.
+    // Mid-stream by construction: the kill lands as soon as output starts
+    // flowing, while the second half of the stream is not produced yet.
     let first = sequenced(100, 200, "c");
-    produce(&bs, &first).await;
+    let (early, late) = first.split_at(first.len() / 2);
+    produce(&bs, early).await;
     let mut child = start(&cfg, &log);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while sum(&high_watermarks(&bs, CLEAN, PARTITIONS)) < 4000 {
+    while sum(&high_watermarks(&bs, CLEAN, PARTITIONS)) < 500 {
         assert!(
             Instant::now() < deadline,
             "no progress; log: {}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(10));
     }
     signal(&child, "-KILL");
     child.wait().unwrap();
     let at_kill = sum(&high_watermarks(&bs, CLEAN, PARTITIONS));
-    assert!(
-        at_kill < first.len() as i64,
-        "killed after the end ({at_kill}): not mid-stream"
-    );
+    eprintln!("killed with {at_kill} of {} clean records out", first.len());
+    produce(&bs, late).await;
     let mut child = start(&cfg, &log);
     wait_all_committed(&bs, Duration::from_secs(120));
     signal(&child, "-TERM");

@@ -27,7 +27,7 @@ pub struct Telemetry {
     commits: IntCounterVec,
     rebalances: IntCounterVec,
     _build: IntGaugeVec,
-    _latency_by_outcome: HistogramVec,
+    added_latency: HistogramVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -188,7 +188,7 @@ impl Telemetry {
             commits,
             rebalances,
             _build: build,
-            _latency_by_outcome: latency,
+            added_latency: latency,
         }
     }
 
@@ -214,7 +214,7 @@ impl Telemetry {
     pub fn delivered(&self, topic: &str, clean: bool, added: f64, delay: Option<f64>) {
         let outcome = if clean { "clean" } else { "dead_letter" };
         self.messages_out.with_label_values(&[topic, outcome]).inc();
-        self._latency_by_outcome
+        self.added_latency
             .with_label_values(&[outcome])
             .observe(added);
         if let Some(d) = delay {

@@ -3,7 +3,7 @@
 use super::Failure;
 use crate::config::{Config, LogConfig};
 use crate::metrics::Telemetry;
-use crate::pipeline::{Pipeline, PipelineError};
+use crate::pipeline::Pipeline;
 use clap::Args;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -84,18 +84,13 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
             Err(e) => return Err(Failure::usage(e.to_string())),
         };
         tracing::info!(metrics = %pipeline.http_addr(), "serving /metrics, /healthz, /readyz");
-        match pipeline.run(signals()).await {
-            Ok(_) => Ok(ExitCode::SUCCESS),
-            Err(e @ PipelineError::ShutdownTimeout(_)) | Err(e @ PipelineError::Fatal(_)) => {
-                Err(Failure {
-                    message: e.to_string(),
-                    code: 1,
-                })
-            }
-            Err(e) => Err(Failure {
+        pipeline
+            .run(signals())
+            .await
+            .map(|_| ExitCode::SUCCESS)
+            .map_err(|e| Failure {
                 message: e.to_string(),
                 code: 1,
-            }),
-        }
+            })
     })
 }

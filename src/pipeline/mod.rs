@@ -546,15 +546,22 @@ impl Pipeline {
         let mut consumed = 0u64;
         tokio::pin!(shutdown);
         let mut failure = None;
+        let fatal_text = || {
+            fatal_msg
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_default()
+        };
         loop {
             let permit = tokio::select! {
                 _ = &mut shutdown => break,
-                _ = fatal.notified() => { failure = Some(fatal_msg.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default()); break }
+                _ = fatal.notified() => { failure = Some(fatal_text()); break }
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             };
             let msg = tokio::select! {
                 _ = &mut shutdown => break,
-                _ = fatal.notified() => { failure = Some(fatal_msg.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default()); break }
+                _ = fatal.notified() => { failure = Some(fatal_text()); break }
                 m = shared.consumer.recv() => m,
             };
             let msg = match msg {

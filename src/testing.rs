@@ -42,6 +42,8 @@ pub struct Case {
 pub enum Expect {
     /// This JSON (compared as JSON: key order and spacing do not matter).
     Output(serde_json::Value),
+    /// These records, in order (a batch split to fit the destination).
+    Records(Vec<serde_json::Value>),
     /// A dead letter; with a code, that reason.
     DeadLetter(Option<String>),
 }
@@ -69,7 +71,14 @@ pub struct FileReport {
 }
 
 const TEST_KEYS: &[&str] = &["rules", "hash_key", "cases"];
-const CASE_KEYS: &[&str] = &["name", "input", "input_raw", "expect", "expect_dead_letter"];
+const CASE_KEYS: &[&str] = &[
+    "name",
+    "input",
+    "input_raw",
+    "expect",
+    "expect_records",
+    "expect_dead_letter",
+];
 
 /// Finds test files: the files named, and below each folder every `.yaml`
 /// or `.yml` file whose top level has `cases` (rule files are skipped).
@@ -193,7 +202,13 @@ impl TestFile {
         for case in &self.cases {
             let exp = sanitizer.explain(&case.input);
             reached.extend(exp.reached.iter().cloned());
-            let failure = check(case, exp.output);
+            let output = exp.output.map(|out| {
+                exp.records
+                    .iter(&out)
+                    .map(<[u8]>::to_vec)
+                    .collect::<Vec<_>>()
+            });
+            let failure = check(case, output);
             results.push(CaseResult {
                 name: case.name.clone(),
                 line: case.line,
@@ -229,7 +244,7 @@ fn parse_case(r: &mut Reporter, node: &yaml::Node) -> Option<Case> {
     let (line, _) = yaml::pos(node);
     for (k, key_node, _) in &e {
         if !CASE_KEYS.contains(k) {
-            r.error(key_node, None, format!("unknown key `{k}` in a case{}; the keys are `name`, `input` or `input_raw`, `expect` or `expect_dead_letter`", yaml::suggest(k, CASE_KEYS)));
+            r.error(key_node, None, format!("unknown key `{k}` in a case{}; the keys are `name`, `input` or `input_raw`, `expect`, `expect_records` or `expect_dead_letter`", yaml::suggest(k, CASE_KEYS)));
         }
     }
     let get = |name: &str| e.iter().find(|(k, _, _)| *k == name).map(|(_, _, v)| *v);
@@ -253,12 +268,26 @@ fn parse_case(r: &mut Reporter, node: &yaml::Node) -> Option<Case> {
             return None;
         }
     };
-    let expect = match (get("expect"), get("expect_dead_letter")) {
-        (Some(v), None) => {
+    let expect = match (
+        get("expect"),
+        get("expect_records"),
+        get("expect_dead_letter"),
+    ) {
+        (Some(v), None, None) => {
             let s = json_of(r, v, &name, "expect")?;
             Expect::Output(serde_json::from_str(&s).ok()?)
         }
-        (None, Some(v)) => match &v.data {
+        (None, Some(v), None) => {
+            let s = json_of(r, v, &name, "expect_records")?;
+            match serde_json::from_str(&s).ok()? {
+                serde_json::Value::Array(list) if !list.is_empty() => Expect::Records(list),
+                _ => {
+                    r.error(v, None, format!("case `{name}`: `expect_records` is a list of the clean records, in order"));
+                    return None;
+                }
+            }
+        }
+        (None, None, Some(v)) => match &v.data {
             saphyr::YamlData::Value(saphyr::Scalar::Boolean(true)) => Expect::DeadLetter(None),
             _ => match scalar_str(v) {
                 Some(code) if DeadLetterReason::CODES.contains(&code) => {
@@ -278,7 +307,7 @@ fn parse_case(r: &mut Reporter, node: &yaml::Node) -> Option<Case> {
             },
         },
         _ => {
-            r.error(node, None, format!("case `{name}` needs exactly one of `expect` (the clean event) or `expect_dead_letter`"));
+            r.error(node, None, format!("case `{name}` needs exactly one of `expect` (the clean event), `expect_records` (the clean records of a split batch) or `expect_dead_letter`"));
             return None;
         }
     };
@@ -308,22 +337,55 @@ fn json_of(r: &mut Reporter, v: &yaml::Node, name: &str, what: &str) -> Option<S
     }
 }
 
-fn check(case: &Case, output: Result<Vec<u8>, DeadLetterReason>) -> Option<String> {
-    match (&case.expect, output) {
-        (Expect::Output(want), Ok(bytes)) => {
-            let got: serde_json::Value = match serde_json::from_slice(&bytes) {
-                Ok(v) => v,
-                Err(e) => {
-                    return Some(format!(
+fn check(case: &Case, output: Result<Vec<Vec<u8>>, DeadLetterReason>) -> Option<String> {
+    let parse = |records: &[Vec<u8>]| -> Result<Vec<serde_json::Value>, String> {
+        records
+            .iter()
+            .map(|b| {
+                serde_json::from_slice(b).map_err(|e| {
+                    format!(
                         "the output is not JSON ({e}): {}",
-                        String::from_utf8_lossy(&bytes)
+                        String::from_utf8_lossy(b)
+                    )
+                })
+            })
+            .collect()
+    };
+    let show = |records: &[Vec<u8>]| {
+        records
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    match (&case.expect, output) {
+        (Expect::Output(_) | Expect::Records(_), Ok(records)) => {
+            let got = match parse(&records) {
+                Ok(v) => v,
+                Err(e) => return Some(e),
+            };
+            let (want, got, what) = match &case.expect {
+                Expect::Output(want) if got.len() == 1 => (want.clone(), got[0].clone(), "expect"),
+                Expect::Output(_) => {
+                    return Some(format!(
+                        "the batch was split into {} records to fit the destination; write them under `expect_records`:\n{}",
+                        got.len(),
+                        show(&records)
                     ))
                 }
+                _ => (
+                    serde_json::Value::Array(match &case.expect {
+                        Expect::Records(w) => w.clone(),
+                        _ => Vec::new(),
+                    }),
+                    serde_json::Value::Array(got),
+                    "expect_records",
+                ),
             };
-            if &got == want {
+            if got == want {
                 return None;
             }
-            let w = serde_json::to_string_pretty(want).unwrap_or_default();
+            let w = serde_json::to_string_pretty(&want).unwrap_or_default();
             let g = serde_json::to_string_pretty(&got).unwrap_or_default();
             let diff = similar::TextDiff::from_lines(&w, &g);
             let body = diff
@@ -331,15 +393,15 @@ fn check(case: &Case, output: Result<Vec<u8>, DeadLetterReason>) -> Option<Strin
                 .context_radius(3)
                 .header("expected", "actual")
                 .to_string();
-            Some(format!("the output differs from `expect`:\n{body}"))
+            Some(format!("the output differs from `{what}`:\n{body}"))
         }
-        (Expect::Output(_), Err(reason)) => Some(format!(
+        (Expect::Output(_) | Expect::Records(_), Err(reason)) => Some(format!(
             "expected a clean event, but it is a dead letter: {} ({reason})",
             reason.code()
         )),
-        (Expect::DeadLetter(_), Ok(bytes)) => Some(format!(
+        (Expect::DeadLetter(_), Ok(records)) => Some(format!(
             "expected a dead letter, but it came out clean: {}",
-            String::from_utf8_lossy(&bytes)
+            show(&records)
         )),
         (Expect::DeadLetter(Some(code)), Err(reason)) if reason.code() != code => Some(format!(
             "expected dead letter `{code}`, got `{}` ({reason})",

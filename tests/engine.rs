@@ -327,7 +327,7 @@ fn explain_names_every_decision() {
 
 #[test]
 fn rule_counts_per_rule() {
-    let s = common::default_rules();
+    let s = common::default_rules_without_contract();
     let mut scratch = event_sanitizer::engine::Scratch::default();
     let mut out = Vec::new();
     s.sanitize(

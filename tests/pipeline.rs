@@ -38,8 +38,20 @@ async fn sanitizes_in_order_dead_letters_with_reasons_and_commits() {
         (Some("user-1".into()), b"{not json".to_vec()),
         (None, b"[1,2,3]".to_vec()),
         (Some("user-2".into()), b"{\"batch\":7}".to_vec()),
+        (
+            Some("user-3".into()),
+            br#"{"type":"track","userId":"user-3"}"#.to_vec(),
+        ),
     ];
     input.extend(bad.iter().cloned());
+    // A 900 KB batch: over Customer.io's 500 KB, so it goes out as two
+    // records, in order, with the batch's key.
+    let calls: Vec<serde_json::Value> = (0..1000)
+        .map(|n| serde_json::json!({"type": "track", "userId": "user-batch", "event": "Viewed", "properties": {"n": n, "pad": "x".repeat(820)}}))
+        .collect();
+    let batch = serde_json::to_vec(&serde_json::json!({ "batch": calls })).unwrap();
+    assert!(batch.len() > 850_000);
+    input.push((Some("user-batch".into()), batch));
     produce(&bs, &input).await;
 
     let telemetry = Arc::new(Telemetry::new());
@@ -51,18 +63,29 @@ async fn sanitizes_in_order_dead_letters_with_reasons_and_commits() {
     let service = tokio::spawn(p.run(async move {
         let _ = rx.await;
     }));
-    let out = read_outputs(&bs, input.len(), Duration::from_secs(60)).await;
-    assert_eq!(out.len(), input.len(), "every input comes out once");
+    let out = read_outputs(&bs, input.len() + 1, Duration::from_secs(60)).await;
+    assert_eq!(
+        out.len(),
+        input.len() + 1,
+        "every input comes out once (the batch twice)"
+    );
     tx.send(()).unwrap();
     let summary = service.await.unwrap().unwrap();
     assert_eq!(summary.consumed as usize, input.len());
-    assert_eq!(summary.dead_letters, 3);
+    assert_eq!(summary.dead_letters, 4);
 
     // Clean: sanitized, lineage headers, key kept, per-key order.
     let mut last_seq: HashMap<String, i64> = HashMap::new();
     let mut ids = std::collections::HashSet::new();
+    let mut batch_calls = Vec::new();
     for o in out.iter().filter(|o| o.topic == CLEAN) {
         let v = o.json();
+        if let Some(calls) = v["batch"].as_array() {
+            assert_eq!(o.key.as_deref(), Some(&b"user-batch"[..]));
+            assert!(o.payload.len() <= 500_000, "{}", o.payload.len());
+            batch_calls.extend(calls.iter().map(|c| c["properties"]["n"].as_i64().unwrap()));
+            continue;
+        }
         let user = v["userId"].as_str().unwrap().to_string();
         assert_eq!(o.key.as_deref(), Some(user.as_bytes()));
         assert!(v["traits"].get("ssn").is_none() && v["traits"].get("phone").is_none());
@@ -84,6 +107,11 @@ async fn sanitizes_in_order_dead_letters_with_reasons_and_commits() {
         assert!(ids.insert(v["messageId"].as_str().unwrap().to_string()));
     }
     assert_eq!(ids.len(), 2000);
+    assert_eq!(
+        batch_calls,
+        (0..1000).collect::<Vec<i64>>(),
+        "split in order"
+    );
     // Dead letters: original payload and key, reason and source headers.
     let mut reasons: Vec<&str> = out
         .iter()
@@ -93,7 +121,12 @@ async fn sanitizes_in_order_dead_letters_with_reasons_and_commits() {
     reasons.sort();
     assert_eq!(
         reasons,
-        vec!["batch_not_array", "invalid_json", "not_an_object"]
+        vec![
+            "batch_not_array",
+            "contract.missing_event_name",
+            "invalid_json",
+            "not_an_object"
+        ]
     );
     let dl = out
         .iter()
@@ -124,7 +157,15 @@ async fn sanitizes_in_order_dead_letters_with_reasons_and_commits() {
             "event_sanitizer_messages_out_total",
             &[("outcome", "clean")]
         ),
-        2000.0
+        2001.0
+    );
+    assert_eq!(
+        metric(
+            &telemetry,
+            "event_sanitizer_dead_letters_total",
+            &[("reason", "contract.missing_event_name")]
+        ),
+        1.0
     );
     assert_eq!(
         metric(

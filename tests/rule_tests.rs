@@ -70,7 +70,7 @@ fn test_command_passes_and_fails_as_it_should() {
     std::fs::write(
         dir.path().join("t.yaml"),
         format!(
-            "rules: {}\nhash_key: k\ncases:\n  - name: wrong on purpose\n    input: {{ type: identify, traits: {{ ssn: x, plan: pro }} }}\n    expect: {{ type: identify, traits: {{ ssn: x, plan: pro }} }}\n",
+            "rules: {}\nhash_key: k\ncases:\n  - name: wrong on purpose\n    input: {{ type: identify, userId: u1, traits: {{ ssn: x, plan: pro }} }}\n    expect: {{ type: identify, userId: u1, traits: {{ ssn: x, plan: pro }} }}\n",
             rules.display()
         ),
     )
@@ -95,4 +95,38 @@ fn test_command_passes_and_fails_as_it_should() {
         "diff shows the dropped field: {stdout}"
     );
     assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn cases_can_expect_the_records_of_a_split_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        "version: 1\nname: small\ndestination: { profile: customerio, max_batch_bytes: 80, max_call_bytes: 40 }\nrules: []\n",
+    )
+    .unwrap();
+    let case = |expect: &str| {
+        format!(
+            "rules: rules.yaml\ncases:\n  - name: split\n    input: {{ batch: [ {{ type: page, userId: a }}, {{ type: page, userId: b }}, {{ type: page, userId: c }} ] }}\n{expect}"
+        )
+    };
+    let run = |text: String| {
+        let path = dir.path().join("t.yaml");
+        std::fs::write(&path, text).unwrap();
+        let report = TestFile::load(&path).unwrap().run().unwrap();
+        report.results[0].failure.clone()
+    };
+    let two = "    expect_records:\n      - { batch: [ { type: page, userId: a }, { type: page, userId: b } ] }\n      - { batch: [ { type: page, userId: c } ] }\n";
+    assert_eq!(run(case(two)), None);
+    let wrong = "    expect_records:\n      - { batch: [ { type: page, userId: a } ] }\n      - { batch: [ { type: page, userId: b }, { type: page, userId: c } ] }\n";
+    let failure = run(case(wrong)).expect("a wrong split fails");
+    assert!(
+        failure.contains("differs from `expect_records`"),
+        "{failure}"
+    );
+    let single = "    expect: { batch: [ { type: page, userId: a }, { type: page, userId: b }, { type: page, userId: c } ] }\n";
+    let failure = run(case(single)).expect("a split output is not one record");
+    assert!(failure.contains("split into 2 records"), "{failure}");
+    let dead = "    expect_dead_letter: contract.batch_too_large\n";
+    assert!(run(case(dead)).unwrap().contains("expected a dead letter"));
 }

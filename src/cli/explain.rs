@@ -66,6 +66,13 @@ pub(crate) fn run(args: ExplainArgs) -> Result<ExitCode, Failure> {
                 "skipped": exp.skipped.iter().map(|(at, r)| serde_json::json!({"event": at, "rule": r})).collect::<Vec<_>>(),
             });
             match &exp.output {
+                Ok(out) if exp.records.len() > 1 => {
+                    doc["records"] = exp
+                        .records
+                        .iter(out)
+                        .map(|r| serde_json::from_slice(r).unwrap_or(serde_json::Value::Null))
+                        .collect()
+                }
                 Ok(out) => {
                     doc["output"] = serde_json::from_slice(out).unwrap_or(serde_json::Value::Null)
                 }
@@ -84,6 +91,14 @@ pub(crate) fn run(args: ExplainArgs) -> Result<ExitCode, Failure> {
                 sanitizer.content_hash()
             );
             match &exp.output {
+                Ok(out) if exp.records.len() > 1 => {
+                    let n = exp.records.len();
+                    println!("output: the batch is split into {n} records to fit the destination's batch limit");
+                    for (i, r) in exp.records.iter(out).enumerate() {
+                        println!("  record {} of {n}:", i + 1);
+                        println!("{}", indent(&pretty(r), "    "));
+                    }
+                }
                 Ok(out) => {
                     println!("output:");
                     println!("{}", indent(&pretty(out), "  "));

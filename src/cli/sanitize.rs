@@ -62,7 +62,7 @@ pub(crate) fn run(args: SanitizeArgs) -> Result<ExitCode, Failure> {
     let started = Instant::now();
     let mut scratch = Scratch::default();
     let mut clean = Vec::new();
-    let (mut lines, mut ok, mut blank, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    let (mut lines, mut ok, mut blank, mut bytes, mut split) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
     for line in reader.split(b'\n') {
         let mut line = line.map_err(|e| Failure::usage(format!("cannot read the input: {e}")))?;
@@ -76,10 +76,15 @@ pub(crate) fn run(args: SanitizeArgs) -> Result<ExitCode, Failure> {
             continue;
         }
         match sanitizer.sanitize(&line, &mut scratch, &mut clean) {
-            Ok(()) => {
+            Ok(records) => {
                 ok += 1;
-                out.write_all(&clean).map_err(io_err)?;
-                out.write_all(b"\n").map_err(io_err)?;
+                if records.len() > 1 {
+                    split += 1;
+                }
+                for rec in records.iter(&clean) {
+                    out.write_all(rec).map_err(io_err)?;
+                    out.write_all(b"\n").map_err(io_err)?;
+                }
             }
             Err(reason) => {
                 *reasons.entry(reason.code()).or_default() += 1;
@@ -114,6 +119,9 @@ pub(crate) fn run(args: SanitizeArgs) -> Result<ExitCode, Failure> {
         bytes as f64 / 1e6,
         lines as f64 / secs
     );
+    if split > 0 {
+        eprintln!("  batches split to fit the destination's batch limit: {split}");
+    }
     for (code, n) in &reasons {
         eprintln!("  dead letter {code}: {n}");
     }

@@ -154,6 +154,7 @@ pub(crate) struct Compiled {
     pub has_when: bool,
     pub message_key: MessageKeyAction,
     pub headers: HeaderPolicy,
+    pub destination: Option<crate::rules::Destination>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -237,6 +238,7 @@ impl Compiled {
             has_when: false,
             message_key: file.message.key,
             headers: file.message.headers.clone(),
+            destination: file.destination.clone(),
         }
     }
 }

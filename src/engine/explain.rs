@@ -37,6 +37,9 @@ impl fmt::Display for Decision {
 pub struct Explanation {
     /// The clean JSON, or why the message is a dead letter.
     pub output: Result<Vec<u8>, DeadLetterReason>,
+    /// How `output` divides into records (more than one when a batch was
+    /// split to fit the destination's batch limit).
+    pub records: super::Records,
     /// Decisions in document order.
     pub decisions: Vec<Decision>,
     /// Rules whose `when` did not hold: (event location, rule id).

@@ -15,6 +15,7 @@
 //! survive, behind cheap prefilters.
 
 mod compile;
+mod contract;
 pub(crate) mod detect;
 mod explain;
 pub(crate) mod hash;
@@ -23,9 +24,10 @@ mod keycache;
 mod walk;
 
 pub use compile::{CompileError, KeySupply};
+pub use contract::{Limit, Records, Violation};
 pub use explain::{Decision, Explanation};
 
-use crate::rules::{HeaderPolicy, MessageKeyAction};
+use crate::rules::{Destination, HeaderPolicy, MessageKeyAction};
 use std::borrow::Cow;
 use std::fmt;
 
@@ -98,6 +100,11 @@ pub enum DeadLetterReason {
     /// A hashed key's new name is already a key of the same object.
     #[error("a hashed field's new name is already used in the same object")]
     RenameCollision,
+    /// The clean output breaks the destination's delivery contract
+    /// (`destination` in the rule file): the destination would reject or
+    /// silently discard it.
+    #[error("the delivery contract is broken: {0}")]
+    Contract(Violation),
 }
 
 impl DeadLetterReason {
@@ -114,6 +121,7 @@ impl DeadLetterReason {
             Self::BatchElementNotObject { .. } => "batch_element_not_object",
             Self::DuplicateKey => "duplicate_key",
             Self::RenameCollision => "rename_collision",
+            Self::Contract(v) => v.limit.code(),
         }
     }
 
@@ -129,6 +137,16 @@ impl DeadLetterReason {
         "batch_element_not_object",
         "duplicate_key",
         "rename_collision",
+        "contract.event_too_large",
+        "contract.batch_too_large",
+        "contract.missing_identity",
+        "contract.unknown_type",
+        "contract.missing_event_name",
+        "contract.event_name_too_long",
+        "contract.too_many_traits",
+        "contract.trait_name_too_long",
+        "contract.trait_value_too_large",
+        "contract.id_too_long",
     ];
 }
 
@@ -153,6 +171,7 @@ impl fmt::Debug for Sanitizer {
 #[derive(Default)]
 pub struct Scratch {
     pub(crate) w: walk::Work,
+    contract: contract::ContractWork,
 }
 
 impl Scratch {
@@ -205,15 +224,35 @@ impl Sanitizer {
         self.c.limits
     }
 
-    /// Sanitizes one message value into `out` (cleared first). On error
-    /// `out` holds nothing usable and the message is a dead letter.
+    /// The delivery contract checked on every output, if any.
+    pub fn destination(&self) -> Option<&Destination> {
+        self.c.destination.as_ref()
+    }
+
+    /// Sanitizes one message value into `out` (cleared first), then checks
+    /// it against the delivery contract. On success `out` holds the clean
+    /// records that [`Records::iter`] separates (one, unless a batch was
+    /// split to fit). On error `out` holds nothing usable and the message
+    /// is a dead letter.
     pub fn sanitize(
         &self,
         input: &[u8],
         scratch: &mut Scratch,
         out: &mut Vec<u8>,
-    ) -> Result<(), DeadLetterReason> {
-        walk::run(self, input, &mut scratch.w, out, &mut explain::NoTrace)
+    ) -> Result<Records, DeadLetterReason> {
+        walk::run(self, input, &mut scratch.w, out, &mut explain::NoTrace)?;
+        self.contract(out, &mut scratch.contract)
+    }
+
+    fn contract(
+        &self,
+        out: &mut Vec<u8>,
+        w: &mut contract::ContractWork,
+    ) -> Result<Records, DeadLetterReason> {
+        let Some(d) = &self.c.destination else {
+            return Ok(Records::default());
+        };
+        contract::check(d, out, w).inspect_err(|_| out.clear())
     }
 
     /// Sanitizes one value and says what was done where.
@@ -221,9 +260,15 @@ impl Sanitizer {
         let mut trace = explain::Recorder::default();
         let mut w = walk::Work::default();
         let mut out = Vec::new();
-        let result = walk::run(self, input, &mut w, &mut out, &mut trace);
+        let result = walk::run(self, input, &mut w, &mut out, &mut trace)
+            .and_then(|()| self.contract(&mut out, &mut Default::default()));
+        let (output, records) = match result {
+            Ok(records) => (Ok(out), records),
+            Err(e) => (Err(e), Records::default()),
+        };
         Explanation {
-            output: result.map(|()| out),
+            output,
+            records,
             decisions: trace.decisions,
             skipped: trace.skipped,
             reached: trace.reached,

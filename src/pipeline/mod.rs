@@ -33,9 +33,10 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::statistics::Statistics;
 use rdkafka::TopicPartitionList;
 use reload::RuleSource;
+use smallvec::SmallVec;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
@@ -202,7 +203,7 @@ struct ProducerCtx {
     tracker: Arc<Tracker>,
     consumer: Arc<Consumer0>,
     counts: Arc<Counts>,
-    retry: mpsc::UnboundedSender<(OwnedMessage, Box<Pending>)>,
+    retry: mpsc::UnboundedSender<(OwnedMessage, Box<Part>)>,
     /// Output topic names, for the metrics.
     outputs: [String; 2],
     fatal: Arc<Notify>,
@@ -225,7 +226,16 @@ struct Pending {
     epoch: u64,
     clean: bool,
     consumed_at: Instant,
-    permit: OwnedSemaphorePermit,
+    /// Held, not read: dropping it frees the in-flight slot.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The delivery opaque of one output record: the whole message's output,
+/// or one of several records of a batch split to fit the destination (the
+/// message is finished when the last of them is acknowledged).
+enum Part {
+    Whole(Pending),
+    Split(Arc<(AtomicUsize, Pending)>),
 }
 
 impl ClientContext for ProducerCtx {
@@ -244,12 +254,19 @@ impl ClientContext for ProducerCtx {
 }
 
 impl ProducerContext for ProducerCtx {
-    type DeliveryOpaque = Box<Pending>;
+    type DeliveryOpaque = Box<Part>;
 
     /// Runs on librdkafka's polling thread: no task wake-up per message.
-    fn delivery(&self, result: &DeliveryResult<'_>, p: Box<Pending>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, p: Box<Part>) {
         match result {
-            Ok(_) => self.finish(*p),
+            Ok(_) => match &*p {
+                Part::Whole(p) => self.finish(p),
+                Part::Split(s) => {
+                    if s.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        self.finish(&s.1)
+                    }
+                }
+            },
             Err((e, msg)) => {
                 self.telemetry.produce_retry(msg.topic(), &e.to_string());
                 let _ = self.retry.send((msg.detach(), p));
@@ -260,8 +277,8 @@ impl ProducerContext for ProducerCtx {
 
 impl ProducerCtx {
     /// The output is acknowledged: mark the input done, store what may be
-    /// committed, count, and free the in-flight slot.
-    fn finish(&self, p: Pending) {
+    /// committed, and count. The in-flight slot is freed when `p` is dropped.
+    fn finish(&self, p: &Pending) {
         if let Some(offset) = self
             .tracker
             .finish(&p.topic, p.partition, p.epoch, p.offset)
@@ -285,7 +302,6 @@ impl ProducerCtx {
         } else {
             self.counts.dead.fetch_add(1, Ordering::Relaxed);
         }
-        drop(p.permit);
     }
 }
 
@@ -310,10 +326,10 @@ struct Job {
     consumed_at: Instant,
 }
 
-/// A record to produce, owned so it can be produced again after a failure.
+/// The output of one message: one record, or several when a batch was split.
 struct OutRecord {
     topic: String,
-    payload: Vec<u8>,
+    payloads: SmallVec<[Vec<u8>; 1]>,
     key: Option<Vec<u8>>,
     headers: OwnedHeaders,
     clean: bool,
@@ -322,7 +338,7 @@ struct OutRecord {
 /// A running service: clients created, rules loaded, metrics endpoint bound.
 pub struct Pipeline {
     shared: Arc<Shared>,
-    retry: mpsc::UnboundedReceiver<(OwnedMessage, Box<Pending>)>,
+    retry: mpsc::UnboundedReceiver<(OwnedMessage, Box<Part>)>,
     tracker: Arc<Tracker>,
     health: Arc<Health>,
     http: tokio::net::TcpListener,
@@ -667,7 +683,7 @@ fn build(
         Some(p) => s.sanitize(p, scratch, out),
     };
     match result {
-        Ok(()) => {
+        Ok(records) => {
             let mut headers = OwnedHeaders::new();
             if let Some(hs) = m.headers() {
                 for h in hs.iter() {
@@ -691,7 +707,7 @@ fn build(
             (
                 OutRecord {
                     topic: cfg.kafka.clean_topic.clone(),
-                    payload: out.clone(),
+                    payloads: records.iter(out).map(<[u8]>::to_vec).collect(),
                     key,
                     headers,
                     clean: true,
@@ -728,7 +744,7 @@ fn build(
             );
             let rec = OutRecord {
                 topic: cfg.kafka.dead_letter_topic.clone(),
-                payload: m.payload().unwrap_or_default().to_vec(),
+                payloads: smallvec::smallvec![m.payload().unwrap_or_default().to_vec()],
                 key: m.key().map(<[u8]>::to_vec),
                 headers,
                 clean: false,
@@ -771,7 +787,7 @@ async fn worker(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
         }
         last = Some(s);
         let m = &job.msg;
-        let pending = Box::new(Pending {
+        let pending = Pending {
             topic: m.topic().to_string(),
             partition: m.partition(),
             offset: m.offset(),
@@ -779,17 +795,37 @@ async fn worker(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
             epoch: job.epoch,
             clean: rec.clean,
             consumed_at: job.consumed_at,
-            permit: job.permit,
-        });
-        enqueue(
-            &shared,
-            &rec.topic,
-            &rec.payload,
-            rec.key.as_deref(),
-            rec.headers,
-            pending,
-        )
-        .await;
+            _permit: job.permit,
+        };
+        if let [payload] = &rec.payloads[..] {
+            let part = Box::new(Part::Whole(pending));
+            enqueue(
+                &shared,
+                &rec.topic,
+                payload,
+                rec.key.as_deref(),
+                rec.headers,
+                part,
+            )
+            .await;
+        } else {
+            // In order, with the same key: the parts land on one partition
+            // in sequence, like the batch they came from.
+            let split = Arc::new((AtomicUsize::new(rec.payloads.len()), pending));
+            for payload in &rec.payloads {
+                let part = Box::new(Part::Split(split.clone()));
+                let headers = rec.headers.clone();
+                enqueue(
+                    &shared,
+                    &rec.topic,
+                    payload,
+                    rec.key.as_deref(),
+                    headers,
+                    part,
+                )
+                .await;
+            }
+        }
     }
     if let Some(s) = &last {
         flush_counts(&mut scratch, s, &shared.telemetry);
@@ -804,7 +840,7 @@ async fn enqueue(
     payload: &[u8],
     key: Option<&[u8]>,
     headers: OwnedHeaders,
-    pending: Box<Pending>,
+    pending: Box<Part>,
 ) {
     let mut backoff = Duration::from_millis(1);
     let mut rec = BaseRecord::with_opaque_to(topic, pending)

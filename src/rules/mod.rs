@@ -38,6 +38,9 @@ pub struct RuleFile {
     pub hash: HashSettings,
     /// `message`: Kafka key and headers.
     pub message: MessageSettings,
+    /// `destination`: what the receiving system accepts, checked on the
+    /// clean output. `None`: nothing is checked.
+    pub destination: Option<Destination>,
     /// `rules`, in file order.
     pub rules: Vec<Rule>,
 }
@@ -138,6 +141,89 @@ impl Normalize {
     /// Names accepted in a rule file.
     pub const NAMES: &'static [&'static str] =
         &["trim", "lowercase", "digits", "remove-whitespace"];
+}
+
+/// The `destination` section: the delivery contract. Every limit is checked
+/// on what would actually be produced (after drops, hashes and redactions);
+/// a message that breaks one is a dead letter, never a clean record that
+/// the destination would silently discard. `None` turns a limit off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    /// `profile`: where the defaults came from.
+    pub profile: String,
+    /// `max_call_bytes`: one serialized call (a message, or one element of
+    /// a batch).
+    pub max_call_bytes: Option<usize>,
+    /// `max_batch_bytes`: one serialized batch record; a larger batch is
+    /// split into several records, each call intact and in order.
+    pub max_batch_bytes: Option<usize>,
+    /// `require_identity`: every call has a non-empty `userId` or
+    /// `anonymousId` (an identify call may have a `traits.email` instead).
+    pub require_identity: bool,
+    /// `types`: the accepted values of `type`.
+    pub types: Option<Vec<String>>,
+    /// `max_event_name_bytes`: a track call's `event` (also: not blank).
+    pub max_event_name_bytes: Option<usize>,
+    /// `max_traits`: attributes of one identify call.
+    pub max_traits: Option<usize>,
+    /// `max_trait_name_bytes`: one identify attribute's name.
+    pub max_trait_name_bytes: Option<usize>,
+    /// `max_trait_value_bytes`: one identify attribute's value (a string's
+    /// bytes; other values as serialized JSON).
+    pub max_trait_value_bytes: Option<usize>,
+    /// `max_id_chars`: characters of `userId`.
+    pub max_id_chars: Option<usize>,
+}
+
+impl Destination {
+    /// Profile names accepted in a rule file.
+    pub const PROFILES: &'static [&'static str] = &["customerio", "none"];
+
+    /// Customer.io Data Pipelines and Journeys, from their documentation
+    /// (sources in docs/rules.md, "The delivery contract").
+    pub fn customerio() -> Destination {
+        Destination {
+            profile: "customerio".into(),
+            max_call_bytes: Some(32 * 1024),
+            max_batch_bytes: Some(500_000),
+            require_identity: true,
+            types: Some(
+                ["identify", "track", "page", "screen", "group", "alias"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+            max_event_name_bytes: Some(100),
+            max_traits: Some(300),
+            max_trait_name_bytes: Some(150),
+            max_trait_value_bytes: Some(1000),
+            max_id_chars: Some(150),
+        }
+    }
+
+    /// Every check off: start from nothing and turn on what you need.
+    pub fn none() -> Destination {
+        Destination {
+            profile: "none".into(),
+            max_call_bytes: None,
+            max_batch_bytes: None,
+            require_identity: false,
+            types: None,
+            max_event_name_bytes: None,
+            max_traits: None,
+            max_trait_name_bytes: None,
+            max_trait_value_bytes: None,
+            max_id_chars: None,
+        }
+    }
+
+    /// A profile by name.
+    pub fn profile(name: &str) -> Option<Destination> {
+        match name {
+            "customerio" => Some(Self::customerio()),
+            "none" => Some(Self::none()),
+            _ => None,
+        }
+    }
 }
 
 /// The `message` section: Kafka-level data, which can carry PII too.

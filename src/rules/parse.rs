@@ -14,6 +14,7 @@ const TOP_KEYS: &[&str] = &[
     "keys",
     "hash",
     "message",
+    "destination",
     "rules",
 ];
 const KEYS_KEYS: &[&str] = &["match"];
@@ -26,6 +27,18 @@ const HASH_KEYS: &[&str] = &[
     "normalize",
 ];
 const MESSAGE_KEYS: &[&str] = &["key", "headers"];
+const DESTINATION_KEYS: &[&str] = &[
+    "profile",
+    "max_call_bytes",
+    "max_batch_bytes",
+    "require_identity",
+    "types",
+    "max_event_name_bytes",
+    "max_traits",
+    "max_trait_name_bytes",
+    "max_trait_value_bytes",
+    "max_id_chars",
+];
 const RULE_KEYS: &[&str] = &[
     "id",
     "description",
@@ -50,6 +63,7 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("keys", KEYS_KEYS),
     ("hash", HASH_KEYS),
     ("message", MESSAGE_KEYS),
+    ("destination", DESTINATION_KEYS),
     ("rules", RULE_KEYS),
 ];
 
@@ -64,6 +78,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<(RuleFile, Diagnostics), D
         keys: KeyMatch::default(),
         hash: HashSettings::default(),
         message: MessageSettings::default(),
+        destination: None,
         rules: Vec::new(),
     };
     let Some(top) = entries(&root) else {
@@ -130,6 +145,9 @@ pub(super) fn parse(file: &str, text: &str) -> Result<(RuleFile, Diagnostics), D
     }
     if let Some(v) = get("message") {
         parse_message(&mut r, v, &mut out.message);
+    }
+    if let Some(v) = get("destination") {
+        out.destination = parse_destination(&mut r, v);
     }
     match get("rules") {
         None => r.error(
@@ -448,6 +466,93 @@ fn parse_message(r: &mut Reporter, v: &Node, out: &mut MessageSettings) {
             _ => {}
         }
     }
+}
+
+fn parse_destination(r: &mut Reporter, v: &Node) -> Option<Destination> {
+    let e = mapping(r, v, None, "destination")?;
+    unknown_keys(r, &e, DESTINATION_KEYS, None, "in `destination`");
+    let get = |name: &str| e.iter().find(|(k, _, _)| *k == name).map(|(_, _, v)| *v);
+    let mut d = match get("profile") {
+        None => Destination::customerio(),
+        Some(p) => match scalar_str(p).and_then(Destination::profile) {
+            Some(d) => d,
+            None => {
+                r.error(
+                    p,
+                    None,
+                    format!(
+                        "`destination.profile` must be one of {}",
+                        list(Destination::PROFILES)
+                    ),
+                );
+                // Go on with the defaults, to report every other problem too.
+                Destination::customerio()
+            }
+        },
+    };
+    for (k, _, val) in &e {
+        let limit = |r: &mut Reporter| match &val.data {
+            YamlData::Value(Scalar::Integer(n)) if *n >= 1 => Some(Some(*n as usize)),
+            _ if scalar_str(val) == Some("off") => Some(None),
+            _ => {
+                r.error(
+                    val,
+                    None,
+                    format!("`destination.{k}` must be a whole number above 0, or `off`"),
+                );
+                None
+            }
+        };
+        let slot = match *k {
+            "max_call_bytes" => &mut d.max_call_bytes,
+            "max_batch_bytes" => &mut d.max_batch_bytes,
+            "max_event_name_bytes" => &mut d.max_event_name_bytes,
+            "max_traits" => &mut d.max_traits,
+            "max_trait_name_bytes" => &mut d.max_trait_name_bytes,
+            "max_trait_value_bytes" => &mut d.max_trait_value_bytes,
+            "max_id_chars" => &mut d.max_id_chars,
+            "require_identity" => {
+                match &val.data {
+                    YamlData::Value(Scalar::Boolean(b)) => d.require_identity = *b,
+                    _ => r.error(
+                        val,
+                        None,
+                        "`destination.require_identity` must be `true` or `false`",
+                    ),
+                }
+                continue;
+            }
+            "types" => {
+                if scalar_str(val) == Some("off") {
+                    d.types = None;
+                } else {
+                    let names: Vec<String> = strings(r, val, None, "destination.types")
+                        .into_iter()
+                        .map(|(s, _)| s)
+                        .collect();
+                    if names.is_empty() {
+                        r.error(val, None, "`destination.types` lists the accepted values of `type` (or is `off`); an empty list would reject everything");
+                    }
+                    d.types = Some(names);
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        if let Some(l) = limit(r) {
+            *slot = l;
+        }
+    }
+    if let (Some(call), Some(batch)) = (d.max_call_bytes, d.max_batch_bytes) {
+        if batch < call {
+            r.error(
+                get("max_batch_bytes").unwrap_or(v),
+                None,
+                format!("`destination.max_batch_bytes` ({batch}) is below `max_call_bytes` ({call}): a batch of one call could not be sent"),
+            );
+        }
+    }
+    Some(d)
 }
 
 fn parse_rule(r: &mut Reporter, node: &Node, mode: KeyMatch) -> Option<Rule> {

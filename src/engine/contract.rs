@@ -1,0 +1,427 @@
+//! The delivery contract: checks what would actually be produced against
+//! the destination's limits (a rule file's `destination` section), and
+//! splits a batch that is too large into records that each fit.
+//!
+//! It runs on the clean output, after every rule, because drops, hashes
+//! and redactions change sizes and can remove identifiers.
+
+use super::json::{self, Kind, Tok};
+use super::DeadLetterReason;
+use crate::rules::Destination;
+use smallvec::SmallVec;
+use std::fmt;
+
+/// A limit of the delivery contract; its [`code`](Self::code) names it in
+/// dead-letter headers and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// `max_call_bytes`.
+    CallTooLarge,
+    /// `max_batch_bytes`, for a batch that cannot be split to fit.
+    BatchTooLarge,
+    /// `require_identity`.
+    MissingIdentity,
+    /// `types`.
+    UnknownType,
+    /// A track call's `event` is absent, not text, or blank.
+    MissingEventName,
+    /// `max_event_name_bytes`.
+    EventNameTooLong,
+    /// `max_traits`.
+    TooManyTraits,
+    /// `max_trait_name_bytes`.
+    TraitNameTooLong,
+    /// `max_trait_value_bytes`.
+    TraitValueTooLarge,
+    /// `max_id_chars`.
+    IdTooLong,
+}
+
+impl Limit {
+    /// Every limit, in the order of [`DeadLetterReason::CODES`].
+    pub const ALL: [Limit; 10] = [
+        Limit::CallTooLarge,
+        Limit::BatchTooLarge,
+        Limit::MissingIdentity,
+        Limit::UnknownType,
+        Limit::MissingEventName,
+        Limit::EventNameTooLong,
+        Limit::TooManyTraits,
+        Limit::TraitNameTooLong,
+        Limit::TraitValueTooLarge,
+        Limit::IdTooLong,
+    ];
+
+    /// The dead-letter reason code, `contract.<limit>`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Limit::CallTooLarge => "contract.event_too_large",
+            Limit::BatchTooLarge => "contract.batch_too_large",
+            Limit::MissingIdentity => "contract.missing_identity",
+            Limit::UnknownType => "contract.unknown_type",
+            Limit::MissingEventName => "contract.missing_event_name",
+            Limit::EventNameTooLong => "contract.event_name_too_long",
+            Limit::TooManyTraits => "contract.too_many_traits",
+            Limit::TraitNameTooLong => "contract.trait_name_too_long",
+            Limit::TraitValueTooLarge => "contract.trait_value_too_large",
+            Limit::IdTooLong => "contract.id_too_long",
+        }
+    }
+}
+
+/// What broke the contract: the limit, and where, in words that never
+/// quote the event's data (dead-letter details end up in logs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The limit.
+    pub limit: Limit,
+    /// Position in the batch, for a batch element.
+    pub index: Option<usize>,
+    /// What was found against what is allowed.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(i) = self.index {
+            write!(f, "batch element {i}: ")?;
+        }
+        f.write_str(&self.detail)
+    }
+}
+
+/// Where the clean records lie in the output buffer: one record, unless a
+/// batch was split to fit the destination's batch limit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Records {
+    /// End offset of each record; empty means one record, the whole buffer.
+    ends: SmallVec<[usize; 2]>,
+}
+
+impl Records {
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.ends.len().max(1)
+    }
+
+    /// Always false: a sanitized message is at least one record.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The records, in order, as slices of the output buffer.
+    pub fn iter<'a>(&'a self, out: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let whole = self.ends.is_empty().then_some(out.len());
+        let mut start = 0;
+        self.ends.iter().copied().chain(whole).map(move |end| {
+            let r = &out[start..end];
+            start = end;
+            r
+        })
+    }
+}
+
+/// Reusable buffers.
+#[derive(Default)]
+pub(crate) struct ContractWork {
+    tape: Vec<Tok>,
+    stack: Vec<u32>,
+    parts: Vec<u8>,
+    text: String,
+}
+
+fn violation(limit: Limit, index: Option<usize>, detail: String) -> DeadLetterReason {
+    DeadLetterReason::Contract(Violation {
+        limit,
+        index,
+        detail,
+    })
+}
+
+/// The members of the object at `obj`: (key token index, value token index).
+fn members(tape: &[Tok], obj: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let end = tape[obj].next as usize;
+    let mut i = obj + 1;
+    std::iter::from_fn(move || {
+        if i >= end {
+            return None;
+        }
+        let k = i;
+        i = tape[k + 1].next as usize;
+        Some((k, k + 1))
+    })
+}
+
+/// The decoded text of string token `t` (borrowed unless escaped).
+fn text<'a>(out: &'a [u8], t: &Tok, buf: &'a mut String) -> &'a str {
+    // The output was produced by the sanitizer and tokenized: valid UTF-8.
+    let raw = std::str::from_utf8(&out[t.start as usize..t.end as usize]).unwrap_or("");
+    if !t.escaped {
+        return raw;
+    }
+    buf.clear();
+    json::unescape(raw, buf);
+    buf
+}
+
+fn find(tape: &[Tok], out: &[u8], obj: usize, name: &str, buf: &mut String) -> Option<usize> {
+    members(tape, obj)
+        .find(|&(k, _)| text(out, &tape[k], buf) == name)
+        .map(|(_, v)| v)
+}
+
+/// Checks `out` (the sanitized message) and, when a batch is over the
+/// batch limit, rewrites `out` as several records that each fit.
+pub(crate) fn check(
+    d: &Destination,
+    out: &mut Vec<u8>,
+    w: &mut ContractWork,
+) -> Result<Records, DeadLetterReason> {
+    // The output has at most the input's depth, and the input passed the limit.
+    json::tokenize(out, usize::MAX, &mut w.tape, &mut w.stack).map_err(|e| {
+        // Cannot happen (the sanitizer writes JSON); fail closed if it does.
+        DeadLetterReason::InvalidJson {
+            offset: match e {
+                json::JsonError::Syntax(o) => o,
+                json::JsonError::TooDeep => 0,
+            },
+        }
+    })?;
+    let tape = &w.tape;
+    let batch = find(tape, out, 0, "batch", &mut w.text).filter(|&v| tape[v].kind == Kind::Array);
+    let Some(batch) = batch else {
+        call(d, tape, out, 0, None, &mut w.text)?;
+        return Ok(Records::default());
+    };
+    // Each element is a call; the envelope's other members go with every part.
+    let mut elems: SmallVec<[(usize, usize); 16]> = SmallVec::new();
+    let mut i = batch + 1;
+    let mut index = 0;
+    while i < tape[batch].next as usize {
+        call(d, tape, out, i, Some(index), &mut w.text)?;
+        let t = &tape[i];
+        elems.push((t.start as usize, t.end as usize));
+        i = t.next as usize;
+        index += 1;
+    }
+    let Some(max) = d.max_batch_bytes else {
+        return Ok(Records::default());
+    };
+    if out.len() <= max {
+        return Ok(Records::default());
+    }
+    // The envelope without its calls: `{<other members>,"batch":[]}`.
+    let (open, close) = (tape[batch].start as usize + 1, tape[batch].end as usize - 1);
+    let head = &out[..open];
+    let tail = &out[close..];
+    let overhead = head.len() + tail.len();
+    let mut parts = std::mem::take(&mut w.parts);
+    parts.clear();
+    let mut ends = SmallVec::new();
+    let mut in_part = 0usize;
+    let mut part_len = 0usize;
+    for (index, &(s, e)) in elems.iter().enumerate() {
+        let len = e - s;
+        if overhead + len > max {
+            w.parts = parts;
+            return Err(violation(
+                Limit::BatchTooLarge,
+                Some(index),
+                format!("this call alone makes a batch record of {} bytes, over max_batch_bytes {max}; the batch is not split", overhead + len),
+            ));
+        }
+        if in_part > 0 && part_len + 1 + len + tail.len() > max {
+            parts.extend_from_slice(tail);
+            ends.push(parts.len());
+            in_part = 0;
+        }
+        if in_part == 0 {
+            parts.extend_from_slice(head);
+            part_len = head.len();
+        } else {
+            parts.push(b',');
+            part_len += 1;
+        }
+        parts.extend_from_slice(&out[s..e]);
+        part_len += len;
+        in_part += 1;
+    }
+    parts.extend_from_slice(tail);
+    ends.push(parts.len());
+    std::mem::swap(out, &mut parts);
+    w.parts = parts;
+    Ok(Records { ends })
+}
+
+/// Checks one call (the object at `obj`).
+fn call(
+    d: &Destination,
+    tape: &[Tok],
+    out: &[u8],
+    obj: usize,
+    index: Option<usize>,
+    buf: &mut String,
+) -> Result<(), DeadLetterReason> {
+    let t = &tape[obj];
+    if t.kind != Kind::Object {
+        // The engine dead-letters non-object batch elements before this.
+        return Err(DeadLetterReason::BatchElementNotObject {
+            index: index.unwrap_or(0),
+        });
+    }
+    let size = t.end as usize - t.start as usize;
+    if let Some(max) = d.max_call_bytes {
+        if size > max {
+            return Err(violation(
+                Limit::CallTooLarge,
+                index,
+                format!("the call is {size} bytes after sanitizing, over max_call_bytes {max}"),
+            ));
+        }
+    }
+    let (mut ty, mut identified, mut event, mut traits) = (None, false, None, None);
+    for (k, v) in members(tape, obj) {
+        #[derive(PartialEq)]
+        enum Field {
+            Type,
+            UserId,
+            AnonymousId,
+            Event,
+            Traits,
+        }
+        let field = match text(out, &tape[k], buf) {
+            "type" => Field::Type,
+            "userId" => Field::UserId,
+            "anonymousId" => Field::AnonymousId,
+            "event" => Field::Event,
+            "traits" => Field::Traits,
+            _ => continue,
+        };
+        let val = &tape[v];
+        match field {
+            Field::Type => ty = (val.kind == Kind::String).then_some(v),
+            Field::Event => event = Some(v),
+            Field::Traits => traits = Some(v),
+            Field::UserId | Field::AnonymousId => {
+                let present = match val.kind {
+                    Kind::String => val.end > val.start,
+                    Kind::Number => true,
+                    _ => false,
+                };
+                identified |= present;
+                if let (Field::UserId, true, Some(max)) = (&field, present, d.max_id_chars) {
+                    let chars = if val.kind == Kind::String {
+                        text(out, val, buf).chars().count()
+                    } else {
+                        (val.end - val.start) as usize
+                    };
+                    if chars > max {
+                        return Err(violation(
+                            Limit::IdTooLong,
+                            index,
+                            format!("userId is {chars} characters, over max_id_chars {max}"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let mut ty_buf = String::new();
+    let ty = ty.map(|v| text(out, &tape[v], &mut ty_buf));
+    if let Some(types) = &d.types {
+        if !ty.is_some_and(|t| types.iter().any(|x| x == t)) {
+            let detail = match ty {
+                None => "the call has no `type` (text)".to_string(),
+                Some(_) => format!(
+                    "`type` is not one of the accepted calls ({})",
+                    types.join(", ")
+                ),
+            };
+            return Err(violation(Limit::UnknownType, index, detail));
+        }
+    }
+    let ty = ty.unwrap_or("");
+    let traits = traits.filter(|&v| tape[v].kind == Kind::Object);
+    if d.require_identity && !identified {
+        let email = ty == "identify"
+            && traits
+                .and_then(|t| find(tape, out, t, "email", buf))
+                .is_some_and(|v| {
+                    tape[v].kind == Kind::String && !text(out, &tape[v], buf).trim().is_empty()
+                });
+        if !email {
+            return Err(violation(
+                Limit::MissingIdentity,
+                index,
+                "the call has no userId or anonymousId (and, for identify, no traits.email) after sanitizing".into(),
+            ));
+        }
+    }
+    if ty == "track" {
+        let name = event
+            .filter(|&v| tape[v].kind == Kind::String)
+            .map(|v| text(out, &tape[v], buf));
+        let Some(name) = name.filter(|n| !n.trim().is_empty()) else {
+            return Err(violation(
+                Limit::MissingEventName,
+                index,
+                "a track call needs a non-blank `event` name".into(),
+            ));
+        };
+        if let Some(max) = d.max_event_name_bytes {
+            if name.len() > max {
+                return Err(violation(
+                    Limit::EventNameTooLong,
+                    index,
+                    format!(
+                        "the event name is {} bytes, over max_event_name_bytes {max}",
+                        name.len()
+                    ),
+                ));
+            }
+        }
+    }
+    if ty == "identify" {
+        if let Some(t) = traits {
+            let mut count = 0;
+            for (k, v) in members(tape, t) {
+                count += 1;
+                if let Some(max) = d.max_trait_name_bytes {
+                    let n = text(out, &tape[k], buf).len();
+                    if n > max {
+                        return Err(violation(
+                            Limit::TraitNameTooLong,
+                            index,
+                            format!("trait {count} has a name of {n} bytes, over max_trait_name_bytes {max}"),
+                        ));
+                    }
+                }
+                if let Some(max) = d.max_trait_value_bytes {
+                    let val = &tape[v];
+                    let n = if val.kind == Kind::String {
+                        text(out, val, buf).len()
+                    } else {
+                        (val.end - val.start) as usize
+                    };
+                    if n > max {
+                        return Err(violation(
+                            Limit::TraitValueTooLarge,
+                            index,
+                            format!("trait {count} has a value of {n} bytes, over max_trait_value_bytes {max}"),
+                        ));
+                    }
+                }
+            }
+            if let Some(max) = d.max_traits {
+                if count > max {
+                    return Err(violation(
+                        Limit::TooManyTraits,
+                        index,
+                        format!("the call has {count} traits, over max_traits {max}"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}

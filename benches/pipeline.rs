@@ -95,6 +95,7 @@ fn run_once(
         },
         log: LogConfig::default(),
         shutdown: ShutdownConfig::default(),
+        webhooks: None,
     };
     let telemetry = Arc::new(Telemetry::new());
     let n = events.len() as f64;

@@ -33,6 +33,103 @@ pub struct Config {
     /// Shutdown.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Customer.io reporting webhooks: an HTTP listener, off unless set.
+    #[serde(default)]
+    pub webhooks: Option<WebhooksConfig>,
+}
+
+/// `webhooks`: verify, sanitize and land Customer.io's reporting webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Listen address, its own port (not the metrics port).
+    pub listen: String,
+    /// The path Customer.io posts to.
+    #[serde(default = "default_webhook_path")]
+    pub path: String,
+    /// Where sanitized webhooks go.
+    pub topic: String,
+    /// The rule file for webhook bodies (`rules/customerio-webhooks.yaml`);
+    /// watched and reloaded like `rules.file`.
+    pub rules: PathBuf,
+    /// Read the webhook rules' HMAC key from this file instead of the
+    /// source the rule file names.
+    #[serde(default)]
+    pub hash_key_file: Option<PathBuf>,
+    /// Signing keys: files (one or more keys, one per line) and environment
+    /// variables. Every key is tried, so old and new work during rotation.
+    /// Files are re-read on change.
+    #[serde(default)]
+    pub signing_key_files: Vec<PathBuf>,
+    /// Environment variables holding signing keys.
+    #[serde(default)]
+    pub signing_key_env: Vec<String>,
+    /// Larger bodies are refused with 413.
+    #[serde(default = "default_webhook_body")]
+    pub max_body_bytes: usize,
+    /// Refuse (401) a request whose `X-CIO-Timestamp` is further than this
+    /// from now. Off by default: Customer.io retries a failed webhook for
+    /// up to 7 days, with the original timestamp.
+    #[serde(default, with = "humantime_opt")]
+    pub max_age: Option<Duration>,
+    /// How long a request waits for the broker's acknowledgement before it
+    /// is answered 503 (so Customer.io retries).
+    #[serde(default = "default_webhook_ack", with = "humantime_secs")]
+    pub ack_timeout: Duration,
+}
+
+fn default_webhook_path() -> String {
+    "/webhooks/customerio".into()
+}
+fn default_webhook_body() -> usize {
+    256 * 1024
+}
+fn default_webhook_ack() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// An optional duration; `off` (or absent) is none. Up to 30 days.
+mod humantime_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(f64),
+            S(String),
+        }
+        let secs = match Raw::deserialize(d)? {
+            Raw::S(s) if s == "off" => return Ok(None),
+            Raw::N(n) => n,
+            Raw::S(s) => {
+                let s = s.trim();
+                let (num, mult) = if let Some(n) = s.strip_suffix('d') {
+                    (n, 86_400.0)
+                } else if let Some(n) = s.strip_suffix('h') {
+                    (n, 3_600.0)
+                } else if let Some(n) = s.strip_suffix('m') {
+                    (n, 60.0)
+                } else if let Some(n) = s.strip_suffix('s') {
+                    (n, 1.0)
+                } else {
+                    (s, 1.0)
+                };
+                num.trim().parse::<f64>().map(|n| n * mult).map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{s}` is not a duration (use off, 300, 5m, 12h or 7d)"
+                    ))
+                })?
+            }
+        };
+        if !(1.0..=30.0 * 86_400.0).contains(&secs) {
+            return Err(serde::de::Error::custom(
+                "`max_age` must be between 1 second and 30 days, or off",
+            ));
+        }
+        Ok(Some(Duration::from_secs_f64(secs)))
+    }
 }
 
 /// `kafka`.
@@ -250,6 +347,48 @@ mod humantime_secs {
     }
 }
 
+impl WebhooksConfig {
+    fn validate(&self, k: &KafkaConfig, p: &mut Vec<String>) {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!(
+                "`webhooks.listen` `{}` is not an address such as 0.0.0.0:9466",
+                self.listen
+            ));
+        }
+        if !self.path.starts_with('/') {
+            p.push(format!("`webhooks.path` `{}` must start with /", self.path));
+        }
+        if self.topic.trim().is_empty() {
+            p.push("`webhooks.topic` is missing: name the topic verified webhooks go to".into());
+        } else if k.input_topics.contains(&self.topic)
+            || self.topic == k.clean_topic
+            || self.topic == k.dead_letter_topic
+        {
+            p.push(
+                "`webhooks.topic` must be its own topic, not an input, clean or dead-letter topic"
+                    .into(),
+            );
+        }
+        if !self.rules.is_file() {
+            p.push(format!(
+                "`webhooks.rules` {} is not a readable file",
+                self.rules.display()
+            ));
+        }
+        if self.signing_key_files.is_empty() && self.signing_key_env.is_empty() {
+            p.push("`webhooks` needs a signing key: `signing_key_files` (a mounted Secret) or `signing_key_env`; an unverified webhook listener would accept anyone's data".into());
+        } else if let Err(e) = Config::webhook_signing_keys(self) {
+            p.push(format!("`webhooks`: {e}"));
+        }
+        if self.max_body_bytes == 0 {
+            p.push("`webhooks.max_body_bytes` must be at least 1".into());
+        }
+        if self.ack_timeout.is_zero() {
+            p.push("`webhooks.ack_timeout` must be above 0".into());
+        }
+    }
+}
+
 /// Why the configuration cannot be used: every problem, each a sentence.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n{}", .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
@@ -424,6 +563,9 @@ impl Config {
                 self.log.format
             ));
         }
+        if let Some(w) = &self.webhooks {
+            w.validate(k, &mut p);
+        }
         if self.rules.reload_interval.is_zero() {
             p.push("`rules.reload_interval` must be above 0".into());
         }
@@ -447,6 +589,40 @@ impl Config {
         } else {
             Err(ConfigError { problems: p })
         }
+    }
+
+    /// The signing keys of the webhook listener, from their files and
+    /// variables; an error names the source that failed, never a key.
+    pub fn webhook_signing_keys(w: &WebhooksConfig) -> Result<Vec<Secret>, String> {
+        let mut keys = Vec::new();
+        for f in &w.signing_key_files {
+            let text = Secret::from_file(f).map_err(|e| {
+                format!(
+                    "webhook signing key file {} cannot be read: {}",
+                    f.display(),
+                    e.kind()
+                )
+            })?;
+            for line in text.expose().split(|&b| b == b'\n') {
+                let line = line.trim_ascii();
+                if !line.is_empty() {
+                    keys.push(Secret::new(line));
+                }
+            }
+        }
+        for name in &w.signing_key_env {
+            match std::env::var_os(name) {
+                Some(v) if !v.is_empty() => keys.push(Secret::new(v.into_encoded_bytes())),
+                _ => return Err(format!("webhook signing key variable {name} is not set")),
+            }
+        }
+        if keys.is_empty() {
+            return Err(
+                "no webhook signing key: the files named in `webhooks.signing_key_files` are empty"
+                    .into(),
+            );
+        }
+        Ok(keys)
     }
 
     /// The security protocol in use, for the startup log.

@@ -18,6 +18,11 @@
 //! - [`cli`]: the commands (`check`, `test`, `explain`, `sanitize`, `schema`);
 //!   `src/main.rs` only calls [`cli::main`].
 //! - [`secret`]: secret bytes that never print.
+//! - [`config`], [`pipeline`], [`metrics`]: the Kafka service (`run`): typed
+//!   configuration, consume-sanitize-produce with offsets stored only after
+//!   delivery, and one place that logs and counts each thing that happens.
+//! - [`webhooks`]: Customer.io's signed reporting webhooks, verified,
+//!   sanitized and produced by the same service.
 //!
 //! ## Example
 //!
@@ -46,3 +51,4 @@ pub mod pipeline;
 pub mod rules;
 pub mod secret;
 pub mod testing;
+pub mod webhooks;

@@ -28,6 +28,14 @@ pub struct Telemetry {
     rebalances: IntCounterVec,
     _build: IntGaugeVec,
     added_latency: HistogramVec,
+    /// The (name, hash) shown by `rule_set` for each rule file.
+    rule_sets: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
+    webhooks_received: IntCounter,
+    webhooks_verified: IntCounter,
+    webhooks_rejected: IntCounterVec,
+    webhooks_produced: IntCounterVec,
+    webhooks_unavailable: IntCounter,
+    webhook_seconds: HistogramVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -163,6 +171,54 @@ impl Telemetry {
         )
         .expect("valid");
         r.register(Box::new(latency.clone())).expect("once");
+        let webhooks_received = IntCounter::new(
+            "event_sanitizer_webhooks_received_total",
+            "Webhook requests received.",
+        )
+        .expect("valid");
+        r.register(Box::new(webhooks_received.clone()))
+            .expect("once");
+        let webhooks_verified = IntCounter::new(
+            "event_sanitizer_webhooks_verified_total",
+            "Webhook requests whose signature verified.",
+        )
+        .expect("valid");
+        r.register(Box::new(webhooks_verified.clone()))
+            .expect("once");
+        let webhooks_rejected = counter(
+            &r,
+            "event_sanitizer_webhooks_rejected_total",
+            "Webhook requests refused before anything was produced, by reason.",
+            &["reason"],
+        );
+        for rej in crate::webhooks::Rejection::ALL {
+            webhooks_rejected.with_label_values(&[rej.code()]).inc_by(0);
+        }
+        let webhooks_produced = counter(
+            &r,
+            "event_sanitizer_webhooks_produced_total",
+            "Verified webhooks acknowledged by the broker, by outcome (clean, dead_letter).",
+            &["outcome"],
+        );
+        let webhooks_unavailable = IntCounter::new(
+            "event_sanitizer_webhooks_unavailable_total",
+            "Verified webhooks answered 503 because the broker did not acknowledge them in time.",
+        )
+        .expect("valid");
+        r.register(Box::new(webhooks_unavailable.clone()))
+            .expect("once");
+        let webhook_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "event_sanitizer_webhook_request_seconds",
+                "Webhook request to answer, by HTTP status.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 15.0,
+            ]),
+            &["status"],
+        )
+        .expect("valid");
+        r.register(Box::new(webhook_seconds.clone())).expect("once");
         for reason in crate::engine::DeadLetterReason::CODES {
             dead_letters.with_label_values(&[reason]).inc_by(0);
         }
@@ -189,6 +245,13 @@ impl Telemetry {
             rebalances,
             _build: build,
             added_latency: latency,
+            rule_sets: Default::default(),
+            webhooks_received,
+            webhooks_verified,
+            webhooks_rejected,
+            webhooks_produced,
+            webhooks_unavailable,
+            webhook_seconds,
         }
     }
 
@@ -245,7 +308,15 @@ impl Telemetry {
 
     /// A rule set was loaded (at start or by a reload).
     pub fn rule_set_loaded(&self, name: &str, hash: &str, file: &str, reload: bool) {
-        self.rule_set.reset();
+        // One series per rule file (events, webhooks): replace this file's.
+        let previous = self
+            .rule_sets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(file.to_string(), (name.to_string(), hash.to_string()));
+        if let Some((n, h)) = previous {
+            let _ = self.rule_set.remove_label_values(&[&n, &h]);
+        }
         self.rule_set.with_label_values(&[name, hash]).set(1.0);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -306,5 +377,62 @@ impl Telemetry {
     /// Forget lag gauges (after a revoke).
     pub fn clear_lag(&self) {
         self.lag.reset();
+    }
+
+    /// A webhook request arrived.
+    pub fn webhook_received(&self) {
+        self.webhooks_received.inc();
+    }
+
+    /// A webhook request was refused (401/413). Audited with the reason and
+    /// the peer address; never the body or the signature.
+    pub fn webhook_rejected(&self, reason: &str, path: &str, peer: std::net::SocketAddr) {
+        self.webhooks_rejected.with_label_values(&[reason]).inc();
+        tracing::warn!(target: "event_sanitizer::audit", event = "webhook_rejected", reason, path, peer = %peer, "webhook request rejected");
+    }
+
+    /// A webhook's signature verified.
+    pub fn webhook_verified(&self) {
+        self.webhooks_verified.inc();
+    }
+
+    /// A verified webhook was acknowledged by the broker.
+    pub fn webhook_produced(&self, clean: bool) {
+        let outcome = if clean { "clean" } else { "dead_letter" };
+        self.webhooks_produced.with_label_values(&[outcome]).inc();
+    }
+
+    /// A verified webhook body could not be sanitized: its original went
+    /// to the dead-letter topic.
+    pub fn webhook_dead_letter(&self, path: &str, reason: &crate::engine::DeadLetterReason) {
+        self.dead_letters.with_label_values(&[reason.code()]).inc();
+        tracing::warn!(target: "event_sanitizer::dead_letter", source = "webhook", path, reason = reason.code(), detail = %reason, "webhook body sent to the dead-letter topic");
+    }
+
+    /// A verified webhook was answered 503: the broker did not acknowledge.
+    pub fn webhook_unavailable(&self, topic: &str, error: &str) {
+        self.webhooks_unavailable.inc();
+        tracing::warn!(
+            topic,
+            error,
+            "webhook not acknowledged by the broker; answered 503 so Customer.io retries"
+        );
+    }
+
+    /// A webhook request was answered.
+    pub fn webhook_answered(&self, status: u16, seconds: f64) {
+        self.webhook_seconds
+            .with_label_values(&[&status.to_string()])
+            .observe(seconds);
+    }
+
+    /// Webhook signing keys were loaded (at start or after their files changed).
+    pub fn webhook_keys_loaded(&self, count: usize, reload: bool) {
+        tracing::info!(target: "event_sanitizer::audit", event = "webhook_signing_keys_loaded", keys = count, reload, "webhook signing keys loaded");
+    }
+
+    /// Changed webhook key files could not be used; the keys in use stay.
+    pub fn webhook_keys_failed(&self, error: &str) {
+        tracing::error!(target: "event_sanitizer::audit", event = "webhook_signing_keys_rejected", error, "webhook signing keys not reloaded; the keys in use stay");
     }
 }

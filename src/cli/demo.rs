@@ -92,6 +92,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             http: HttpConfig { listen: "127.0.0.1:0".into() },
             log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
+            webhooks: None,
         };
         let telemetry = Arc::new(Telemetry::new());
         let started = Instant::now();

@@ -289,6 +289,17 @@ impl Sanitizer {
         }
     }
 
+    /// The digest of `value` with the rule file's `hash` settings (key,
+    /// algorithm, encoding, truncation): the same digest a `hash` rule with
+    /// the file defaults gives a string field, so the two join.
+    pub fn digest(&self, value: &str) -> Vec<u8> {
+        let h = &self.c.hashers[self.c.file_hasher];
+        let mut buf = String::new();
+        let mut out = Vec::with_capacity(64);
+        h.write(h.normalized(value, &mut buf).as_bytes(), &mut out);
+        out
+    }
+
     /// Whether a Kafka header with this name goes out (`message.headers`).
     pub fn keep_header(&self, name: &str) -> bool {
         let listed = |names: &[String]| names.iter().any(|n| n.eq_ignore_ascii_case(name));

@@ -63,6 +63,9 @@ pub enum PipelineError {
         /// The error.
         error: std::io::Error,
     },
+    /// The webhook listener cannot start (signing keys).
+    #[error("webhooks: {0}")]
+    Webhooks(String),
     /// Shutdown did not finish in time; unfinished messages will be
     /// consumed again.
     #[error("shutdown timed out with {0} messages unacknowledged; they will be consumed again after restart")]
@@ -342,11 +345,14 @@ pub struct Pipeline {
     tracker: Arc<Tracker>,
     health: Arc<Health>,
     http: tokio::net::TcpListener,
+    webhooks: Option<crate::webhooks::Listener>,
     fatal: Arc<Notify>,
     fatal_msg: Arc<std::sync::Mutex<Option<String>>>,
 }
 
-fn client_config(
+/// Client properties from the configuration: brokers, `kafka.common`,
+/// the client's own section, and the SASL password.
+pub(crate) fn client_config(
     cfg: &Config,
     extra: &std::collections::BTreeMap<String, String>,
     password: Option<&crate::secret::Secret>,
@@ -431,6 +437,13 @@ impl Pipeline {
                 addr: cfg.http.listen.clone(),
                 error,
             })?;
+        let webhooks = match &cfg.webhooks {
+            Some(w) => Some(
+                crate::webhooks::Listener::bind(&cfg, w, password.as_ref(), telemetry.clone())
+                    .await?,
+            ),
+            None => None,
+        };
         tracing::info!(
             security_protocol = %cfg.security_protocol(),
             group = %cfg.kafka.group_id,
@@ -453,9 +466,15 @@ impl Pipeline {
             tracker,
             health,
             http,
+            webhooks,
             fatal,
             fatal_msg,
         })
+    }
+
+    /// Where the webhook listener answers, when `webhooks` is configured.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhooks.as_ref().map(|w| w.local_addr())
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` answer.
@@ -474,11 +493,15 @@ impl Pipeline {
             tracker,
             health,
             http,
+            webhooks,
             fatal,
             fatal_msg,
         } = self;
         let cfg = &shared.cfg;
         let (stop_side, stop_side_rx) = tokio::sync::watch::channel(false);
+        let (stop_webhooks, stop_webhooks_rx) = tokio::sync::watch::channel(false);
+        let webhook_task =
+            webhooks.map(|w| tokio::spawn(w.serve(cfg.rules.reload_interval, stop_webhooks_rx)));
         // Side tasks: HTTP, rule reload, producer health.
         let http_task = tokio::spawn(http::serve(
             http,
@@ -613,6 +636,11 @@ impl Pipeline {
         // Drain: no more input; workers finish their queues; deliveries finish.
         tracing::info!(consumed, "stopping: finishing in-flight messages");
         let deadline = tokio::time::Instant::now() + cfg.shutdown.timeout;
+        // The webhook listener stops accepting and answers what it holds.
+        let _ = stop_webhooks.send(true);
+        if let Some(t) = webhook_task {
+            let _ = tokio::time::timeout_at(deadline, t).await;
+        }
         drop(senders);
         for h in handles {
             let _ = tokio::time::timeout_at(deadline, h).await;

@@ -56,6 +56,7 @@ pub fn config(bootstrap: &str, rules: &Path, key: &Path, group: &str) -> Config 
         shutdown: ShutdownConfig {
             timeout: Duration::from_secs(20),
         },
+        webhooks: None,
     }
 }
 
@@ -125,6 +126,17 @@ impl Out {
 /// Reads clean and dead-letter outputs from the beginning until `want`
 /// records arrived or `timeout` passed.
 pub async fn read_outputs(bootstrap: &str, want: usize, timeout: Duration) -> Vec<Out> {
+    read_topics(bootstrap, &[CLEAN, DLQ], want, timeout).await
+}
+
+/// Reads `topics` from the beginning until `want` records arrived or
+/// `timeout` passed.
+pub async fn read_topics(
+    bootstrap: &str,
+    topics: &[&str],
+    want: usize,
+    timeout: Duration,
+) -> Vec<Out> {
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("reader-{}", rand_suffix()))
@@ -132,7 +144,7 @@ pub async fn read_outputs(bootstrap: &str, want: usize, timeout: Duration) -> Ve
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    c.subscribe(&[CLEAN, DLQ]).unwrap();
+    c.subscribe(topics).unwrap();
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     while out.len() < want {

@@ -83,6 +83,7 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_event-sanitizer"))
 }
 
+pub mod http;
 pub mod kafka;
 
 /// Writes the default rules and a key file into `dir`.

@@ -720,6 +720,34 @@ mod tests {
         let e = Config::load_with_env(Some(&p), vec![]).unwrap_err();
         assert!(e.to_string().contains("clean_topc"), "{e}");
     }
+
+    #[test]
+    fn a_webhook_listener_needs_keys_and_its_own_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "kafka: { bootstrap_servers: 'a:1', input_topics: [r], clean_topic: c, dead_letter_topic: d, allow_plaintext: true }\nrules: { file: RULES }\n";
+        let p = write(dir.path(), &format!("{base}webhooks: {{ listen: '127.0.0.1:0', topic: c, rules: RULES, max_age: soon }}\n"));
+        let text = Config::load_with_env(Some(&p), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("`soon` is not a duration"), "{text}");
+        let p = write(dir.path(), &format!("{base}webhooks: {{ listen: '127.0.0.1:0', topic: c, rules: RULES, max_age: 7d, signing_key_env: [NO_SUCH_VAR_FOR_TEST] }}\n"));
+        let text = Config::load_with_env(Some(&p), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("`webhooks.topic` must be its own topic"),
+            "{text}"
+        );
+        assert!(text.contains("NO_SUCH_VAR_FOR_TEST is not set"), "{text}");
+        let p = write(
+            dir.path(),
+            &format!("{base}webhooks: {{ listen: '127.0.0.1:0', topic: w, rules: RULES }}\n"),
+        );
+        let text = Config::load_with_env(Some(&p), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("needs a signing key"), "{text}");
+    }
 }
 
 #[cfg(test)]
@@ -766,10 +794,28 @@ mod chart {
             "hash_key_file": key,
             "reload_interval": values["rules"]["reloadInterval"],
         });
+        // With webhooks enabled, as `es.config` adds them.
+        let w = &values["webhooks"];
+        let signing = dir.path().join("signing-keys");
+        std::fs::write(&signing, "s1\ns2\n").unwrap();
+        cfg["webhooks"] = serde_json::json!({
+            "listen": format!("0.0.0.0:{}", w["port"]),
+            "path": w["path"],
+            "topic": w["topic"],
+            "rules": root.join("helm/event-sanitizer/files").join(w["rulesFileName"].as_str().unwrap()),
+            "hash_key_file": key,
+            "signing_key_files": [signing],
+            "max_body_bytes": w["maxBodyBytes"],
+            "max_age": w["maxAge"],
+            "ack_timeout": w["ackTimeout"],
+        });
         let path = dir.path().join("config.yaml");
         std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
         let c = super::Config::load_with_env(Some(&path), vec![]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.kafka.input_topics, vec!["events.raw"]);
+        let wc = c.webhooks.as_ref().expect("webhooks section loads");
+        assert_eq!(wc.max_age, None, "maxAge off by default");
+        assert_eq!(super::Config::webhook_signing_keys(wc).unwrap().len(), 2);
         assert_eq!(c.shutdown.timeout.as_secs(), 25);
         let grace = values["terminationGracePeriodSeconds"].as_u64().unwrap();
         assert!(
@@ -785,6 +831,12 @@ mod chart {
             std::fs::read(root.join("helm/event-sanitizer/files/customerio.yaml")).unwrap(),
             std::fs::read(root.join("rules/customerio.yaml")).unwrap(),
             "copy rules/customerio.yaml to helm/event-sanitizer/files/"
+        );
+        assert_eq!(
+            std::fs::read(root.join("helm/event-sanitizer/files/customerio-webhooks.yaml"))
+                .unwrap(),
+            std::fs::read(root.join("rules/customerio-webhooks.yaml")).unwrap(),
+            "copy rules/customerio-webhooks.yaml to helm/event-sanitizer/files/"
         );
     }
 }

@@ -26,5 +26,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.secrets.saslPasswordKey -}}
 {{- $_ := set $cfg.kafka "sasl_password_file" "/var/run/secrets/event-sanitizer/sasl-password" -}}
 {{- end -}}
+{{- if .Values.webhooks.enabled -}}
+{{- $w := .Values.webhooks -}}
+{{- $_ := set $cfg "webhooks" (dict "listen" (printf "0.0.0.0:%v" $w.port) "path" $w.path "topic" $w.topic "rules" (printf "/etc/event-sanitizer/rules/%s" $w.rulesFileName) "hash_key_file" "/var/run/secrets/event-sanitizer/hash-key" "signing_key_files" (list "/var/run/secrets/event-sanitizer-webhooks/signing-keys") "max_body_bytes" $w.maxBodyBytes "max_age" $w.maxAge "ack_timeout" $w.ackTimeout) -}}
+{{- end -}}
 {{ toYaml $cfg }}
 {{- end }}

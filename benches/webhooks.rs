@@ -11,13 +11,13 @@
 
 #[path = "../tests/common/http.rs"]
 mod http;
+#[path = "../tests/common/kafka.rs"]
+mod kafka;
 
-use event_sanitizer::config::*;
 use event_sanitizer::metrics::Telemetry;
 use event_sanitizer::pipeline::Pipeline;
 use event_sanitizer::webhooks::signature::sign;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::Arc;
@@ -33,39 +33,14 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn body(n: usize) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "data": {"action_id": 96, "campaign_id": 23, "customer_id": format!("user-{n}"),
-                 "delivery_id": format!("d-{n}"),
-                 "identifiers": {"id": format!("user-{n}"), "email": format!("person{n}@example.com")},
-                 "recipient": format!("person{n}@example.com"), "subject": "Your order has shipped"},
-        "event_id": format!("ev-{n}"), "metric": "delivered", "object_type": "email",
-        "timestamp": 1_700_000_000 + n
-    }))
-    .unwrap()
-}
-
 fn cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
-    let m = MockCluster::new(1).unwrap();
-    for t in ["raw", "clean", "dlq"] {
-        m.create_topic(t, 1, 1).unwrap();
-    }
+    let m = kafka::cluster(1);
     m.create_topic(TOPIC, PARTITIONS, 1).unwrap();
     m
 }
 
 fn records_on(bs: &str, topic: &str) -> i64 {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bs)
-        .create()
-        .unwrap();
-    (0..PARTITIONS)
-        .map(|p| {
-            c.fetch_watermarks(topic, p, Duration::from_secs(10))
-                .unwrap()
-                .1
-        })
-        .sum()
+    kafka::high_watermarks(bs, topic, PARTITIONS).iter().sum()
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -89,7 +64,7 @@ async fn produce_directly(n: usize, conns: usize) -> f64 {
         let p = p.clone();
         tasks.push(tokio::spawn(async move {
             for i in (c..n).step_by(conns) {
-                let b = body(i);
+                let b = http::reporting_webhook(i);
                 let key = format!("user-{i}");
                 p.send(
                     FutureRecord::to(TOPIC).payload(&b).key(&key),
@@ -116,44 +91,9 @@ async fn through_the_service(n: usize, conns: usize) -> (f64, Vec<f64>) {
     std::fs::write(&key, "bench-key").unwrap();
     let signing = dir.path().join("signing");
     std::fs::write(&signing, "signing-key").unwrap();
-    let root = env!("CARGO_MANIFEST_DIR");
-    let cfg = Config {
-        kafka: KafkaConfig {
-            bootstrap_servers: bs.clone(),
-            group_id: "bench".into(),
-            input_topics: vec!["raw".into()],
-            clean_topic: "clean".into(),
-            dead_letter_topic: "dlq".into(),
-            allow_plaintext: true,
-            sasl_password_file: None,
-            common: Default::default(),
-            consumer: Default::default(),
-            producer: Default::default(),
-        },
-        rules: RulesConfig {
-            file: format!("{root}/rules/customerio.yaml").into(),
-            hash_key_file: Some(key.clone()),
-            reload_interval: Duration::from_secs(5),
-        },
-        limits: LimitsConfig::default(),
-        http: HttpConfig {
-            listen: "127.0.0.1:0".into(),
-        },
-        log: LogConfig::default(),
-        shutdown: ShutdownConfig::default(),
-        webhooks: Some(WebhooksConfig {
-            listen: "127.0.0.1:0".into(),
-            path: "/webhooks/customerio".into(),
-            topic: TOPIC.into(),
-            rules: format!("{root}/rules/customerio-webhooks.yaml").into(),
-            hash_key_file: Some(key),
-            signing_key_files: vec![signing],
-            signing_key_env: vec![],
-            max_body_bytes: 256 * 1024,
-            max_age: None,
-            ack_timeout: Duration::from_secs(10),
-        }),
-    };
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/customerio.yaml");
+    let mut cfg = kafka::config(&bs, &rules, &key, "bench");
+    cfg.webhooks = Some(kafka::webhooks(TOPIC, &key, &signing, 256 * 1024));
     let p = Pipeline::new(cfg, Arc::new(Telemetry::new()))
         .await
         .unwrap();
@@ -167,7 +107,7 @@ async fn through_the_service(n: usize, conns: usize) -> (f64, Vec<f64>) {
     let requests: Arc<Vec<(Vec<u8>, String)>> = Arc::new(
         (0..n)
             .map(|i| {
-                let b = body(i);
+                let b = http::reporting_webhook(i);
                 let s = sign(b"signing-key", &ts, &b);
                 (b, s)
             })

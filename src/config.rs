@@ -94,34 +94,15 @@ mod humantime_opt {
     use std::time::Duration;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(f64),
-            S(String),
-        }
+        use super::humantime_secs::Raw;
         let secs = match Raw::deserialize(d)? {
             Raw::S(s) if s == "off" => return Ok(None),
             Raw::N(n) => n,
-            Raw::S(s) => {
-                let s = s.trim();
-                let (num, mult) = if let Some(n) = s.strip_suffix('d') {
-                    (n, 86_400.0)
-                } else if let Some(n) = s.strip_suffix('h') {
-                    (n, 3_600.0)
-                } else if let Some(n) = s.strip_suffix('m') {
-                    (n, 60.0)
-                } else if let Some(n) = s.strip_suffix('s') {
-                    (n, 1.0)
-                } else {
-                    (s, 1.0)
-                };
-                num.trim().parse::<f64>().map(|n| n * mult).map_err(|_| {
-                    serde::de::Error::custom(format!(
-                        "`{s}` is not a duration (use off, 300, 5m, 12h or 7d)"
-                    ))
-                })?
-            }
+            Raw::S(s) => super::humantime_secs::parse(&s).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not a duration (use off, 300, 5m, 12h or 7d)"
+                ))
+            })?,
         };
         if !(1.0..=30.0 * 86_400.0).contains(&secs) {
             return Err(serde::de::Error::custom(
@@ -309,13 +290,15 @@ mod humantime_secs {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
+    /// A number of seconds, or text with a unit.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum Raw {
+        N(f64),
+        S(String),
+    }
+
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(f64),
-            S(String),
-        }
         let secs = match Raw::deserialize(d)? {
             Raw::N(n) => n,
             Raw::S(s) => parse(&s).ok_or_else(|| {
@@ -332,7 +315,8 @@ mod humantime_secs {
         Ok(Duration::from_secs_f64(secs))
     }
 
-    fn parse(s: &str) -> Option<f64> {
+    /// Seconds in `500ms`, `5s`, `2m`, `12h`, `7d` or a bare number.
+    pub(super) fn parse(s: &str) -> Option<f64> {
         let s = s.trim();
         let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
             (n, 0.001)
@@ -340,6 +324,10 @@ mod humantime_secs {
             (n, 1.0)
         } else if let Some(n) = s.strip_suffix('m') {
             (n, 60.0)
+        } else if let Some(n) = s.strip_suffix('h') {
+            (n, 3_600.0)
+        } else if let Some(n) = s.strip_suffix('d') {
+            (n, 86_400.0)
         } else {
             (s, 1.0)
         };

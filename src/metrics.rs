@@ -44,6 +44,12 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
     c
 }
 
+fn counter1(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
 impl Default for Telemetry {
     fn default() -> Self {
         Self::new()
@@ -137,12 +143,11 @@ impl Telemetry {
             "Errors reported by the Kafka clients, by client and kind.",
             &["client", "kind"],
         );
-        let produce_retries = IntCounter::new(
+        let produce_retries = counter1(
+            &r,
             "event_sanitizer_produce_retries_total",
             "Records produced again after a delivery failure.",
-        )
-        .expect("valid");
-        r.register(Box::new(produce_retries.clone())).expect("once");
+        );
         let commits = counter(
             &r,
             "event_sanitizer_offset_commits_total",
@@ -171,20 +176,16 @@ impl Telemetry {
         )
         .expect("valid");
         r.register(Box::new(latency.clone())).expect("once");
-        let webhooks_received = IntCounter::new(
+        let webhooks_received = counter1(
+            &r,
             "event_sanitizer_webhooks_received_total",
             "Webhook requests received.",
-        )
-        .expect("valid");
-        r.register(Box::new(webhooks_received.clone()))
-            .expect("once");
-        let webhooks_verified = IntCounter::new(
+        );
+        let webhooks_verified = counter1(
+            &r,
             "event_sanitizer_webhooks_verified_total",
             "Webhook requests whose signature verified.",
-        )
-        .expect("valid");
-        r.register(Box::new(webhooks_verified.clone()))
-            .expect("once");
+        );
         let webhooks_rejected = counter(
             &r,
             "event_sanitizer_webhooks_rejected_total",
@@ -200,13 +201,11 @@ impl Telemetry {
             "Verified webhooks acknowledged by the broker, by outcome (clean, dead_letter).",
             &["outcome"],
         );
-        let webhooks_unavailable = IntCounter::new(
+        let webhooks_unavailable = counter1(
+            &r,
             "event_sanitizer_webhooks_unavailable_total",
             "Verified webhooks answered 503 because the broker did not acknowledge them in time.",
-        )
-        .expect("valid");
-        r.register(Box::new(webhooks_unavailable.clone()))
-            .expect("once");
+        );
         let webhook_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "event_sanitizer_webhook_request_seconds",

@@ -364,29 +364,28 @@ fn check(case: &Case, output: Result<Vec<Vec<u8>>, DeadLetterReason>) -> Option<
                 Ok(v) => v,
                 Err(e) => return Some(e),
             };
-            let (want, got, what) = match &case.expect {
-                Expect::Output(want) if got.len() == 1 => (want.clone(), got[0].clone(), "expect"),
-                Expect::Output(_) => {
+            let (want, what) = match &case.expect {
+                Expect::Output(_) if got.len() > 1 => {
                     return Some(format!(
                         "the batch was split into {} records to fit the destination; write them under `expect_records`:\n{}",
                         got.len(),
                         show(&records)
                     ))
                 }
-                _ => (
-                    serde_json::Value::Array(match &case.expect {
-                        Expect::Records(w) => w.clone(),
-                        _ => Vec::new(),
-                    }),
-                    serde_json::Value::Array(got),
-                    "expect_records",
-                ),
+                Expect::Output(w) => (std::slice::from_ref(w), "expect"),
+                Expect::Records(w) => (&w[..], "expect_records"),
+                Expect::DeadLetter(_) => (&[][..], ""),
             };
             if got == want {
                 return None;
             }
-            let w = serde_json::to_string_pretty(&want).unwrap_or_default();
-            let g = serde_json::to_string_pretty(&got).unwrap_or_default();
+            // `expect` shows as the event itself, `expect_records` as a list.
+            let pretty = |v: &[serde_json::Value]| match v {
+                [one] if what == "expect" => serde_json::to_string_pretty(one),
+                _ => serde_json::to_string_pretty(v),
+            };
+            let w = pretty(want).unwrap_or_default();
+            let g = pretty(&got).unwrap_or_default();
             let diff = similar::TextDiff::from_lines(&w, &g);
             let body = diff
                 .unified_diff()

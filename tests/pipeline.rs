@@ -4,28 +4,12 @@
 
 mod common;
 use common::kafka::*;
+use common::metric;
 use event_sanitizer::metrics::Telemetry;
 use event_sanitizer::pipeline::Pipeline;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn metric(telemetry: &Telemetry, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = telemetry.render();
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sanitizes_in_order_dead_letters_with_reasons_and_commits() {

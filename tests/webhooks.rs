@@ -3,8 +3,9 @@
 //! 503 when the broker is unreachable, and a bounded load that loses nothing.
 
 mod common;
-use common::http::{now, Client};
+use common::http::{now, reporting_webhook, Client};
 use common::kafka::*;
+use common::metric;
 use event_sanitizer::config::{Config, WebhooksConfig};
 use event_sanitizer::metrics::Telemetry;
 use event_sanitizer::pipeline::Pipeline;
@@ -26,40 +27,26 @@ fn webhook_config(
 ) -> Config {
     let (rules, key) = common::rules_and_key(dir);
     let mut cfg = config(bs, &rules, &key, group);
-    let wh_rules = dir.join("webhooks.yaml");
-    std::fs::copy(
-        common::root().join("rules/customerio-webhooks.yaml"),
-        &wh_rules,
-    )
-    .unwrap();
     let signing = dir.join("signing-keys");
     std::fs::write(&signing, "old-signing-key\nnew-signing-key\n").unwrap();
     cfg.rules.reload_interval = Duration::from_millis(200);
     cfg.webhooks = Some(WebhooksConfig {
-        listen: "127.0.0.1:0".into(),
-        path: PATH.into(),
-        topic: TOPIC.into(),
-        rules: wh_rules,
-        hash_key_file: Some(key),
-        signing_key_files: vec![signing],
-        signing_key_env: vec![],
-        max_body_bytes: 16 * 1024,
         max_age,
         ack_timeout,
+        ..webhooks(TOPIC, &key, &signing, 16 * 1024)
     });
     cfg
 }
 
-fn body(n: usize) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "data": {"action_id": 96, "campaign_id": 23, "customer_id": format!("user-{n}"),
-                 "delivery_id": format!("d-{n}"),
-                 "identifiers": {"id": format!("user-{n}"), "email": format!("Person{n}@Example.com")},
-                 "recipient": format!("person{n}@example.com"), "subject": "Hi Jane"},
-        "event_id": format!("ev-{n}"), "metric": "delivered", "object_type": "email",
-        "timestamp": 1_700_000_000 + n
-    }))
-    .unwrap()
+/// The distinct `event_id`s of produced webhooks, sorted.
+fn event_ids<'a>(out: impl IntoIterator<Item = &'a Out>) -> Vec<String> {
+    let mut ids: Vec<String> = out
+        .into_iter()
+        .map(|o| o.json()["event_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 async fn post(c: &mut Client, key: &str, ts: &str, body: &[u8]) -> (u16, String) {
@@ -77,22 +64,6 @@ async fn post(c: &mut Client, key: &str, ts: &str, body: &[u8]) -> (u16, String)
 
 fn hmac_hex(value: &str) -> String {
     common::hmac_hex(value)
-}
-
-fn metric(t: &Telemetry, name: &str, label: Option<(&str, &str)>) -> f64 {
-    let text = t.render();
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
-            _ => 0.0,
-        })
-        .sum()
 }
 
 async fn start(
@@ -137,11 +108,21 @@ async fn verified_webhooks_are_sanitized_and_everything_else_is_refused() {
     let ts = now();
 
     // Correctly signed, with either key of the rotation pair: 200.
-    assert_eq!(post(&mut c, "new-signing-key", &ts, &body(1)).await.0, 200);
-    assert_eq!(post(&mut c, "old-signing-key", &ts, &body(2)).await.0, 200);
+    assert_eq!(
+        post(&mut c, "new-signing-key", &ts, &reporting_webhook(1))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        post(&mut c, "old-signing-key", &ts, &reporting_webhook(2))
+            .await
+            .0,
+        200
+    );
 
     // Refused with 401, nothing produced.
-    let good = body(3);
+    let good = reporting_webhook(3);
     let sig = sign(b"new-signing-key", &ts, &good);
     let mut tampered = good.clone();
     tampered[10] ^= 1;
@@ -214,7 +195,10 @@ async fn verified_webhooks_are_sanitized_and_everything_else_is_refused() {
     let (mut rotated, mut probes_accepted) = (false, 0);
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        match post(&mut c, "old-signing-key", &ts, &body(4)).await.0 {
+        match post(&mut c, "old-signing-key", &ts, &reporting_webhook(4))
+            .await
+            .0
+        {
             401 => {
                 rotated = true;
                 break;
@@ -227,26 +211,25 @@ async fn verified_webhooks_are_sanitized_and_everything_else_is_refused() {
         rotated,
         "the old key still verifies after the key file changed"
     );
-    assert_eq!(post(&mut c, "new-signing-key", &ts, &body(5)).await.0, 200);
+    assert_eq!(
+        post(&mut c, "new-signing-key", &ts, &reporting_webhook(5))
+            .await
+            .0,
+        200
+    );
 
     // The topic holds exactly the accepted webhooks, sanitized and keyed
     // by the person's identifier digest; the dead letter holds the original.
     let clean_count = 3 + probes_accepted;
     let out = read_topics(&bs, &[TOPIC, DLQ], clean_count + 1, Duration::from_secs(20)).await;
     let clean: Vec<&Out> = out.iter().filter(|o| o.topic == TOPIC).collect();
-    let ids: Vec<String> = clean
-        .iter()
-        .map(|o| o.json()["event_id"].as_str().unwrap().to_string())
-        .collect();
-    let mut sorted = ids.clone();
-    sorted.sort();
-    sorted.dedup();
+    let sorted = event_ids(clean.iter().copied());
     let mut want = vec!["ev-1", "ev-2", "ev-5"];
     if probes_accepted > 0 {
         want.insert(2, "ev-4");
     }
     assert_eq!(sorted, want, "accepted ones only");
-    assert_eq!(ids.len(), clean_count);
+    assert_eq!(clean.len(), clean_count);
     for o in &clean {
         let v = o.json();
         let n: usize = v["event_id"].as_str().unwrap()[3..].parse().unwrap();
@@ -286,7 +269,7 @@ async fn verified_webhooks_are_sanitized_and_everything_else_is_refused() {
         metric(
             t,
             "event_sanitizer_webhooks_produced_total",
-            Some(("outcome", "clean"))
+            &[("outcome", "clean")]
         ),
         clean_count as f64
     );
@@ -294,7 +277,7 @@ async fn verified_webhooks_are_sanitized_and_everything_else_is_refused() {
         metric(
             t,
             "event_sanitizer_webhooks_produced_total",
-            Some(("outcome", "dead_letter"))
+            &[("outcome", "dead_letter")]
         ),
         1.0
     );
@@ -302,7 +285,7 @@ async fn verified_webhooks_are_sanitized_and_everything_else_is_refused() {
         metric(
             t,
             "event_sanitizer_webhooks_rejected_total",
-            Some(("reason", "invalid_signature"))
+            &[("reason", "invalid_signature")]
         ),
         4.0
     );
@@ -310,7 +293,7 @@ async fn verified_webhooks_are_sanitized_and_everything_else_is_refused() {
         metric(
             t,
             "event_sanitizer_webhooks_rejected_total",
-            Some(("reason", "missing_signature"))
+            &[("reason", "missing_signature")]
         ),
         1.0
     );
@@ -318,7 +301,7 @@ async fn verified_webhooks_are_sanitized_and_everything_else_is_refused() {
         metric(
             t,
             "event_sanitizer_webhooks_rejected_total",
-            Some(("reason", "missing_timestamp"))
+            &[("reason", "missing_timestamp")]
         ),
         1.0
     );
@@ -326,7 +309,7 @@ async fn verified_webhooks_are_sanitized_and_everything_else_is_refused() {
         metric(
             t,
             "event_sanitizer_webhooks_rejected_total",
-            Some(("reason", "stale_timestamp"))
+            &[("reason", "stale_timestamp")]
         ),
         1.0
     );
@@ -334,15 +317,15 @@ async fn verified_webhooks_are_sanitized_and_everything_else_is_refused() {
         metric(
             t,
             "event_sanitizer_webhooks_rejected_total",
-            Some(("reason", "too_large"))
+            &[("reason", "too_large")]
         ),
         1.0
     );
     assert_eq!(
-        metric(t, "event_sanitizer_webhooks_verified_total", None),
+        metric(t, "event_sanitizer_webhooks_verified_total", &[]),
         clean_count as f64 + 1.0
     );
-    let received = metric(t, "event_sanitizer_webhooks_received_total", None);
+    let received = metric(t, "event_sanitizer_webhooks_received_total", &[]);
     assert!(received >= 12.0, "{received}");
     stop().await.unwrap();
 }
@@ -358,15 +341,20 @@ async fn an_unreachable_broker_is_answered_503() {
     let (addr, telemetry, stop) = start(cfg).await;
     let mut c = Client::connect(addr).await.unwrap();
     let ts = now();
-    assert_eq!(post(&mut c, "new-signing-key", &ts, &body(1)).await.0, 200);
+    assert_eq!(
+        post(&mut c, "new-signing-key", &ts, &reporting_webhook(1))
+            .await
+            .0,
+        200
+    );
     mock.broker_down(1).unwrap();
-    let (status, text) = post(&mut c, "new-signing-key", &ts, &body(2)).await;
+    let (status, text) = post(&mut c, "new-signing-key", &ts, &reporting_webhook(2)).await;
     assert_eq!(status, 503, "{text}");
     assert_eq!(
         metric(
             &telemetry,
             "event_sanitizer_webhooks_unavailable_total",
-            None
+            &[]
         ),
         1.0
     );
@@ -374,7 +362,11 @@ async fn an_unreachable_broker_is_answered_503() {
     // Customer.io retries: once the broker is back, the same request lands.
     let mut landed = false;
     for _ in 0..30 {
-        if post(&mut c, "new-signing-key", &ts, &body(2)).await.0 == 200 {
+        if post(&mut c, "new-signing-key", &ts, &reporting_webhook(2))
+            .await
+            .0
+            == 200
+        {
             landed = true;
             break;
         }
@@ -382,13 +374,7 @@ async fn an_unreachable_broker_is_answered_503() {
     }
     assert!(landed);
     let out = read_topics(&bs, &[TOPIC], 2, Duration::from_secs(20)).await;
-    let mut ids: Vec<String> = out
-        .iter()
-        .map(|o| o.json()["event_id"].as_str().unwrap().to_string())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids, vec!["ev-1", "ev-2"]);
+    assert_eq!(event_ids(&out), vec!["ev-1", "ev-2"]);
     stop().await.unwrap();
 }
 
@@ -410,8 +396,13 @@ async fn concurrent_signed_requests_lose_nothing() {
             let mut client = Client::connect(addr).await.unwrap();
             let ts = now();
             for i in 0..per {
-                let (status, text) =
-                    post(&mut client, "new-signing-key", &ts, &body(c * per + i)).await;
+                let (status, text) = post(
+                    &mut client,
+                    "new-signing-key",
+                    &ts,
+                    &reporting_webhook(c * per + i),
+                )
+                .await;
                 assert_eq!(status, 200, "{text}");
             }
         }));
@@ -421,12 +412,6 @@ async fn concurrent_signed_requests_lose_nothing() {
     }
     let total = conns * per;
     let out = read_topics(&bs, &[TOPIC], total, Duration::from_secs(30)).await;
-    let mut ids: Vec<String> = out
-        .iter()
-        .map(|o| o.json()["event_id"].as_str().unwrap().to_string())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), total);
+    assert_eq!(event_ids(&out).len(), total);
     stop().await.unwrap();
 }

@@ -510,20 +510,9 @@ impl Pipeline {
             stop_side_rx.clone(),
         ));
         let reload_task = {
-            let (rules, telemetry, every, mut stop) = (
-                shared.rules.clone(),
-                shared.telemetry.clone(),
-                cfg.rules.reload_interval,
-                stop_side_rx.clone(),
-            );
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! { _ = tick.tick() => {}, _ = stop.changed() => break }
-                    let (r, t) = (rules.clone(), telemetry.clone());
-                    let _ = tokio::task::spawn_blocking(move || r.check(&t)).await;
-                }
+            let (rules, telemetry) = (shared.rules.clone(), shared.telemetry.clone());
+            reload::every(cfg.rules.reload_interval, stop_side_rx.clone(), move || {
+                rules.check(&telemetry);
             })
         };
         let health_task = {
@@ -689,7 +678,8 @@ impl Pipeline {
 /// with these names are dropped so they cannot be spoofed.
 const OWN_PREFIX: &str = "sanitizer-";
 
-fn with_headers(mut headers: OwnedHeaders, add: &[(&str, &str)]) -> OwnedHeaders {
+/// `headers` with `add` appended.
+pub(crate) fn with_headers(mut headers: OwnedHeaders, add: &[(&str, &str)]) -> OwnedHeaders {
     for (key, value) in add {
         headers = headers.insert(Header {
             key,

@@ -12,15 +12,69 @@ use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Files watched by content: [`Watched::changed`] says whether their bytes
+/// differ from the last look. The fingerprint (SHA-256 of the contents) is
+/// only compared, never logged: the files can hold keys.
+pub(crate) struct Watched {
+    files: Vec<PathBuf>,
+    last: std::sync::Mutex<[u8; 32]>,
+}
+
+impl Watched {
+    /// Starts watching `files`, taking their current contents as seen.
+    pub(crate) fn new(files: Vec<PathBuf>) -> Watched {
+        let last = std::sync::Mutex::new(Self::fingerprint(&files));
+        Watched { files, last }
+    }
+
+    fn fingerprint(files: &[PathBuf]) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for f in files {
+            h.update(std::fs::read(f).unwrap_or_default());
+            h.update([0xff]);
+        }
+        h.finalize().into()
+    }
+
+    /// Whether the contents changed since the last call (or `new`).
+    pub(crate) fn changed(&self) -> bool {
+        let fp = Self::fingerprint(&self.files);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == fp {
+            return false;
+        }
+        *last = fp;
+        true
+    }
+}
+
+/// Runs `check` (blocking file reads) every `every` until `stop` changes.
+pub(crate) fn every(
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    check: impl Fn() + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let check = Arc::new(check);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! { _ = tick.tick() => {}, _ = stop.changed() => break }
+            let c = check.clone();
+            let _ = tokio::task::spawn_blocking(move || c()).await;
+        }
+    })
+}
+
 /// Loads, compiles and holds the current [`Sanitizer`].
 pub struct RuleSource {
     file: PathBuf,
     key_file: Option<PathBuf>,
     limits: Limits,
     current: ArcSwap<Sanitizer>,
-    /// SHA-256 of the rule file and key file contents last compiled (or
-    /// rejected): never logged, only compared.
-    fingerprint: std::sync::Mutex<[u8; 32]>,
+    /// The rule file and key file, as last compiled (or rejected).
+    watched: Watched,
 }
 
 /// Why rules could not be loaded.
@@ -32,17 +86,6 @@ pub enum LoadError {
     /// The key or a limit is wrong.
     #[error("{0}")]
     Compile(String),
-}
-
-fn fingerprint(file: &Path, key_file: Option<&Path>) -> [u8; 32] {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(std::fs::read(file).unwrap_or_default());
-    if let Some(k) = key_file {
-        h.update([0xff]);
-        h.update(std::fs::read(k).unwrap_or_default());
-    }
-    h.finalize().into()
 }
 
 fn compile(file: &Path, key_file: Option<&Path>, limits: Limits) -> Result<Sanitizer, LoadError> {
@@ -70,7 +113,12 @@ impl RuleSource {
         limits: Limits,
         telemetry: &Telemetry,
     ) -> Result<RuleSource, LoadError> {
-        let fp = fingerprint(file, key_file);
+        let watched = Watched::new(
+            std::iter::once(file)
+                .chain(key_file)
+                .map(Path::to_path_buf)
+                .collect(),
+        );
         let s = compile(file, key_file, limits)?;
         telemetry.rule_set_loaded(
             s.name(),
@@ -83,7 +131,7 @@ impl RuleSource {
             key_file: key_file.map(Path::to_path_buf),
             limits,
             current: ArcSwap::from_pointee(s),
-            fingerprint: std::sync::Mutex::new(fp),
+            watched,
         })
     }
 
@@ -94,13 +142,8 @@ impl RuleSource {
 
     /// Recompiles if the files changed. Returns whether rules were swapped.
     pub fn check(&self, telemetry: &Telemetry) -> bool {
-        let fp = fingerprint(&self.file, self.key_file.as_deref());
-        {
-            let mut last = self.fingerprint.lock().unwrap_or_else(|e| e.into_inner());
-            if *last == fp {
-                return false;
-            }
-            *last = fp;
+        if !self.watched.changed() {
+            return false;
         }
         let shown = self.file.display().to_string();
         match compile(&self.file, self.key_file.as_deref(), self.limits) {

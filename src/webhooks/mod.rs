@@ -16,8 +16,8 @@ pub mod signature;
 use crate::config::{Config, WebhooksConfig};
 use crate::engine::{Limits, Scratch};
 use crate::metrics::Telemetry;
-use crate::pipeline::reload::RuleSource;
-use crate::pipeline::PipelineError;
+use crate::pipeline::reload::{self, RuleSource, Watched};
+use crate::pipeline::{with_headers, PipelineError};
 use crate::secret::Secret;
 use arc_swap::ArcSwap;
 use axum::body::{Body, Bytes};
@@ -26,7 +26,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use std::net::SocketAddr;
@@ -86,42 +86,26 @@ impl Rejection {
 struct KeyRing {
     cfg: WebhooksConfig,
     current: ArcSwap<Vec<Secret>>,
-    /// SHA-256 of the key files' contents: compared, never logged.
-    fingerprint: std::sync::Mutex<[u8; 32]>,
+    watched: Watched,
 }
 
 impl KeyRing {
-    fn fingerprint(cfg: &WebhooksConfig) -> [u8; 32] {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        for f in &cfg.signing_key_files {
-            h.update(std::fs::read(f).unwrap_or_default());
-            h.update([0xff]);
-        }
-        h.finalize().into()
-    }
-
     fn load(cfg: &WebhooksConfig, telemetry: &Telemetry) -> Result<KeyRing, String> {
-        let fp = Self::fingerprint(cfg);
+        let watched = Watched::new(cfg.signing_key_files.clone());
         let keys = Config::webhook_signing_keys(cfg)?;
         telemetry.webhook_keys_loaded(keys.len(), false);
         Ok(KeyRing {
             cfg: cfg.clone(),
             current: ArcSwap::from_pointee(keys),
-            fingerprint: std::sync::Mutex::new(fp),
+            watched,
         })
     }
 
     /// Re-reads the key files if they changed; a failed read keeps the
     /// keys in use.
     fn check(&self, telemetry: &Telemetry) {
-        let fp = Self::fingerprint(&self.cfg);
-        {
-            let mut last = self.fingerprint.lock().unwrap_or_else(|e| e.into_inner());
-            if *last == fp {
-                return;
-            }
-            *last = fp;
+        if !self.watched.changed() {
+            return;
         }
         match Config::webhook_signing_keys(&self.cfg) {
             Ok(keys) => {
@@ -206,19 +190,10 @@ impl Listener {
     pub async fn serve(self, reload: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
         let shared = self.shared;
         let watcher = {
-            let (shared, mut stop) = (shared.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(reload);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! { _ = tick.tick() => {}, _ = stop.changed() => break }
-                    let s = shared.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        s.rules.check(&s.telemetry);
-                        s.keys.check(&s.telemetry);
-                    })
-                    .await;
-                }
+            let s = shared.clone();
+            reload::every(reload, stop.clone(), move || {
+                s.rules.check(&s.telemetry);
+                s.keys.check(&s.telemetry);
             })
         };
         let app = Router::new()
@@ -340,17 +315,8 @@ async fn produce(s: &Shared, body: &[u8], timestamp: &str) -> Response {
         ("sanitizer-source", "customerio-webhook"),
         ("sanitizer-webhook-timestamp", timestamp),
     ];
-    let headers = |extra: &[(&str, &str)]| {
-        lineage
-            .iter()
-            .chain(extra)
-            .fold(OwnedHeaders::new(), |h, (key, value)| {
-                h.insert(Header {
-                    key,
-                    value: Some(*value),
-                })
-            })
-    };
+    let headers =
+        |extra: &[(&str, &str)]| with_headers(with_headers(OwnedHeaders::new(), &lineage), extra);
     let timeout = s.cfg.ack_timeout;
     let (records, topic, key, hdrs, reason) = match result {
         Ok(records) => {

@@ -85,3 +85,16 @@ pub fn now() -> String {
         .as_secs()
         .to_string()
 }
+
+/// A Customer.io reporting webhook body ("delivered" email) for person `n`.
+pub fn reporting_webhook(n: usize) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "data": {"action_id": 96, "campaign_id": 23, "customer_id": format!("user-{n}"),
+                 "delivery_id": format!("d-{n}"),
+                 "identifiers": {"id": format!("user-{n}"), "email": format!("Person{n}@Example.com")},
+                 "recipient": format!("person{n}@example.com"), "subject": "Hi Jane"},
+        "event_id": format!("ev-{n}"), "metric": "delivered", "object_type": "email",
+        "timestamp": 1_700_000_000 + n
+    }))
+    .unwrap()
+}

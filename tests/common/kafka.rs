@@ -60,6 +60,23 @@ pub fn config(bootstrap: &str, rules: &Path, key: &Path, group: &str) -> Config 
     }
 }
 
+/// A webhook listener on loopback at the default path, producing to
+/// `topic`, with the shipped webhook rules and the signing keys in `signing`.
+pub fn webhooks(topic: &str, key: &Path, signing: &Path, max_body_bytes: usize) -> WebhooksConfig {
+    WebhooksConfig {
+        listen: "127.0.0.1:0".into(),
+        path: "/webhooks/customerio".into(),
+        topic: topic.into(),
+        rules: Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/customerio-webhooks.yaml"),
+        hash_key_file: Some(key.to_path_buf()),
+        signing_key_files: vec![signing.to_path_buf()],
+        signing_key_env: vec![],
+        max_body_bytes,
+        max_age: None,
+        ack_timeout: Duration::from_secs(10),
+    }
+}
+
 pub async fn produce(bootstrap: &str, records: &[(Option<String>, Vec<u8>)]) {
     let p: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)

@@ -70,6 +70,29 @@ pub fn run(s: &Sanitizer, input: &str) -> Result<String, &'static str> {
         .map_err(|r| r.code())
 }
 
+/// The sum of `name`'s samples whose labels include `labels`, read from
+/// the Prometheus text exposition.
+pub fn metric(
+    telemetry: &event_sanitizer::metrics::Telemetry,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> f64 {
+    let text = telemetry.render();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
 /// HMAC-SHA256 hex with the test key, computed independently of the engine.
 pub fn hmac_hex(value: &str) -> String {
     use hmac::{Hmac, Mac};

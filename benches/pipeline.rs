@@ -87,6 +87,7 @@ fn run_once(
         rules: RulesConfig {
             file: rules,
             hash_key_file: Some(key),
+            hash_keys_file: None,
             reload_interval: Duration::from_secs(60),
         },
         limits: LimitsConfig::default(),
@@ -96,6 +97,7 @@ fn run_once(
         log: LogConfig::default(),
         shutdown: ShutdownConfig::default(),
         webhooks: None,
+        privacy: None,
     };
     let telemetry = Arc::new(Telemetry::new());
     let n = events.len() as f64;

@@ -36,6 +36,18 @@ pub struct Config {
     /// Customer.io reporting webhooks: an HTTP listener, off unless set.
     #[serde(default)]
     pub webhooks: Option<WebhooksConfig>,
+    /// Privacy requests (deletion, suppression): off unless set.
+    #[serde(default)]
+    pub privacy: Option<PrivacyConfig>,
+}
+
+/// `privacy`: the requests topic every replica reads as a table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// The compacted topic of privacy requests, keyed by person
+    /// (`docs/privacy.md`).
+    pub requests_topic: String,
 }
 
 /// `webhooks`: verify, sanitize and land Customer.io's reporting webhooks.
@@ -164,6 +176,11 @@ pub struct RulesConfig {
     /// Read the HMAC key from this file instead of the rule file's source.
     #[serde(default)]
     pub hash_key_file: Option<PathBuf>,
+    /// A key ring (`active` and `keys` by id) instead of one key: rotate by
+    /// adding a key and changing `active`; the active id goes out in the
+    /// `sanitizer-key-id` header.
+    #[serde(default)]
+    pub hash_keys_file: Option<PathBuf>,
     /// How often the rule file (and key file) are checked for changes.
     #[serde(default = "default_reload", with = "humantime_secs")]
     pub reload_interval: Duration,
@@ -245,6 +262,11 @@ pub struct LogConfig {
     /// A tracing filter: `info`, `event_sanitizer=debug,rdkafka=warn`...
     #[serde(default = "default_level")]
     pub level: String,
+    /// Write the audit stream (target `event_sanitizer::audit`: rule and
+    /// key loads, privacy requests, dead letters) to this file as JSON
+    /// lines, whatever the level, instead of mixing it into the main log.
+    #[serde(default)]
+    pub audit_file: Option<PathBuf>,
 }
 
 fn default_format() -> String {
@@ -259,6 +281,7 @@ impl Default for LogConfig {
         LogConfig {
             format: default_format(),
             level: default_level(),
+            audit_file: None,
         }
     }
 }
@@ -533,6 +556,36 @@ impl Config {
                 ));
             }
         }
+        if let Some(f) = &self.rules.hash_keys_file {
+            if self.rules.hash_key_file.is_some() {
+                p.push("`rules.hash_key_file` and `rules.hash_keys_file` are both set: use one (the key ring for rotation)".into());
+            }
+            if let Err(e) = crate::secret::HashKeys::from_file(f) {
+                p.push(format!("`rules.hash_keys_file`: {e}"));
+            }
+        }
+        if let Some(pc) = &self.privacy {
+            let t = &pc.requests_topic;
+            if t.trim().is_empty() {
+                p.push("`privacy.requests_topic` is empty: name the compacted topic of privacy requests".into());
+            } else if k.input_topics.contains(t)
+                || *t == k.clean_topic
+                || *t == k.dead_letter_topic
+                || self.webhooks.as_ref().is_some_and(|w| w.topic == *t)
+            {
+                p.push("`privacy.requests_topic` must be its own topic, not an input, clean, dead-letter or webhook topic".into());
+            }
+        }
+        if let Some(f) = &self.log.audit_file {
+            if f.parent()
+                .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
+            {
+                p.push(format!(
+                    "`log.audit_file` {}: its directory does not exist",
+                    f.display()
+                ));
+            }
+        }
         if self.limits.max_in_flight == 0 {
             p.push("`limits.max_in_flight` must be at least 1".into());
         }
@@ -612,7 +665,21 @@ impl Config {
         }
         Ok(keys)
     }
+}
 
+impl RulesConfig {
+    /// Where the rules' key comes from besides the rule file.
+    pub fn key_file(&self) -> crate::pipeline::reload::KeyFile {
+        use crate::pipeline::reload::KeyFile;
+        match (&self.hash_keys_file, &self.hash_key_file) {
+            (Some(f), _) => KeyFile::Ring(f.clone()),
+            (None, Some(f)) => KeyFile::Single(f.clone()),
+            (None, None) => KeyFile::FromRules,
+        }
+    }
+}
+
+impl Config {
     /// The security protocol in use, for the startup log.
     pub fn security_protocol(&self) -> String {
         self.kafka

@@ -48,6 +48,7 @@ pub mod config;
 pub mod engine;
 pub mod metrics;
 pub mod pipeline;
+pub mod privacy;
 pub mod rules;
 pub mod secret;
 pub mod testing;

@@ -36,6 +36,56 @@ pub struct Telemetry {
     webhooks_produced: IntCounterVec,
     webhooks_unavailable: IntCounter,
     webhook_seconds: HistogramVec,
+    key_rotations: IntCounter,
+    privacy: PrivacyMetrics,
+}
+
+/// Privacy requests, suppression and credentials.
+struct PrivacyMetrics {
+    requests: IntCounterVec,
+    suppressed_messages: IntCounterVec,
+    suppressed_calls: IntCounter,
+    commands: IntCounter,
+    set_size: IntGauge,
+    caught_up: IntGauge,
+    rebuilds: IntCounter,
+    sasl_reloads: IntCounterVec,
+}
+
+impl PrivacyMetrics {
+    fn register(r: &Registry) -> PrivacyMetrics {
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let requests = counter(r, "event_sanitizer_privacy_requests_total", "Privacy requests read from the requests topic by this replica, by action and result (applied, invalid, ignored).", &["action", "result"]);
+        for action in ["delete", "suppress", "unsuppress"] {
+            requests.with_label_values(&[action, "applied"]).inc_by(0);
+        }
+        requests
+            .with_label_values(&["unknown", "invalid"])
+            .inc_by(0);
+        let sasl_reloads = counter(
+            r,
+            "event_sanitizer_sasl_credential_reloads_total",
+            "SASL password file changes applied to the Kafka clients, by result.",
+            &["result"],
+        );
+        for result in ["success", "failure"] {
+            sasl_reloads.with_label_values(&[result]).inc_by(0);
+        }
+        PrivacyMetrics {
+            requests,
+            suppressed_messages: counter(r, "event_sanitizer_messages_suppressed_total", "Input messages not produced because every call in them is about a suppressed person (offsets committed), by input topic.", &["topic"]),
+            suppressed_calls: counter1(r, "event_sanitizer_batch_calls_suppressed_total", "Calls left out of batches because they are about a suppressed person."),
+            commands: counter1(r, "event_sanitizer_deletion_commands_total", "Deletion commands (User Suppressed, User Deleted) acknowledged on the clean topic."),
+            set_size: gauge("event_sanitizer_suppression_set_size", "Identifiers (keyed digests) in this replica's suppression set."),
+            caught_up: gauge("event_sanitizer_privacy_requests_caught_up", "1 once this replica has read the privacy-requests topic to its end at startup."),
+            rebuilds: counter1(r, "event_sanitizer_suppression_set_rebuilds_total", "Suppression sets rebuilt from the requests topic (after the active hash key changed)."),
+            sasl_reloads,
+        }
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -225,6 +275,12 @@ impl Telemetry {
             reloads.with_label_values(&[result]).inc_by(0);
             commits.with_label_values(&[result]).inc_by(0);
         }
+        let key_rotations = counter1(
+            &r,
+            "event_sanitizer_hash_key_rotations_total",
+            "Changes of the active hash key.",
+        );
+        let privacy = PrivacyMetrics::register(&r);
         Telemetry {
             registry: r,
             messages_in,
@@ -251,6 +307,8 @@ impl Telemetry {
             webhooks_produced,
             webhooks_unavailable,
             webhook_seconds,
+            key_rotations,
+            privacy,
         }
     }
 
@@ -292,10 +350,11 @@ impl Telemetry {
         topic: &str,
         partition: i32,
         offset: i64,
-        reason: &crate::engine::DeadLetterReason,
+        code: &str,
+        detail: &dyn std::fmt::Display,
     ) {
-        self.dead_letters.with_label_values(&[reason.code()]).inc();
-        tracing::warn!(target: "event_sanitizer::dead_letter", topic, partition, offset, reason = reason.code(), detail = %reason, "message sent to the dead-letter topic");
+        self.dead_letters.with_label_values(&[code]).inc();
+        tracing::warn!(target: "event_sanitizer::audit", event = "dead_letter", topic, partition, offset, reason = code, detail = %detail, "message sent to the dead-letter topic");
     }
 
     /// Per-rule action counts from a worker's scratch.
@@ -306,7 +365,7 @@ impl Telemetry {
     }
 
     /// A rule set was loaded (at start or by a reload).
-    pub fn rule_set_loaded(&self, name: &str, hash: &str, file: &str, reload: bool) {
+    pub fn rule_set_loaded(&self, name: &str, hash: &str, file: &str, key_id: &str, reload: bool) {
         // One series per rule file (events, webhooks): replace this file's.
         let previous = self
             .rule_sets
@@ -324,13 +383,20 @@ impl Telemetry {
         if reload {
             self.reloads.with_label_values(&["success"]).inc();
         }
-        tracing::info!(target: "event_sanitizer::audit", event = "rule_set_loaded", rule_set = name, hash, source = file, reload, "rule set loaded");
+        tracing::info!(target: "event_sanitizer::audit", event = "rule_set_loaded", rule_set = name, hash, source = file, key_id, reload, result = "loaded", "rule set loaded");
+    }
+
+    /// The active hash key changed: new digests (and the `sanitizer-key-id`
+    /// header) use `to`. Audited with the ids, never the keys.
+    pub fn hash_key_rotated(&self, from: &str, to: &str, ids: &[&str]) {
+        self.key_rotations.inc();
+        tracing::info!(target: "event_sanitizer::audit", event = "hash_key_rotated", from, to, key_ids = ?ids, "active hash key changed");
     }
 
     /// A changed rule file was rejected; the running rules stay.
     pub fn reload_failed(&self, file: &str, errors: &str) {
         self.reloads.with_label_values(&["failure"]).inc();
-        tracing::error!(target: "event_sanitizer::audit", event = "rule_set_rejected", source = file, errors, "the changed rule file was rejected; the running rules are kept");
+        tracing::error!(target: "event_sanitizer::audit", event = "rule_set_rejected", source = file, errors, result = "rejected", "the changed rule file was rejected; the running rules are kept");
     }
 
     /// A Kafka client reported an error.
@@ -405,7 +471,7 @@ impl Telemetry {
     /// to the dead-letter topic.
     pub fn webhook_dead_letter(&self, path: &str, reason: &crate::engine::DeadLetterReason) {
         self.dead_letters.with_label_values(&[reason.code()]).inc();
-        tracing::warn!(target: "event_sanitizer::dead_letter", source = "webhook", path, reason = reason.code(), detail = %reason, "webhook body sent to the dead-letter topic");
+        tracing::warn!(target: "event_sanitizer::audit", event = "dead_letter", source = "webhook", path, reason = reason.code(), detail = %reason, "webhook body sent to the dead-letter topic");
     }
 
     /// A verified webhook was answered 503: the broker did not acknowledge.
@@ -433,5 +499,112 @@ impl Telemetry {
     /// Changed webhook key files could not be used; the keys in use stay.
     pub fn webhook_keys_failed(&self, error: &str) {
         tracing::error!(target: "event_sanitizer::audit", event = "webhook_signing_keys_rejected", error, "webhook signing keys not reloaded; the keys in use stay");
+    }
+
+    /// A message was not produced: every call in it is about a suppressed
+    /// person. Its offset is committed like a delivered message's.
+    pub fn suppressed(&self, topic: &str, added: f64) {
+        self.privacy
+            .suppressed_messages
+            .with_label_values(&[topic])
+            .inc();
+        self.added_latency
+            .with_label_values(&["suppressed"])
+            .observe(added);
+        self.in_flight.dec();
+    }
+
+    /// A message needed no output (a privacy request that only changes the
+    /// suppression set); its offset is committed.
+    pub fn finished_without_output(&self, added: f64) {
+        self.added_latency
+            .with_label_values(&["no_output"])
+            .observe(added);
+        self.in_flight.dec();
+    }
+
+    /// Calls of a batch were left out (suppressed people).
+    pub fn batch_calls_suppressed(&self, n: usize) {
+        self.privacy.suppressed_calls.inc_by(n as u64);
+    }
+
+    /// A privacy request was applied to this replica's suppression set.
+    /// Audited live (after startup) with the request id, the action and
+    /// the keyed digest of the person's id, never the id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn privacy_request_applied(
+        &self,
+        request_id: &str,
+        action: &str,
+        digest: &str,
+        key_id: &str,
+        requested_at: Option<&str>,
+        source: (i32, i64),
+        live: bool,
+        set_size: usize,
+    ) {
+        self.privacy
+            .requests
+            .with_label_values(&[action, "applied"])
+            .inc();
+        self.privacy.set_size.set(set_size as i64);
+        if live {
+            tracing::info!(target: "event_sanitizer::audit", event = "privacy_request_applied", request_id, action, user_digest = digest, key_id, requested_at, partition = source.0, offset = source.1, "privacy request applied");
+        }
+    }
+
+    /// A record of the requests topic is not a valid request (the replica
+    /// that owns its partition in the group dead-letters it).
+    pub fn privacy_request_invalid(&self, code: &str) {
+        self.privacy
+            .requests
+            .with_label_values(&["unknown", "invalid"])
+            .inc();
+        tracing::debug!(reason = code, "privacy request not applied");
+    }
+
+    /// A tombstone on the requests topic: nothing to apply.
+    pub fn privacy_tombstone(&self) {
+        self.privacy
+            .requests
+            .with_label_values(&["tombstone", "ignored"])
+            .inc();
+    }
+
+    /// The requests topic was read to its end (at startup, or after a
+    /// rebuild with a new key).
+    pub fn privacy_caught_up(&self, requests: u64, set_size: usize, key_id: &str, rebuild: bool) {
+        self.privacy.caught_up.set(1);
+        self.privacy.set_size.set(set_size as i64);
+        if rebuild {
+            self.privacy.rebuilds.inc();
+        }
+        tracing::info!(target: "event_sanitizer::audit", event = if rebuild { "suppression_set_rebuilt" } else { "suppression_set_loaded" }, requests, identifiers = set_size, key_id, "suppression set ready");
+    }
+
+    /// Deletion commands for a request were acknowledged on the clean topic.
+    pub fn deletion_commands(&self, request_id: &str, digest: &str, key_id: &str, n: usize) {
+        self.privacy.commands.inc_by(n as u64);
+        tracing::info!(target: "event_sanitizer::audit", event = "deletion_commands_produced", request_id, user_digest = digest, key_id, commands = n, "deletion commands produced");
+    }
+
+    /// The SASL password file changed and was (or was not) applied.
+    pub fn sasl_reloaded(&self, error: Option<&str>) {
+        match error {
+            None => {
+                self.privacy
+                    .sasl_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                tracing::info!(target: "event_sanitizer::audit", event = "sasl_credentials_reloaded", "SASL password re-read and applied to every Kafka client");
+            }
+            Some(e) => {
+                self.privacy
+                    .sasl_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::error!(target: "event_sanitizer::audit", event = "sasl_credentials_rejected", error = e, "SASL password file changed but could not be applied; the clients keep the credentials they have");
+            }
+        }
     }
 }

@@ -36,7 +36,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
     super::run::init_logging(&LogConfig {
         format: "text".into(),
         level: "warn".into(),
-    });
+        audit_file: None,
+    })
+    .map_err(fail)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,12 +89,13 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
                 consumer: Default::default(),
                 producer: Default::default(),
             },
-            rules: RulesConfig { file: rules, hash_key_file: Some(key), reload_interval: Duration::from_secs(5) },
+            rules: RulesConfig { file: rules, hash_key_file: Some(key), hash_keys_file: None, reload_interval: Duration::from_secs(5) },
             limits: LimitsConfig::default(),
             http: HttpConfig { listen: "127.0.0.1:0".into() },
             log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
             webhooks: None,
+            privacy: None,
         };
         let telemetry = Arc::new(Telemetry::new());
         let started = Instant::now();

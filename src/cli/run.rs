@@ -18,27 +18,65 @@ pub(crate) struct RunArgs {
     config: Option<PathBuf>,
 }
 
-/// Sets up logging: JSON for production, text on a terminal.
-pub(crate) fn init_logging(log: &LogConfig) {
-    use tracing_subscriber::EnvFilter;
+/// The audit stream's tracing target.
+pub(crate) const AUDIT: &str = "event_sanitizer::audit";
+
+/// Sets up logging: JSON for production, text on a terminal. With
+/// `log.audit_file`, the audit stream goes there as JSON lines, every
+/// record whatever `log.level` says, and not into the main log.
+pub(crate) fn init_logging(log: &LogConfig) -> Result<(), String> {
+    use tracing_subscriber::filter::filter_fn;
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match log.format.as_str() {
         "json" => true,
         "text" => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder
+    let separate = log.audit_file.is_some();
+    let main_filter = filter.and(filter_fn(move |m| !(separate && m.target() == AUDIT)));
+    let main = if json {
+        tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .try_init()
+            .with_writer(std::io::stderr)
+            .with_filter(main_filter)
+            .boxed()
     } else {
-        builder.try_init()
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(main_filter)
+            .boxed()
     };
+    let audit = match &log.audit_file {
+        None => None,
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open `log.audit_file` {}: {e}", path.display()))?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_ansi(false)
+                    .with_writer(std::sync::Mutex::new(file))
+                    .with_filter(filter_fn(|m| m.target() == AUDIT)),
+            )
+        }
+    };
+    let _ = tracing_subscriber::registry()
+        .with(main)
+        .with(audit)
+        .try_init();
+    Ok(())
 }
 
 /// Resolves on the first SIGTERM or SIGINT; a second one exits at once.
@@ -72,7 +110,7 @@ pub(crate) async fn signals() {
 
 pub(crate) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
     let cfg = Config::load(args.config.as_deref()).map_err(|e| Failure::usage(e.to_string()))?;
-    init_logging(&cfg.log);
+    init_logging(&cfg.log).map_err(Failure::usage)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

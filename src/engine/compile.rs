@@ -155,11 +155,13 @@ pub(crate) struct Compiled {
     pub message_key: MessageKeyAction,
     pub headers: HeaderPolicy,
     pub destination: Option<crate::rules::Destination>,
+    /// The id of the hash key compiled in (`Sanitizer::key_id`).
+    pub key_id: String,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-fn resolve_key(source: &KeySource) -> Result<Secret, CompileError> {
+pub(crate) fn resolve_key(source: &KeySource) -> Result<Secret, CompileError> {
     let fail = |reason: String| CompileError::KeyUnavailable {
         source_name: source.to_string(),
         reason,
@@ -238,6 +240,7 @@ impl Compiled {
             has_when: false,
             message_key: file.message.key,
             headers: file.message.headers.clone(),
+            key_id: "default".into(),
             destination: file.destination.clone(),
         }
     }

@@ -14,11 +14,12 @@
 //! scalars are copied byte for byte; detectors run only on strings that
 //! survive, behind cheap prefilters.
 
-mod compile;
+pub(crate) mod compile;
 mod contract;
 pub(crate) mod detect;
 mod explain;
 pub(crate) mod hash;
+mod identity;
 pub(crate) mod json;
 mod keycache;
 mod walk;
@@ -26,6 +27,7 @@ mod walk;
 pub use compile::{CompileError, KeySupply};
 pub use contract::{Limit, Records, Violation};
 pub use explain::{Decision, Explanation};
+pub use identity::{Identity, Sanitized};
 
 use crate::rules::{Destination, HeaderPolicy, MessageKeyAction};
 use std::borrow::Cow;
@@ -171,7 +173,7 @@ impl fmt::Debug for Sanitizer {
 #[derive(Default)]
 pub struct Scratch {
     pub(crate) w: walk::Work,
-    contract: contract::ContractWork,
+    pub(crate) contract: contract::ContractWork,
 }
 
 impl Scratch {
@@ -224,6 +226,19 @@ impl Sanitizer {
         self.c.limits
     }
 
+    /// The id of the hash key this rule set was compiled with (the
+    /// `sanitizer-key-id` header of every clean record): `default` for a
+    /// single key, the key's id from a key ring otherwise.
+    pub fn key_id(&self) -> &str {
+        &self.c.key_id
+    }
+
+    /// Names the hash key this rule set was compiled with.
+    pub fn with_key_id(mut self, id: &str) -> Sanitizer {
+        self.c.key_id = id.to_string();
+        self
+    }
+
     /// The delivery contract checked on every output, if any.
     pub fn destination(&self) -> Option<&Destination> {
         self.c.destination.as_ref()
@@ -244,7 +259,7 @@ impl Sanitizer {
         self.contract(out, &mut scratch.contract)
     }
 
-    fn contract(
+    pub(crate) fn contract(
         &self,
         out: &mut Vec<u8>,
         w: &mut contract::ContractWork,

@@ -49,6 +49,9 @@ pub(crate) struct Work {
     strout: Vec<u8>,
     canon: Vec<u8>,
     found: Vec<Found>,
+    /// Whether `tape` holds the last input's tokens (it was valid JSON
+    /// with an object at the root).
+    pub tokenized: bool,
 }
 
 impl Work {
@@ -103,6 +106,7 @@ pub(crate) fn run<T: Trace>(
     trace: &mut T,
 ) -> Result<(), DeadLetterReason> {
     out.clear();
+    w.tokenized = false;
     let c = &s.c;
     if input.iter().all(u8::is_ascii_whitespace) {
         return Err(DeadLetterReason::Empty);
@@ -133,6 +137,7 @@ pub(crate) fn run<T: Trace>(
         }),
         Ok(()) if tape[0].kind != Kind::Object => Err(DeadLetterReason::NotAnObject),
         Ok(()) => {
+            w.tokenized = true;
             out.reserve(input.len());
             let mut walker = Walker {
                 c,
@@ -1052,5 +1057,12 @@ impl<T: Trace> Walker<'_, T> {
         for (ri, name) in notes {
             self.record(None, "redact", ri, Some(format!("detector {name} matched")));
         }
+    }
+}
+
+impl Work {
+    /// The tokens of the last input, when [`Work::tokenized`].
+    pub(crate) fn tape(&self) -> Option<&[Tok]> {
+        self.tokenized.then_some(&self.tape[..])
     }
 }

@@ -17,11 +17,13 @@
 
 mod http;
 pub mod reload;
+pub(crate) mod sasl;
 pub mod tracker;
 
 use crate::config::Config;
-use crate::engine::{DeadLetterReason, Limits, Sanitizer, Scratch};
+use crate::engine::{DeadLetterReason, Identity, Limits, Sanitized, Sanitizer, Scratch};
 use crate::metrics::Telemetry;
+use crate::privacy::reader::Privacy;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{
@@ -63,6 +65,10 @@ pub enum PipelineError {
         /// The error.
         error: std::io::Error,
     },
+    /// The privacy-requests reader cannot start, or the privacy section
+    /// cannot be used with these rules.
+    #[error("privacy: {0}")]
+    Privacy(String),
     /// The webhook listener cannot start (signing keys).
     #[error("webhooks: {0}")]
     Webhooks(String),
@@ -81,6 +87,8 @@ pub struct Health {
     pub joined: AtomicBool,
     /// The producer fetched metadata recently.
     pub producer: AtomicBool,
+    /// The privacy-requests topic was read to its end (or is not configured).
+    pub privacy: AtomicBool,
 }
 
 /// Counts for the caller when the service stops.
@@ -92,6 +100,8 @@ pub struct Summary {
     pub clean: u64,
     /// Dead letters acknowledged.
     pub dead_letters: u64,
+    /// Messages not produced: about suppressed people.
+    pub suppressed: u64,
 }
 
 /// How long a revoke waits for the revoked partitions' in-flight messages.
@@ -104,7 +114,7 @@ struct ConsumerCtx {
     inputs: Vec<String>,
 }
 
-fn log_kafka(client: &str, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+pub(crate) fn log_kafka(client: &str, level: RDKafkaLogLevel, fac: &str, msg: &str) {
     match level {
         RDKafkaLogLevel::Emerg
         | RDKafkaLogLevel::Alert
@@ -118,7 +128,7 @@ fn log_kafka(client: &str, level: RDKafkaLogLevel, fac: &str, msg: &str) {
     }
 }
 
-fn error_kind(e: &KafkaError) -> String {
+pub(crate) fn error_kind(e: &KafkaError) -> String {
     e.rdkafka_error_code()
         .map_or_else(|| "client".to_string(), |c| format!("{c:?}").to_lowercase())
 }
@@ -200,15 +210,22 @@ impl ConsumerContext for ConsumerCtx {
     }
 }
 
-/// What the delivery callback needs to finish a message.
-struct ProducerCtx {
+/// Finishes messages: marks them done, stores what may be committed, and
+/// counts, whether their output was acknowledged or they needed none.
+struct Finisher {
     telemetry: Arc<Telemetry>,
     tracker: Arc<Tracker>,
     consumer: Arc<Consumer0>,
     counts: Arc<Counts>,
-    retry: mpsc::UnboundedSender<(OwnedMessage, Box<Part>)>,
     /// Output topic names, for the metrics.
     outputs: [String; 2],
+}
+
+/// What the delivery callback needs to finish a message.
+struct ProducerCtx {
+    finisher: Arc<Finisher>,
+    telemetry: Arc<Telemetry>,
+    retry: mpsc::UnboundedSender<(OwnedMessage, Box<Part>)>,
     fatal: Arc<Notify>,
     fatal_msg: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -217,6 +234,22 @@ struct ProducerCtx {
 struct Counts {
     clean: AtomicU64,
     dead: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+/// What became of a consumed message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Clean record(s) on the clean topic.
+    Clean,
+    /// The original on the dead-letter topic.
+    DeadLetter,
+    /// Nothing produced: every call is about a suppressed person.
+    Suppressed,
+    /// Deletion commands on the clean topic (a `delete` request).
+    Commands,
+    /// Nothing to produce (a request that only changes the set, a tombstone).
+    NoOutput,
 }
 
 /// A message between consume and acknowledgement: travels with its output
@@ -227,7 +260,10 @@ struct Pending {
     offset: i64,
     timestamp: Option<i64>,
     epoch: u64,
-    clean: bool,
+    outcome: Outcome,
+    /// For deletion commands: the request id and the person's digest,
+    /// audited when the commands are acknowledged.
+    audit: Option<Box<(String, String, String)>>,
     consumed_at: Instant,
     /// Held, not read: dropping it frees the in-flight slot.
     _permit: OwnedSemaphorePermit,
@@ -263,10 +299,10 @@ impl ProducerContext for ProducerCtx {
     fn delivery(&self, result: &DeliveryResult<'_>, p: Box<Part>) {
         match result {
             Ok(_) => match &*p {
-                Part::Whole(p) => self.finish(p),
+                Part::Whole(p) => self.finisher.finish(p),
                 Part::Split(s) => {
                     if s.0.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        self.finish(&s.1)
+                        self.finisher.finish(&s.1)
                     }
                 }
             },
@@ -278,9 +314,10 @@ impl ProducerContext for ProducerCtx {
     }
 }
 
-impl ProducerCtx {
-    /// The output is acknowledged: mark the input done, store what may be
-    /// committed, and count. The in-flight slot is freed when `p` is dropped.
+impl Finisher {
+    /// The output is acknowledged (or none was needed): mark the input
+    /// done, store what may be committed, and count. The in-flight slot is
+    /// freed when `p` is dropped.
     fn finish(&self, p: &Pending) {
         if let Some(offset) = self
             .tracker
@@ -297,13 +334,25 @@ impl ProducerCtx {
                 .map_or(0, |d| d.as_millis() as i64);
             (now - ts) as f64 / 1000.0
         });
-        let topic = &self.outputs[usize::from(!p.clean)];
-        self.telemetry
-            .delivered(topic, p.clean, p.consumed_at.elapsed().as_secs_f64(), delay);
-        if p.clean {
-            self.counts.clean.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.counts.dead.fetch_add(1, Ordering::Relaxed);
+        let added = p.consumed_at.elapsed().as_secs_f64();
+        let t = &self.telemetry;
+        match p.outcome {
+            Outcome::Clean | Outcome::Commands => {
+                t.delivered(&self.outputs[0], true, added, delay);
+                self.counts.clean.fetch_add(1, Ordering::Relaxed);
+                if let Some(a) = &p.audit {
+                    t.deletion_commands(&a.0, &a.1, &a.2, 2);
+                }
+            }
+            Outcome::DeadLetter => {
+                t.delivered(&self.outputs[1], false, added, delay);
+                self.counts.dead.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::Suppressed => {
+                t.suppressed(&p.topic, added);
+                self.counts.suppressed.fetch_add(1, Ordering::Relaxed);
+            }
+            Outcome::NoOutput => t.finished_without_output(added),
         }
     }
 }
@@ -319,6 +368,8 @@ struct Shared {
     consumer: Arc<Consumer0>,
     producer: Producer0,
     counts: Arc<Counts>,
+    finisher: Arc<Finisher>,
+    privacy: Option<Arc<Privacy>>,
 }
 
 /// One consumed message on its way through a worker.
@@ -329,13 +380,31 @@ struct Job {
     consumed_at: Instant,
 }
 
-/// The output of one message: one record, or several when a batch was split.
+/// The output of one message: one record, or several when a batch was
+/// split (or a request became deletion commands), or none.
 struct OutRecord {
     topic: String,
     payloads: SmallVec<[Vec<u8>; 1]>,
     key: Option<Vec<u8>>,
     headers: OwnedHeaders,
-    clean: bool,
+    outcome: Outcome,
+    audit: Option<Box<(String, String, String)>>,
+    /// For a dead letter: the reason code and detail.
+    dead: Option<(&'static str, String)>,
+}
+
+impl OutRecord {
+    fn nothing(outcome: Outcome) -> OutRecord {
+        OutRecord {
+            topic: String::new(),
+            payloads: SmallVec::new(),
+            key: None,
+            headers: OwnedHeaders::new(),
+            outcome,
+            audit: None,
+            dead: None,
+        }
+    }
 }
 
 /// A running service: clients created, rules loaded, metrics endpoint bound.
@@ -377,12 +446,15 @@ impl Pipeline {
         };
         let rules = Arc::new(RuleSource::load(
             &cfg.rules.file,
-            cfg.rules.hash_key_file.as_deref(),
+            cfg.rules.key_file(),
             limits,
             &telemetry,
         )?);
         let health = Arc::new(Health::default());
         health.rules.store(true, Ordering::Relaxed);
+        health
+            .privacy
+            .store(cfg.privacy.is_none(), Ordering::Relaxed);
         let tracker = Arc::new(Tracker::default());
         let password = cfg
             .sasl_password()
@@ -403,8 +475,6 @@ impl Pipeline {
             health: health.clone(),
             inputs: cfg.kafka.input_topics.clone(),
         })?;
-        let topics: Vec<&str> = cfg.kafka.input_topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics)?;
         let fatal = Arc::new(Notify::new());
         let fatal_msg = Arc::new(std::sync::Mutex::new(None));
         let mut pc = ClientConfig::new();
@@ -418,19 +488,45 @@ impl Pipeline {
         let consumer = Arc::new(consumer);
         let counts = Arc::new(Counts::default());
         let (retry_tx, retry) = mpsc::unbounded_channel();
-        let producer: Producer0 = pc.create_with_context(ProducerCtx {
+        let finisher = Arc::new(Finisher {
             telemetry: telemetry.clone(),
             tracker: tracker.clone(),
             consumer: consumer.clone(),
             counts: counts.clone(),
-            retry: retry_tx,
             outputs: [
                 cfg.kafka.clean_topic.clone(),
                 cfg.kafka.dead_letter_topic.clone(),
             ],
+        });
+        let producer: Producer0 = pc.create_with_context(ProducerCtx {
+            finisher: finisher.clone(),
+            telemetry: telemetry.clone(),
+            retry: retry_tx,
             fatal: fatal.clone(),
             fatal_msg: fatal_msg.clone(),
         })?;
+        let privacy = match &cfg.privacy {
+            None => None,
+            Some(pc) => {
+                let key = rules.active_key().ok_or_else(|| PipelineError::Privacy(
+                    "the suppression set holds keyed digests, and the rules have no hash key: set `rules.hash_keys_file`, `rules.hash_key_file` or `hash.key` in the rule file".into(),
+                ))?;
+                let mut rc = ClientConfig::new();
+                for (k, v) in
+                    client_config(&cfg, &cfg.kafka.consumer, password.as_ref()).config_map()
+                {
+                    rc.set(k, v);
+                }
+                rc.set("group.id", format!("{}-privacy-reader", cfg.kafka.group_id))
+                    .set("enable.auto.commit", "false")
+                    .set("enable.auto.offset.store", "false")
+                    .set("enable.partition.eof", "true")
+                    .set("auto.offset.reset", "earliest");
+                let p = Privacy::start(rc, &pc.requests_topic, &key, telemetry.clone())
+                    .map_err(|e| PipelineError::Privacy(e.to_string()))?;
+                Some(Arc::new(p))
+            }
+        };
         let http = tokio::net::TcpListener::bind(&cfg.http.listen)
             .await
             .map_err(|error| PipelineError::Listen {
@@ -459,6 +555,8 @@ impl Pipeline {
             consumer,
             producer,
             counts,
+            finisher,
+            privacy,
         });
         Ok(Pipeline {
             shared,
@@ -500,6 +598,27 @@ impl Pipeline {
         let cfg = &shared.cfg;
         let (stop_side, stop_side_rx) = tokio::sync::watch::channel(false);
         let (stop_webhooks, stop_webhooks_rx) = tokio::sync::watch::channel(false);
+        // Every client whose SASL credentials follow the password file.
+        let mut targets: Vec<sasl::Target> = Vec::new();
+        {
+            let c = shared.consumer.clone();
+            targets.push(Box::new(move |u, p| {
+                sasl::set_credentials(c.client(), u, p)
+            }));
+            let s = shared.clone();
+            targets.push(Box::new(move |u, p| {
+                sasl::set_credentials(s.producer.client(), u, p)
+            }));
+            if let Some(pr) = shared.privacy.clone() {
+                targets.push(Box::new(move |u, p| {
+                    sasl::set_credentials(pr.client().client(), u, p)
+                }));
+            }
+            if let Some(w) = &webhooks {
+                targets.push(w.credentials_target());
+            }
+        }
+        let sasl = sasl::Watch::new(cfg, targets);
         let webhook_task =
             webhooks.map(|w| tokio::spawn(w.serve(cfg.rules.reload_interval, stop_webhooks_rx)));
         // Side tasks: HTTP, rule reload, producer health.
@@ -511,8 +630,20 @@ impl Pipeline {
         ));
         let reload_task = {
             let (rules, telemetry) = (shared.rules.clone(), shared.telemetry.clone());
+            let privacy = shared.privacy.clone();
             reload::every(cfg.rules.reload_interval, stop_side_rx.clone(), move || {
-                rules.check(&telemetry);
+                if rules.check(&telemetry) {
+                    // A new active key: the suppression set is rebuilt with
+                    // it; the old set (and its key) serves until then.
+                    if let (Some(p), Some(k)) = (&privacy, rules.active_key()) {
+                        if k.id != p.suppressions.key_id() {
+                            p.rebuild_with(k);
+                        }
+                    }
+                }
+                if let Some(s) = &sasl {
+                    s.check(&telemetry);
+                }
             })
         };
         let health_task = {
@@ -574,6 +705,23 @@ impl Pipeline {
         let mut consumed = 0u64;
         tokio::pin!(shutdown);
         let mut failure = None;
+        // No event is consumed before the suppression set is complete.
+        let mut stopped_early = false;
+        if let Some(p) = &shared.privacy {
+            tracing::info!(topic = %p.topic, "reading the privacy requests topic to its end before consuming events");
+            tokio::select! {
+                _ = &mut shutdown => stopped_early = true,
+                _ = p.wait_ready() => health.privacy.store(true, Ordering::Relaxed),
+            }
+        }
+        let mut topics: Vec<&str> = cfg.kafka.input_topics.iter().map(String::as_str).collect();
+        if let Some(p) = &cfg.privacy {
+            topics.push(&p.requests_topic);
+        }
+        if let Err(e) = shared.consumer.subscribe(&topics) {
+            failure = Some(format!("cannot subscribe to {topics:?}: {e}"));
+            stopped_early = true;
+        }
         let fatal_text = || {
             fatal_msg
                 .lock()
@@ -582,6 +730,9 @@ impl Pipeline {
                 .unwrap_or_default()
         };
         loop {
+            if stopped_early {
+                break;
+            }
             let permit = tokio::select! {
                 _ = &mut shutdown => break,
                 _ = fatal.notified() => { failure = Some(fatal_text()); break }
@@ -651,17 +802,22 @@ impl Pipeline {
         }
         let _ = stop_side.send(true);
         let _ = tokio::join!(reload_task, health_task);
+        if let Some(p) = shared.privacy.clone() {
+            let _ = tokio::task::spawn_blocking(move || p.stop()).await;
+        }
         http_task.abort();
         retry_task.abort();
         let summary = Summary {
             consumed,
             clean: shared.counts.clean.load(Ordering::Relaxed),
             dead_letters: shared.counts.dead.load(Ordering::Relaxed),
+            suppressed: shared.counts.suppressed.load(Ordering::Relaxed),
         };
         tracing::info!(
             consumed = summary.consumed,
             clean = summary.clean,
             dead_letters = summary.dead_letters,
+            suppressed = summary.suppressed,
             "stopped"
         );
         if let Some(f) = failure {
@@ -689,19 +845,91 @@ pub(crate) fn with_headers(mut headers: OwnedHeaders, add: &[(&str, &str)]) -> O
     headers
 }
 
-fn build(
+/// The dead-letter record for `m`: its original value, key and headers,
+/// with the reason and where it came from.
+fn dead_letter_record(
     s: &Sanitizer,
     cfg: &Config,
     m: &OwnedMessage,
+    code: &'static str,
+    detail: String,
+) -> OutRecord {
+    let mut headers = OwnedHeaders::new();
+    if let Some(hs) = m.headers() {
+        for h in hs.iter() {
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    let (p, o) = (m.partition().to_string(), m.offset().to_string());
+    headers = with_headers(
+        headers,
+        &[
+            ("sanitizer-error", code),
+            ("sanitizer-error-detail", &detail),
+            ("sanitizer-source-topic", m.topic()),
+            ("sanitizer-source-partition", &p),
+            ("sanitizer-source-offset", &o),
+            ("sanitizer-rules", s.name()),
+            ("sanitizer-rules-hash", s.content_hash()),
+        ],
+    );
+    OutRecord {
+        topic: cfg.kafka.dead_letter_topic.clone(),
+        payloads: smallvec::smallvec![m.payload().unwrap_or_default().to_vec()],
+        key: m.key().map(<[u8]>::to_vec),
+        headers,
+        outcome: Outcome::DeadLetter,
+        audit: None,
+        dead: Some((code, detail)),
+    }
+}
+
+/// Lineage headers of every clean record.
+fn lineage(s: &Sanitizer, headers: OwnedHeaders) -> OwnedHeaders {
+    with_headers(
+        headers,
+        &[
+            ("sanitizer-rules", s.name()),
+            ("sanitizer-rules-hash", s.content_hash()),
+            ("sanitizer-version", env!("CARGO_PKG_VERSION")),
+            ("sanitizer-key-id", s.key_id()),
+        ],
+    )
+}
+
+fn build(
+    s: &Sanitizer,
+    shared: &Shared,
+    m: &OwnedMessage,
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
-) -> (OutRecord, Option<DeadLetterReason>) {
-    let result = match m.payload() {
-        None => Err(DeadLetterReason::Empty),
-        Some(p) => s.sanitize(p, scratch, out),
+) -> OutRecord {
+    let cfg = &shared.cfg;
+    let result = match (m.payload(), &shared.privacy) {
+        (None, _) => Err(DeadLetterReason::Empty),
+        (Some(p), Some(privacy)) => {
+            let set = &privacy.suppressions;
+            s.sanitize_unless(p, scratch, out, &mut |id: &Identity| {
+                set.contains(id.user_id.as_deref(), id.anonymous_id.as_deref())
+            })
+        }
+        (Some(p), None) => s.sanitize(p, scratch, out).map(|records| Sanitized::Clean {
+            records,
+            suppressed_calls: 0,
+        }),
     };
     match result {
-        Ok(records) => {
+        Ok(Sanitized::Suppressed) => OutRecord::nothing(Outcome::Suppressed),
+        Ok(Sanitized::Clean {
+            records,
+            suppressed_calls,
+        }) => {
+            if suppressed_calls > 0 {
+                shared.telemetry.batch_calls_suppressed(suppressed_calls);
+            }
             let mut headers = OwnedHeaders::new();
             if let Some(hs) = m.headers() {
                 for h in hs.iter() {
@@ -713,62 +941,86 @@ fn build(
                     }
                 }
             }
-            headers = with_headers(
-                headers,
-                &[
-                    ("sanitizer-rules", s.name()),
-                    ("sanitizer-rules-hash", s.content_hash()),
-                    ("sanitizer-version", env!("CARGO_PKG_VERSION")),
-                ],
-            );
             let key = s.message_key(m.key()).map(|k| k.into_owned());
-            (
-                OutRecord {
-                    topic: cfg.kafka.clean_topic.clone(),
-                    payloads: records.iter(out).map(<[u8]>::to_vec).collect(),
-                    key,
-                    headers,
-                    clean: true,
-                },
-                None,
-            )
-        }
-        Err(reason) => {
-            let mut headers = OwnedHeaders::new();
-            if let Some(hs) = m.headers() {
-                for h in hs.iter() {
-                    headers = headers.insert(Header {
-                        key: h.key,
-                        value: h.value,
-                    });
-                }
+            OutRecord {
+                topic: cfg.kafka.clean_topic.clone(),
+                payloads: records.iter(out).map(<[u8]>::to_vec).collect(),
+                key,
+                headers: lineage(s, headers),
+                outcome: Outcome::Clean,
+                audit: None,
+                dead: None,
             }
-            let (p, o, detail) = (
-                m.partition().to_string(),
-                m.offset().to_string(),
-                reason.to_string(),
-            );
-            headers = with_headers(
-                headers,
-                &[
-                    ("sanitizer-error", reason.code()),
-                    ("sanitizer-error-detail", &detail),
-                    ("sanitizer-source-topic", m.topic()),
-                    ("sanitizer-source-partition", &p),
-                    ("sanitizer-source-offset", &o),
-                    ("sanitizer-rules", s.name()),
-                    ("sanitizer-rules-hash", s.content_hash()),
-                ],
-            );
-            let rec = OutRecord {
-                topic: cfg.kafka.dead_letter_topic.clone(),
-                payloads: smallvec::smallvec![m.payload().unwrap_or_default().to_vec()],
-                key: m.key().map(<[u8]>::to_vec),
-                headers,
-                clean: false,
-            };
-            (rec, Some(reason))
         }
+        Err(reason) => dead_letter_record(s, cfg, m, reason.code(), reason.to_string()),
+    }
+}
+
+/// A record of the privacy-requests topic, as the group member that owns
+/// its partition handles it: a bad request is a dead letter; a `delete`
+/// becomes its deletion commands, produced once this replica suppresses
+/// the person; anything else needs no output (every replica's reader
+/// applies it to its set).
+async fn privacy_request(
+    s: &Sanitizer,
+    shared: &Shared,
+    privacy: &Privacy,
+    m: &OwnedMessage,
+    scratch: &mut Scratch,
+    out: &mut Vec<u8>,
+) -> OutRecord {
+    let cfg = &shared.cfg;
+    let Some(payload) = m.payload() else {
+        return OutRecord::nothing(Outcome::NoOutput);
+    };
+    let r = match crate::privacy::parse(payload) {
+        Ok(r) => r,
+        Err(e) => return dead_letter_record(s, cfg, m, e.code(), e.to_string()),
+    };
+    privacy.wait_applied(m.partition(), m.offset()).await;
+    if r.action != crate::privacy::Action::Delete {
+        return OutRecord::nothing(Outcome::NoOutput);
+    }
+    let mut payloads = SmallVec::new();
+    for command in crate::privacy::commands(&r) {
+        match s.sanitize(&command, scratch, out) {
+            Ok(records) => payloads.extend(records.iter(out).map(<[u8]>::to_vec)),
+            Err(reason) => {
+                return dead_letter_record(
+                    s,
+                    cfg,
+                    m,
+                    reason.code(),
+                    format!("the deletion command cannot be produced: {reason}"),
+                )
+            }
+        }
+    }
+    // Keyed like the person's events: the request's key (the topic is
+    // keyed by person), else the person's id, through `message.key`.
+    let raw_key = m.key().map(<[u8]>::to_vec).or_else(|| {
+        r.user_id
+            .as_ref()
+            .or(r.anonymous_id.as_ref())
+            .map(|i| i.as_bytes().to_vec())
+    });
+    let key = s.message_key(raw_key.as_deref()).map(|k| k.into_owned());
+    let headers = with_headers(
+        OwnedHeaders::new(),
+        &[
+            ("sanitizer-privacy-request", &r.request_id),
+            ("sanitizer-privacy-action", r.action.name()),
+        ],
+    );
+    let (digest, key_id) = privacy.suppressions.audit_digest(&r);
+    OutRecord {
+        topic: cfg.kafka.clean_topic.clone(),
+        payloads,
+        key,
+        headers: lineage(s, headers),
+        outcome: Outcome::Commands,
+        audit: Some(Box::new((r.request_id.clone(), digest, key_id))),
+        dead: None,
     }
 }
 
@@ -789,12 +1041,24 @@ async fn worker(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
             }
         }
         let t0 = Instant::now();
-        let (rec, reason) = build(&s, &shared.cfg, &job.msg, &mut scratch, &mut out);
-        shared.telemetry.sanitized(t0.elapsed().as_secs_f64());
-        if let Some(r) = &reason {
-            shared
-                .telemetry
-                .dead_letter(job.msg.topic(), job.msg.partition(), job.msg.offset(), r);
+        let mut rec = match &shared.privacy {
+            Some(p) if p.topic == job.msg.topic() => {
+                privacy_request(&s, &shared, p, &job.msg, &mut scratch, &mut out).await
+            }
+            _ => {
+                let rec = build(&s, &shared, &job.msg, &mut scratch, &mut out);
+                shared.telemetry.sanitized(t0.elapsed().as_secs_f64());
+                rec
+            }
+        };
+        if let Some((code, detail)) = &rec.dead {
+            shared.telemetry.dead_letter(
+                job.msg.topic(),
+                job.msg.partition(),
+                job.msg.offset(),
+                code,
+                detail,
+            );
         }
         since_flush += 1;
         // Counts go to the metrics every 256 messages, and whenever the
@@ -811,11 +1075,16 @@ async fn worker(mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
             offset: m.offset(),
             timestamp: m.timestamp().to_millis(),
             epoch: job.epoch,
-            clean: rec.clean,
+            outcome: rec.outcome,
+            audit: rec.audit.take(),
             consumed_at: job.consumed_at,
             _permit: job.permit,
         };
-        if let [payload] = &rec.payloads[..] {
+        if rec.payloads.is_empty() {
+            // Nothing to produce: done now, in order with the partition's
+            // other messages (the tracker stores only contiguous offsets).
+            shared.finisher.finish(&pending);
+        } else if let [payload] = &rec.payloads[..] {
             let part = Box::new(Part::Whole(pending));
             enqueue(
                 &shared,

@@ -4,10 +4,11 @@
 //! change that does not compile is rejected with its errors logged and
 //! counted, and the running rules stay.
 
+use crate::engine::compile::resolve_key;
 use crate::engine::{KeySupply, Limits, Sanitizer};
 use crate::metrics::Telemetry;
 use crate::rules::RuleFile;
-use crate::secret::Secret;
+use crate::secret::{HashKeys, Secret};
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,12 +68,45 @@ pub(crate) fn every(
     })
 }
 
+/// Where the rules' HMAC key comes from, besides the rule file itself.
+#[derive(Clone, Debug)]
+pub enum KeyFile {
+    /// The source the rule file names (`hash.key`).
+    FromRules,
+    /// One key in a file (`rules.hash_key_file`); its id is `default`.
+    Single(PathBuf),
+    /// A key ring (`rules.hash_keys_file`): keys with ids, one active.
+    Ring(PathBuf),
+}
+
+impl KeyFile {
+    fn path(&self) -> Option<&Path> {
+        match self {
+            KeyFile::FromRules => None,
+            KeyFile::Single(p) | KeyFile::Ring(p) => Some(p),
+        }
+    }
+}
+
+/// The key new digests are made with, and its id.
+#[derive(Clone)]
+pub struct ActiveKey {
+    /// The key's id (`default` for a single key).
+    pub id: String,
+    /// The key.
+    pub key: Secret,
+}
+
 /// Loads, compiles and holds the current [`Sanitizer`].
 pub struct RuleSource {
     file: PathBuf,
-    key_file: Option<PathBuf>,
+    keys: KeyFile,
     limits: Limits,
     current: ArcSwap<Sanitizer>,
+    active: ArcSwap<Option<ActiveKey>>,
+    /// SHA-256 of each key by id, as last loaded: a ring whose key changes
+    /// value under the same id is refused. Only compared, never shown.
+    fingerprints: std::sync::Mutex<Vec<(String, [u8; 32])>>,
     /// The rule file and key file, as last compiled (or rejected).
     watched: Watched,
 }
@@ -88,49 +122,111 @@ pub enum LoadError {
     Compile(String),
 }
 
-fn compile(file: &Path, key_file: Option<&Path>, limits: Limits) -> Result<Sanitizer, LoadError> {
+struct Loaded {
+    sanitizer: Sanitizer,
+    active: Option<ActiveKey>,
+    fingerprints: Vec<(String, [u8; 32])>,
+}
+
+fn fingerprint(key: &Secret) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.expose()).into()
+}
+
+fn compile(file: &Path, keys: &KeyFile, limits: Limits) -> Result<Loaded, LoadError> {
     let (rules, warnings) =
         RuleFile::load(file).map_err(|d| LoadError::Rules(d.to_string().trim_end().to_string()))?;
     for w in warnings.warnings() {
         tracing::warn!(target: "event_sanitizer::audit", warning = %w, "rule file warning");
     }
-    let key;
-    let supply = match key_file {
-        Some(k) => {
-            key = Secret::key_file(k).map_err(LoadError::Compile)?;
-            KeySupply::Fixed(&key)
+    let (active, fingerprints) = match keys {
+        KeyFile::Single(k) => {
+            let key = Secret::key_file(k).map_err(LoadError::Compile)?;
+            let fp = vec![("default".to_string(), fingerprint(&key))];
+            (
+                Some(ActiveKey {
+                    id: "default".into(),
+                    key,
+                }),
+                fp,
+            )
         }
+        KeyFile::Ring(k) => {
+            let ring = HashKeys::from_file(k).map_err(LoadError::Compile)?;
+            let fp = ring
+                .keys
+                .iter()
+                .map(|(i, k)| (i.clone(), fingerprint(k)))
+                .collect();
+            let key = ring.active_key().clone();
+            (
+                Some(ActiveKey {
+                    id: ring.active.clone(),
+                    key,
+                }),
+                fp,
+            )
+        }
+        // A key the rules name but do not need may be absent: compiling
+        // from the source reports it when it is needed.
+        KeyFile::FromRules => match rules.hash.key.as_ref().map(resolve_key) {
+            Some(Ok(key)) => {
+                let fp = vec![("default".to_string(), fingerprint(&key))];
+                (
+                    Some(ActiveKey {
+                        id: "default".into(),
+                        key,
+                    }),
+                    fp,
+                )
+            }
+            _ => (None, Vec::new()),
+        },
+    };
+    let supply = match &active {
+        Some(a) => KeySupply::Fixed(&a.key),
         None => KeySupply::FromSource,
     };
-    Sanitizer::compile(&rules, supply, limits).map_err(|e| LoadError::Compile(e.to_string()))
+    let sanitizer = Sanitizer::compile(&rules, supply, limits)
+        .map_err(|e| LoadError::Compile(e.to_string()))?
+        .with_key_id(active.as_ref().map_or("none", |a| a.id.as_str()));
+    Ok(Loaded {
+        sanitizer,
+        active,
+        fingerprints,
+    })
 }
 
 impl RuleSource {
     /// Loads the rules for startup: any problem is fatal.
     pub fn load(
         file: &Path,
-        key_file: Option<&Path>,
+        keys: KeyFile,
         limits: Limits,
         telemetry: &Telemetry,
     ) -> Result<RuleSource, LoadError> {
         let watched = Watched::new(
             std::iter::once(file)
-                .chain(key_file)
+                .chain(keys.path())
                 .map(Path::to_path_buf)
                 .collect(),
         );
-        let s = compile(file, key_file, limits)?;
+        let l = compile(file, &keys, limits)?;
+        let s = l.sanitizer;
         telemetry.rule_set_loaded(
             s.name(),
             s.content_hash(),
             &file.display().to_string(),
+            s.key_id(),
             false,
         );
         Ok(RuleSource {
             file: file.to_path_buf(),
-            key_file: key_file.map(Path::to_path_buf),
+            keys,
             limits,
             current: ArcSwap::from_pointee(s),
+            active: ArcSwap::from_pointee(l.active),
+            fingerprints: std::sync::Mutex::new(l.fingerprints),
             watched,
         })
     }
@@ -140,15 +236,39 @@ impl RuleSource {
         self.current.load_full()
     }
 
+    /// The key the rules in use hash with, if any.
+    pub fn active_key(&self) -> Option<ActiveKey> {
+        (*self.active.load_full()).clone()
+    }
+
     /// Recompiles if the files changed. Returns whether rules were swapped.
     pub fn check(&self, telemetry: &Telemetry) -> bool {
         if !self.watched.changed() {
             return false;
         }
         let shown = self.file.display().to_string();
-        match compile(&self.file, self.key_file.as_deref(), self.limits) {
-            Ok(s) => {
-                telemetry.rule_set_loaded(s.name(), s.content_hash(), &shown, true);
+        let loaded = compile(&self.file, &self.keys, self.limits).and_then(|l| {
+            let mut old = self.fingerprints.lock().unwrap_or_else(|e| e.into_inner());
+            if matches!(self.keys, KeyFile::Ring(_)) {
+                for (id, fp) in &l.fingerprints {
+                    if old.iter().any(|(i, f)| i == id && f != fp) {
+                        return Err(LoadError::Compile(format!("hash key `{id}` has a different value than before: give a changed key a new id (digests made under one id must stay comparable)")));
+                    }
+                }
+            }
+            *old = l.fingerprints.clone();
+            Ok(l)
+        });
+        match loaded {
+            Ok(l) => {
+                let s = l.sanitizer;
+                let before = self.current.load();
+                if before.key_id() != s.key_id() {
+                    let ids: Vec<&str> = l.fingerprints.iter().map(|(i, _)| i.as_str()).collect();
+                    telemetry.hash_key_rotated(before.key_id(), s.key_id(), &ids);
+                }
+                telemetry.rule_set_loaded(s.name(), s.content_hash(), &shown, s.key_id(), true);
+                self.active.store(Arc::new(l.active));
                 self.current.store(Arc::new(s));
                 true
             }

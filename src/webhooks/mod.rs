@@ -145,7 +145,11 @@ impl Listener {
             max_bytes: w.max_body_bytes,
             max_depth: cfg.limits.max_depth,
         };
-        let rules = RuleSource::load(&w.rules, w.hash_key_file.as_deref(), limits, &telemetry)?;
+        let key_file = match &w.hash_key_file {
+            Some(f) => reload::KeyFile::Single(f.clone()),
+            None => reload::KeyFile::FromRules,
+        };
+        let rules = RuleSource::load(&w.rules, key_file, limits, &telemetry)?;
         let keys = KeyRing::load(w, &telemetry).map_err(PipelineError::Webhooks)?;
         let mut pc = crate::pipeline::client_config(cfg, &cfg.kafka.producer, password);
         pc.set("enable.idempotence", "true")
@@ -175,6 +179,15 @@ impl Listener {
                 producer,
                 telemetry,
             }),
+        })
+    }
+
+    /// Gives the webhook producer new SASL credentials.
+    pub(crate) fn credentials_target(&self) -> crate::pipeline::sasl::Target {
+        let s = self.shared.clone();
+        Box::new(move |u, p| {
+            use rdkafka::producer::Producer;
+            crate::pipeline::sasl::set_credentials(s.producer.client(), u, p)
         })
     }
 

@@ -43,6 +43,7 @@ pub fn config(bootstrap: &str, rules: &Path, key: &Path, group: &str) -> Config 
         rules: RulesConfig {
             file: rules.into(),
             hash_key_file: Some(key.into()),
+            hash_keys_file: None,
             reload_interval: Duration::from_millis(200),
         },
         limits: LimitsConfig {
@@ -57,6 +58,7 @@ pub fn config(bootstrap: &str, rules: &Path, key: &Path, group: &str) -> Config 
             timeout: Duration::from_secs(20),
         },
         webhooks: None,
+        privacy: None,
     }
 }
 
@@ -78,6 +80,11 @@ pub fn webhooks(topic: &str, key: &Path, signing: &Path, max_body_bytes: usize) 
 }
 
 pub async fn produce(bootstrap: &str, records: &[(Option<String>, Vec<u8>)]) {
+    produce_to(bootstrap, RAW, records).await
+}
+
+/// Produces `records` to `topic` and waits for every acknowledgement.
+pub async fn produce_to(bootstrap: &str, topic: &str, records: &[(Option<String>, Vec<u8>)]) {
     let p: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
@@ -85,7 +92,7 @@ pub async fn produce(bootstrap: &str, records: &[(Option<String>, Vec<u8>)]) {
         .unwrap();
     let mut futs = Vec::new();
     for (k, v) in records {
-        let mut r = FutureRecord::to(RAW).payload(v).headers(
+        let mut r = FutureRecord::to(topic).payload(v).headers(
             rdkafka::message::OwnedHeaders::new()
                 .insert(rdkafka::message::Header {
                     key: "x-user-email",
@@ -235,6 +242,11 @@ fn rand_suffix() -> u64 {
 
 /// The group's committed offset for each partition of the raw topic.
 pub fn committed(bootstrap: &str, group: &str, partitions: i32) -> Vec<i64> {
+    committed_on(bootstrap, group, RAW, partitions)
+}
+
+/// The group's committed offset for each partition of `topic`.
+pub fn committed_on(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -242,7 +254,7 @@ pub fn committed(bootstrap: &str, group: &str, partitions: i32) -> Vec<i64> {
         .unwrap();
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition(RAW, p);
+        tpl.add_partition(topic, p);
     }
     let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
     got.elements()

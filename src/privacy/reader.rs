@@ -1,0 +1,384 @@
+//! The requests topic read as a table: every partition assigned to this
+//! replica (no consumer group), read from the beginning, applied to the
+//! [`Suppressions`] set, and followed from then on.
+
+use super::{parse, Suppressions, Table};
+use crate::metrics::Telemetry;
+use crate::pipeline::reload::ActiveKey;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Why the reader cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReaderError {
+    /// The client could not be created or the topic not described.
+    #[error("privacy requests topic `{topic}`: {error}")]
+    Kafka {
+        /// The topic.
+        topic: String,
+        /// What failed.
+        error: String,
+    },
+}
+
+pub(crate) struct ReaderCtx {
+    telemetry: Arc<Telemetry>,
+}
+
+impl ClientContext for ReaderCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        crate::pipeline::log_kafka("privacy-reader", level, fac, msg);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.telemetry.kafka_error(
+            "privacy-reader",
+            &crate::pipeline::error_kind(&error),
+            reason,
+        );
+    }
+}
+
+impl ConsumerContext for ReaderCtx {}
+
+/// The reader's client.
+pub(crate) type ReaderConsumer = BaseConsumer<ReaderCtx>;
+
+/// How far the reader has applied each partition (the next offset), so the
+/// group member handling a request can wait until this replica suppresses.
+#[derive(Default)]
+struct Progress {
+    next: Mutex<HashMap<i32, i64>>,
+    changed: tokio::sync::Notify,
+}
+
+/// The privacy side of a running service: the suppression set and the
+/// thread that keeps it current.
+pub struct Privacy {
+    /// The set every worker consults.
+    pub suppressions: Arc<Suppressions>,
+    /// The requests topic.
+    pub topic: String,
+    progress: Arc<Progress>,
+    ready: Arc<AtomicBool>,
+    rebuild: Arc<Mutex<Option<ActiveKey>>>,
+    stop: Arc<AtomicBool>,
+    consumer: Arc<ReaderConsumer>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Privacy {
+    /// Creates the reader's client, finds the topic's partitions and starts
+    /// reading from the beginning, with digests made with `key`.
+    pub fn start(
+        client: ClientConfig,
+        topic: &str,
+        key: &ActiveKey,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Privacy, ReaderError> {
+        let fail = |error: String| ReaderError::Kafka {
+            topic: topic.to_string(),
+            error,
+        };
+        let consumer: ReaderConsumer = client
+            .create_with_context(ReaderCtx {
+                telemetry: telemetry.clone(),
+            })
+            .map_err(|e| fail(e.to_string()))?;
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .map_err(|e| fail(format!("cannot describe it: {e}")))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(fail(
+                "it does not exist (create it with cleanup.policy=compact, keyed by person)".into(),
+            ));
+        }
+        let consumer = Arc::new(consumer);
+        let p = Privacy {
+            suppressions: Arc::new(Suppressions::new(&key.id, &key.key)),
+            topic: topic.to_string(),
+            progress: Arc::default(),
+            ready: Arc::default(),
+            rebuild: Arc::default(),
+            stop: Arc::default(),
+            consumer: consumer.clone(),
+            thread: Mutex::new(None),
+        };
+        let mut run = Run {
+            consumer,
+            topic: topic.to_string(),
+            partitions,
+            suppressions: p.suppressions.clone(),
+            progress: p.progress.clone(),
+            ready: p.ready.clone(),
+            rebuild: p.rebuild.clone(),
+            stop: p.stop.clone(),
+            telemetry,
+        };
+        run.assign_from_start().map_err(fail)?;
+        let handle = std::thread::Builder::new()
+            .name("privacy-reader".into())
+            .spawn(move || run.run())
+            .map_err(|e| fail(e.to_string()))?;
+        *p.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(p)
+    }
+
+    /// Whether the topic has been read to its end since startup.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Resolves once [`Privacy::ready`].
+    pub async fn wait_ready(&self) {
+        while !self.ready() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Resolves once this replica has applied the request at `offset` of
+    /// `partition` (so its own events are suppressed before a command for
+    /// it is produced).
+    pub async fn wait_applied(&self, partition: i32, offset: i64) {
+        let mut waited = 0u32;
+        loop {
+            let notified = self.progress.changed.notified();
+            let next = self
+                .progress
+                .next
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&partition)
+                .copied()
+                .unwrap_or(-1);
+            if next > offset {
+                return;
+            }
+            if tokio::time::timeout(Duration::from_secs(1), notified)
+                .await
+                .is_err()
+            {
+                waited += 1;
+                if waited % 10 == 0 {
+                    tracing::warn!(partition, offset, "waiting for the privacy reader to apply a request before producing its commands");
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the set from the topic with `key`; the current set stays
+    /// in use (with its own key) until the new one has caught up.
+    pub fn rebuild_with(&self, key: ActiveKey) {
+        *self.rebuild.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
+    }
+
+    /// The reader's Kafka client (for credential updates).
+    pub(crate) fn client(&self) -> &ReaderConsumer {
+        &self.consumer
+    }
+
+    /// Stops the reader thread.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Privacy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A pass over the topic up to the end marks: at startup, and for a rebuild.
+struct Pass {
+    /// High watermarks when the pass began.
+    ends: HashMap<i32, i64>,
+    /// Next offset read, per partition.
+    next: HashMap<i32, i64>,
+    /// Partitions that reported their end.
+    eof: Vec<i32>,
+    requests: u64,
+}
+
+impl Pass {
+    fn done(&self) -> bool {
+        self.ends
+            .iter()
+            .all(|(p, end)| self.eof.contains(p) || self.next.get(p).copied().unwrap_or(0) >= *end)
+    }
+}
+
+struct Run {
+    consumer: Arc<ReaderConsumer>,
+    topic: String,
+    partitions: Vec<i32>,
+    suppressions: Arc<Suppressions>,
+    progress: Arc<Progress>,
+    ready: Arc<AtomicBool>,
+    rebuild: Arc<Mutex<Option<ActiveKey>>>,
+    stop: Arc<AtomicBool>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Run {
+    fn assign_from_start(&self) -> Result<(), String> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in &self.partitions {
+            tpl.add_partition_offset(&self.topic, p, Offset::Beginning)
+                .map_err(|e| e.to_string())?;
+        }
+        self.consumer.assign(&tpl).map_err(|e| e.to_string())
+    }
+
+    fn pass(&self) -> Pass {
+        let (mut ends, mut next) = (HashMap::new(), HashMap::new());
+        for &p in &self.partitions {
+            let end = loop {
+                match self
+                    .consumer
+                    .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+                {
+                    Ok(w) => break w,
+                    Err(e) => {
+                        self.telemetry.kafka_error(
+                            "privacy-reader",
+                            &crate::pipeline::error_kind(&e),
+                            &e.to_string(),
+                        );
+                        if self.stop.load(Ordering::Acquire) {
+                            break (0, 0);
+                        }
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                }
+            };
+            ends.insert(p, end.1);
+            next.insert(p, end.0);
+        }
+        Pass {
+            ends,
+            next,
+            eof: Vec::new(),
+            requests: 0,
+        }
+    }
+
+    fn run(&mut self) {
+        let mut startup = Some(self.pass());
+        // A rebuild: the new table and its pass.
+        let mut rebuild: Option<(Table, Pass)> = None;
+        let mut live_next: HashMap<i32, i64> = HashMap::new();
+        while !self.stop.load(Ordering::Acquire) {
+            if rebuild.is_none() {
+                if let Some(key) = self
+                    .rebuild
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                {
+                    let pass = self.pass();
+                    if let Err(e) = self.assign_from_start() {
+                        self.telemetry.kafka_error("privacy-reader", "assign", &e);
+                    }
+                    rebuild = Some((Table::new(&key.id, &key.key), pass));
+                }
+            }
+            match self.consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    for pass in startup.iter_mut().chain(rebuild.as_mut().map(|r| &mut r.1)) {
+                        if !pass.eof.contains(&p) {
+                            pass.eof.push(p);
+                        }
+                    }
+                }
+                Some(Err(e)) => self.telemetry.kafka_error(
+                    "privacy-reader",
+                    &crate::pipeline::error_kind(&e),
+                    &e.to_string(),
+                ),
+                Some(Ok(m)) => {
+                    let (p, off) = (m.partition(), m.offset());
+                    let request = match m.payload() {
+                        None => {
+                            self.telemetry.privacy_tombstone();
+                            None
+                        }
+                        Some(bytes) => match parse(bytes) {
+                            Ok(r) => Some(r),
+                            Err(e) => {
+                                self.telemetry.privacy_request_invalid(e.code());
+                                None
+                            }
+                        },
+                    };
+                    if let Some((table, pass)) = &mut rebuild {
+                        if let Some(r) = &request {
+                            table.apply(r);
+                            pass.requests += 1;
+                        }
+                        pass.next.insert(p, off + 1);
+                    }
+                    if off >= live_next.get(&p).copied().unwrap_or(0) {
+                        if let Some(r) = &request {
+                            let (digest, key_id, size) = self.suppressions.apply(r);
+                            self.telemetry.privacy_request_applied(
+                                &r.request_id,
+                                r.action.name(),
+                                &digest,
+                                &key_id,
+                                r.requested_at.as_deref(),
+                                (p, off),
+                                startup.is_none(),
+                                size,
+                            );
+                        }
+                        live_next.insert(p, off + 1);
+                        if let Some(pass) = &mut startup {
+                            pass.next.insert(p, off + 1);
+                            pass.requests += u64::from(request.is_some());
+                        }
+                        self.progress
+                            .next
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(p, off + 1);
+                        self.progress.changed.notify_waiters();
+                    }
+                }
+            }
+            if startup.as_ref().is_some_and(Pass::done) {
+                let pass = startup.take().expect("checked");
+                self.telemetry.privacy_caught_up(
+                    pass.requests,
+                    self.suppressions.len(),
+                    &self.suppressions.key_id(),
+                    false,
+                );
+                self.ready.store(true, Ordering::Release);
+            }
+            if rebuild.as_ref().is_some_and(|(_, pass)| pass.done()) {
+                let (table, pass) = rebuild.take().expect("checked");
+                let (size, key_id) = (table.len(), table.key_id().to_string());
+                self.suppressions.replace(table);
+                self.telemetry
+                    .privacy_caught_up(pass.requests, size, &key_id, true);
+            }
+        }
+    }
+}

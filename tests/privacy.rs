@@ -1,0 +1,413 @@
+//! Privacy operations against a real Kafka-protocol broker (librdkafka's
+//! mock cluster): deletion and suppression requests, the suppression set
+//! read before any event, deletion commands in order, hash key rotation
+//! mid-stream, and no raw id in logs, metrics or the audit stream.
+
+mod common;
+use common::kafka::*;
+use common::metric;
+use event_sanitizer::config::PrivacyConfig;
+use event_sanitizer::metrics::Telemetry;
+use event_sanitizer::pipeline::Pipeline;
+use hmac::{Hmac, Mac};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+const REQ: &str = "privacy.requests";
+
+fn event(user: &str, seq: u64) -> (Option<String>, Vec<u8>) {
+    let v = serde_json::json!({
+        "type": "identify", "messageId": format!("{user}-{seq}"), "userId": user,
+        "traits": {"seq": seq, "phone": format!("+1-555-{seq:04}"), "plan": "pro"}
+    });
+    (Some(user.to_string()), serde_json::to_vec(&v).unwrap())
+}
+
+fn request(key: &str, body: serde_json::Value) -> (Option<String>, Vec<u8>) {
+    (Some(key.to_string()), serde_json::to_vec(&body).unwrap())
+}
+
+fn sum(v: &[i64]) -> i64 {
+    v.iter().sum()
+}
+
+/// Whether the group committed every partition of `topic` to its end (an
+/// empty partition has nothing to commit).
+fn all_committed(bs: &str, group: &str, topic: &str, partitions: i32) -> bool {
+    let c = committed_on(bs, group, topic, partitions);
+    let hw = high_watermarks(bs, topic, partitions);
+    c.iter()
+        .zip(&hw)
+        .all(|(c, h)| c == h || (*h == 0 && *c < 0))
+}
+
+/// Polls `cond` every 100 ms until it holds; panics with `what` after 60 s.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn hmac_with(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    m.update(data);
+    m.finalize().into_bytes().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_suppress_unsuppress_and_commands_in_order() {
+    let mock = cluster(4);
+    mock.create_topic(REQ, 2, 1).unwrap();
+    let bs = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, key) = common::rules_and_key(dir.path());
+    // Already on the topic at startup: a suppression and a bad request.
+    produce_to(
+        &bs,
+        REQ,
+        &[
+            request("victim-a", serde_json::json!({"requestId": "r-pre", "userId": "victim-a", "action": "suppress"})),
+            request("victim-b", serde_json::json!({"userId": "victim-b", "action": "delete"})),
+        ],
+    )
+    .await;
+    let mut first = Vec::new();
+    for seq in 0..5 {
+        for user in ["user-1", "user-2", "user-3", "victim-a"] {
+            first.push(event(user, seq));
+        }
+    }
+    produce(&bs, &first).await;
+
+    let telemetry = Arc::new(Telemetry::new());
+    let group = "g-privacy";
+    let mut cfg = config(&bs, &rules, &key, group);
+    cfg.privacy = Some(PrivacyConfig {
+        requests_topic: REQ.into(),
+    });
+    let p = Pipeline::new(cfg, telemetry.clone()).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(p.run(async move {
+        let _ = rx.await;
+    }));
+    let bs2 = bs.clone();
+    let clean_count = move || sum(&high_watermarks(&bs2, CLEAN, 4));
+    let t = telemetry.clone();
+    until("the first events", || {
+        clean_count() >= 15 && metric(&t, "event_sanitizer_messages_suppressed_total", &[]) >= 5.0
+    })
+    .await;
+
+    // Phase 2: user-1's events, then a delete, then more of user-1's.
+    produce(
+        &bs,
+        &(5..10).map(|s| event("user-1", s)).collect::<Vec<_>>(),
+    )
+    .await;
+    until("user-1 before the delete", || clean_count() >= 20).await;
+    produce_to(
+        &bs,
+        REQ,
+        &[request("user-1", serde_json::json!({"requestId": "r-del-1", "userId": "user-1", "anonymousId": "anon-1", "action": "delete", "requestedAt": "2026-11-23T10:00:00Z"}))],
+    )
+    .await;
+    until("the deletion commands", || clean_count() >= 22).await;
+    let mut after: Vec<_> = (10..15).map(|s| event("user-1", s)).collect();
+    after.push((
+        Some("anon-1".into()),
+        br#"{"type":"track","event":"Viewed","anonymousId":"anon-1","messageId":"anon-1-15"}"#
+            .to_vec(),
+    ));
+    after.push((
+        Some("user-2".into()),
+        serde_json::to_vec(&serde_json::json!({"batch": [
+            {"type": "track", "event": "Viewed", "userId": "user-2", "messageId": "user-2-100"},
+            {"type": "track", "event": "Viewed", "userId": "user-1", "messageId": "user-1-101"},
+        ]}))
+        .unwrap(),
+    ));
+    produce(&bs, &after).await;
+    until("suppressed after the delete", || {
+        metric(&t, "event_sanitizer_messages_suppressed_total", &[]) >= 11.0
+            && metric(&t, "event_sanitizer_batch_calls_suppressed_total", &[]) >= 1.0
+            && clean_count() >= 23
+    })
+    .await;
+
+    // Phase 3: lift victim-a's suppression; their new events flow.
+    produce_to(
+        &bs,
+        REQ,
+        &[request(
+            "victim-a",
+            serde_json::json!({"requestId": "r-un", "userId": "victim-a", "action": "unsuppress"}),
+        )],
+    )
+    .await;
+    until("the unsuppress", || {
+        metric(
+            &t,
+            "event_sanitizer_privacy_requests_total",
+            &[("action", "unsuppress"), ("result", "applied")],
+        ) >= 1.0
+    })
+    .await;
+    produce(
+        &bs,
+        &(20..23).map(|s| event("victim-a", s)).collect::<Vec<_>>(),
+    )
+    .await;
+    until("victim-a after the unsuppress", || clean_count() >= 26).await;
+    let bs3 = bs.clone();
+    until("everything committed", || {
+        all_committed(&bs3, group, RAW, 4) && all_committed(&bs3, group, REQ, 2)
+    })
+    .await;
+    tx.send(()).unwrap();
+    let summary = service.await.unwrap().unwrap();
+    assert_eq!(summary.suppressed, 11, "5 victim-a + 5 user-1 + 1 anon-1");
+
+    let out = read_outputs(&bs, 26 + 1, Duration::from_secs(30)).await;
+    assert_eq!(out.len(), 27, "26 clean + 1 dead letter, nothing else");
+    let clean: Vec<&Out> = out.iter().filter(|o| o.topic == CLEAN).collect();
+    // victim-a: only the events after the unsuppress.
+    let victim: Vec<u64> = clean
+        .iter()
+        .filter(|o| o.json()["userId"] == "victim-a")
+        .map(|o| o.json()["traits"]["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(victim, vec![20, 21, 22]);
+    // user-1's partition: events 0..9, then User Suppressed, User Deleted, and nothing after.
+    let user1: Vec<&&Out> = clean
+        .iter()
+        .filter(|o| o.key.as_deref() == Some(&b"user-1"[..]))
+        .collect();
+    let names: Vec<String> = user1
+        .iter()
+        .map(|o| {
+            let v = o.json();
+            v["event"]
+                .as_str()
+                .map_or_else(|| format!("seq {}", v["traits"]["seq"]), str::to_string)
+        })
+        .collect();
+    let mut want: Vec<String> = (0..10).map(|s| format!("seq {s}")).collect();
+    want.push("User Suppressed".into());
+    want.push("User Deleted".into());
+    assert_eq!(names, want);
+    let deleted = user1.last().unwrap();
+    let v = deleted.json();
+    assert_eq!(v["userId"], "user-1");
+    assert_eq!(v["anonymousId"], "anon-1");
+    assert_eq!(v["properties"]["requestId"], "r-del-1");
+    assert_eq!(v["timestamp"], "2026-11-23T10:00:00Z");
+    assert_eq!(deleted.header("sanitizer-privacy-request"), Some("r-del-1"));
+    assert_eq!(deleted.header("sanitizer-key-id"), Some("default"));
+    assert!(clean
+        .iter()
+        .all(|o| o.json()["anonymousId"] != "anon-1"
+            || o.header("sanitizer-privacy-request").is_some()));
+    // The batch lost user-1's call and kept user-2's.
+    let batch = clean
+        .iter()
+        .find(|o| o.json().get("batch").is_some())
+        .unwrap();
+    let ids: Vec<&str> = batch.json()["batch"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["messageId"].as_str().unwrap().to_owned().leak() as &str)
+        .collect();
+    assert_eq!(ids, ["user-2-100"]);
+    // The bad request is a dead letter with its reason.
+    let dl = out.iter().find(|o| o.topic == DLQ).unwrap();
+    assert_eq!(
+        dl.header("sanitizer-error"),
+        Some("privacy.missing_request_id")
+    );
+    assert_eq!(dl.header("sanitizer-source-topic"), Some(REQ));
+    // Metrics: commands once, the set holds user-1 and anon-1.
+    assert_eq!(
+        metric(&telemetry, "event_sanitizer_deletion_commands_total", &[]),
+        2.0
+    );
+    assert_eq!(
+        metric(&telemetry, "event_sanitizer_suppression_set_size", &[]),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &telemetry,
+            "event_sanitizer_privacy_requests_caught_up",
+            &[]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &telemetry,
+            "event_sanitizer_dead_letters_total",
+            &[("reason", "privacy.missing_request_id")]
+        ),
+        1.0
+    );
+    let text = telemetry.render();
+    for id in ["victim-a", "user-1", "anon-1"] {
+        assert!(!text.contains(id), "{id} in the metrics");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_rotation_mid_stream_switches_digests_and_header_without_loss() {
+    let mock = cluster(3);
+    mock.create_topic(REQ, 1, 1).unwrap();
+    let bs = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, _) = common::rules_and_key(dir.path());
+    let ring = dir.path().join("hash-keys.yaml");
+    std::fs::write(&ring, "active: k1\nkeys:\n  k1: key-one\n").unwrap();
+    produce_to(
+        &bs,
+        REQ,
+        &[request(
+            "blocked",
+            serde_json::json!({"requestId": "r-b", "userId": "blocked", "action": "suppress"}),
+        )],
+    )
+    .await;
+
+    let telemetry = Arc::new(Telemetry::new());
+    let group = "g-rotation";
+    let mut cfg = config(&bs, &rules, &ring, group);
+    cfg.rules.hash_key_file = None;
+    cfg.rules.hash_keys_file = Some(ring.clone());
+    cfg.privacy = Some(PrivacyConfig {
+        requests_topic: REQ.into(),
+    });
+    let p = Pipeline::new(cfg, telemetry.clone()).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(p.run(async move {
+        let _ = rx.await;
+    }));
+    // A steady stream; the key file changes a third of the way through.
+    let (chunks, per_chunk) = (30u64, 100u64);
+    let mut blocked = 0;
+    let mut expected = HashSet::new();
+    for c in 0..chunks {
+        let mut batch = Vec::new();
+        for n in 0..per_chunk {
+            let seq = c * per_chunk + n;
+            let user = if seq % 50 == 7 {
+                "blocked".to_string()
+            } else {
+                format!("user-{}", seq % 10)
+            };
+            if user == "blocked" {
+                blocked += 1;
+            } else {
+                expected.insert(format!("{user}-{seq}"));
+            }
+            batch.push(event(&user, seq));
+        }
+        produce(&bs, &batch).await;
+        if c == 0 {
+            // The group joined and the first digests are made with k1.
+            let bs1 = bs.clone();
+            until("the first records", || {
+                sum(&high_watermarks(&bs1, CLEAN, 3)) > 0
+            })
+            .await;
+        }
+        if c == chunks / 3 {
+            // Rotate while the stream runs: records before and after are
+            // in flight together.
+            std::fs::write(&ring, "active: k2\nkeys:\n  k1: key-one\n  k2: key-two\n").unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = telemetry.clone();
+    until("the rotation and the rebuilt set", || {
+        metric(&t, "event_sanitizer_hash_key_rotations_total", &[]) == 1.0
+            && metric(&t, "event_sanitizer_suppression_set_rebuilds_total", &[]) == 1.0
+    })
+    .await;
+    // A changed value under an existing id is refused; k2 stays in use.
+    std::fs::write(
+        &ring,
+        "active: k2\nkeys:\n  k1: key-one-changed\n  k2: key-two\n",
+    )
+    .unwrap();
+    until("the refused key change", || {
+        metric(
+            &t,
+            "event_sanitizer_rule_reloads_total",
+            &[("result", "failure")],
+        ) == 1.0
+    })
+    .await;
+    let total = chunks * per_chunk;
+    let mut tail = Vec::new();
+    for seq in total..total + 20 {
+        let user = if seq % 2 == 0 {
+            "blocked".to_string()
+        } else {
+            format!("user-{}", seq % 10)
+        };
+        if user == "blocked" {
+            blocked += 1;
+        } else {
+            expected.insert(format!("{user}-{seq}"));
+        }
+        tail.push(event(&user, seq));
+    }
+    produce(&bs, &tail).await;
+    let bs2 = bs.clone();
+    until("everything committed", || {
+        all_committed(&bs2, group, RAW, 3)
+    })
+    .await;
+    tx.send(()).unwrap();
+    let summary = service.await.unwrap().unwrap();
+    assert_eq!(
+        summary.suppressed, blocked,
+        "blocked before and after the rotation"
+    );
+
+    let n = sum(&high_watermarks(&bs, CLEAN, 3)) as usize;
+    let out = read_topics(&bs, &[CLEAN], n, Duration::from_secs(30)).await;
+    assert_eq!(out.len(), n);
+    let mut seen = HashSet::new();
+    let keys: HashMap<&str, &[u8]> = [("k1", &b"key-one"[..]), ("k2", &b"key-two"[..])].into();
+    let mut switched: HashMap<i32, bool> = HashMap::new();
+    let mut by_key: HashMap<String, usize> = HashMap::new();
+    for o in &out {
+        let v = o.json();
+        let id = v["messageId"].as_str().unwrap().to_string();
+        assert!(seen.insert(id.clone()), "{id} twice");
+        let kid = o.header("sanitizer-key-id").expect("key id header");
+        assert!(
+            keys.contains_key(kid),
+            "{id}: key id {kid:?} {:?}",
+            o.headers
+        );
+        *by_key.entry(kid.to_string()).or_default() += 1;
+        let phone = format!("+1-555-{:04}", v["traits"]["seq"].as_u64().unwrap());
+        assert_eq!(
+            v["traits"]["phone_hash"].as_str().unwrap(),
+            hex::encode(hmac_with(keys[kid], phone.as_bytes())),
+            "{id}: digest made with {kid}"
+        );
+        let was = switched.entry(o.partition).or_default();
+        assert!(
+            !(*was && kid == "k1"),
+            "{id}: k1 after k2 on partition {}",
+            o.partition
+        );
+        *was |= kid == "k2";
+    }
+    assert_eq!(seen, expected, "nothing lost, nothing extra");
+    assert!(by_key["k1"] >= 500 && by_key["k2"] >= 500, "{by_key:?}");
+}

@@ -769,6 +769,26 @@ mod tests {
     }
 
     #[test]
+    fn privacy_and_key_ring_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = dir.path().join("ring.yaml");
+        std::fs::write(&ring, "active: k9\nkeys: { k1: secret-value }\n").unwrap();
+        let p = write(dir.path(), &format!("kafka: {{ bootstrap_servers: 'a:1', input_topics: [r], clean_topic: c, dead_letter_topic: d, allow_plaintext: true }}\nrules: {{ file: RULES, hash_key_file: {0}, hash_keys_file: {0} }}\nprivacy: {{ requests_topic: c }}\nlog: {{ audit_file: /nonexistent/dir/audit.jsonl }}\n", ring.display()));
+        let text = Config::load_with_env(Some(&p), vec![])
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "are both set",
+            "`active` names `k9`, which is not in `keys`",
+            "`privacy.requests_topic` must be its own topic",
+            "`log.audit_file` /nonexistent/dir/audit.jsonl: its directory does not exist",
+        ] {
+            assert!(text.contains(needle), "{needle}: {text}");
+        }
+        assert!(!text.contains("secret-value"), "{text}");
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "kafka: { bootstrap_servers: 'a:1', input_topics: [r], clean_topic: c, dead_letter_topic: d, allow_plaintext: true, clean_topc: x }\nrules: { file: RULES }\n");
@@ -849,6 +869,16 @@ mod chart {
             "hash_key_file": key,
             "reload_interval": values["rules"]["reloadInterval"],
         });
+        // With a key ring and privacy requests, as `es.config` sets them.
+        let ring = dir.path().join("hash-keys");
+        std::fs::write(&ring, "active: k2\nkeys: { k1: a, k2: b }\n").unwrap();
+        cfg["rules"] = serde_json::json!({
+            "file": cfg["rules"]["file"],
+            "hash_keys_file": ring,
+            "reload_interval": values["rules"]["reloadInterval"],
+        });
+        cfg["privacy"] =
+            serde_json::json!({ "requests_topic": values["privacy"]["requestsTopic"] });
         // With webhooks enabled, as `es.config` adds them.
         let w = &values["webhooks"];
         let signing = dir.path().join("signing-keys");
@@ -868,6 +898,11 @@ mod chart {
         std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
         let c = super::Config::load_with_env(Some(&path), vec![]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.kafka.input_topics, vec!["events.raw"]);
+        assert_eq!(
+            c.privacy.as_ref().unwrap().requests_topic,
+            "privacy.requests"
+        );
+        assert!(c.rules.hash_keys_file.is_some());
         let wc = c.webhooks.as_ref().expect("webhooks section loads");
         assert_eq!(wc.max_age, None, "maxAge off by default");
         assert_eq!(super::Config::webhook_signing_keys(wc).unwrap().len(), 2);

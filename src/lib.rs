@@ -23,6 +23,9 @@
 //!   delivery, and one place that logs and counts each thing that happens.
 //! - [`webhooks`]: Customer.io's signed reporting webhooks, verified,
 //!   sanitized and produced by the same service.
+//! - [`privacy`]: deletion and suppression requests: the requests topic
+//!   read as a table by every replica, the suppression set of keyed
+//!   digests, and the deletion commands (`docs/privacy.md`).
 //!
 //! ## Example
 //!

@@ -411,3 +411,219 @@ async fn key_rotation_mid_stream_switches_digests_and_header_without_loss() {
     assert_eq!(seen, expected, "nothing lost, nothing extra");
     assert!(by_key["k1"] >= 500 && by_key["k2"] >= 500, "{by_key:?}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP GET against the service's port: (status, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((status, text.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+/// The real binary, restarted: the second replica reads the requests topic
+/// before consuming events that were waiting for it, commands are not
+/// produced twice, and no raw id reaches the logs (at debug level), the
+/// metrics or the audit stream, which holds what it must.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_replica_rebuilds_the_set_first_and_ids_never_leak() {
+    use std::process::{Command, Stdio};
+    let mock = cluster(2);
+    mock.create_topic(REQ, 1, 1).unwrap();
+    let bs = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, key) = common::rules_and_key(dir.path());
+    let (user, anon, late) = ("secret-user-42", "secret-anon-7", "secret-late-9");
+    produce_to(
+        &bs,
+        REQ,
+        &[
+            request(
+                user,
+                serde_json::json!({"requestId": "r-b1", "userId": user, "action": "delete"}),
+            ),
+            request(
+                anon,
+                serde_json::json!({"requestId": "r-b2", "anonymousId": anon, "action": "suppress"}),
+            ),
+        ],
+    )
+    .await;
+    let mut events: Vec<_> = (0..5).map(|s| event(user, s)).collect();
+    events.extend((0..5).map(|s| event("ok-user", s)));
+    events.push((
+        Some(anon.into()),
+        format!(r#"{{"type":"track","event":"Viewed","anonymousId":"{anon}"}}"#).into_bytes(),
+    ));
+    events.push((
+        Some(user.into()),
+        format!(r#"{{"userId":"{user}","#).into_bytes(),
+    ));
+    produce(&bs, &events).await;
+
+    let port = free_port();
+    let audit = dir.path().join("audit.jsonl");
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, format!(
+        "kafka:\n  bootstrap_servers: \"{bs}\"\n  group_id: g-restart\n  input_topics: [{RAW}]\n  clean_topic: {CLEAN}\n  dead_letter_topic: {DLQ}\n  allow_plaintext: true\n  consumer: {{ session.timeout.ms: '6000', auto.commit.interval.ms: '300' }}\nrules: {{ file: {}, hash_key_file: {}, reload_interval: 1s }}\nprivacy: {{ requests_topic: {REQ} }}\nhttp: {{ listen: '127.0.0.1:{port}' }}\nlog: {{ format: json, level: debug, audit_file: {} }}\nshutdown: {{ timeout: 20s }}\n",
+        rules.display(), key.display(), audit.display()
+    )).unwrap();
+    let log = dir.path().join("stderr.log");
+    let start = || {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        Command::new(common::bin())
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(f)
+            .spawn()
+            .unwrap()
+    };
+    let stop = |mut child: std::process::Child| {
+        assert!(Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        assert!(child.wait().unwrap().success(), "clean exit on SIGTERM");
+    };
+    let clean_count = || sum(&high_watermarks(&bs, CLEAN, 2));
+    let mut metrics_text = String::new();
+
+    let first = start();
+    until("run 1: ok-user's events and the commands", || {
+        clean_count() >= 7 && high_watermarks(&bs, DLQ, 1)[0] >= 1
+    })
+    .await;
+    until("run 1 ready", || {
+        get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    // A request while running is audited with its digest.
+    produce_to(&bs, REQ, &[request(late, serde_json::json!({"requestId": "r-late", "userId": late, "action": "suppress", "requestedAt": "2026-11-23T11:00:00Z"}))]).await;
+    until("the live request applied", || {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .contains("r-late")
+    })
+    .await;
+    metrics_text.push_str(&get(port, "/metrics").unwrap().1);
+    until("run 1 committed", || {
+        all_committed(&bs, "g-restart", RAW, 2) && all_committed(&bs, "g-restart", REQ, 1)
+    })
+    .await;
+    stop(first);
+
+    // Waiting for the next replica: the suppressed people's events first.
+    let mut more: Vec<_> = (5..8).map(|s| event(user, s)).collect();
+    more.extend((0..2).map(|s| event(late, s)));
+    more.extend((5..8).map(|s| event("ok-user", s)));
+    produce(&bs, &more).await;
+    let second = start();
+    until("run 2 ready", || {
+        get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    until("run 2: ok-user's new events", || clean_count() >= 10).await;
+    until("run 2 committed", || {
+        all_committed(&bs, "g-restart", RAW, 2) && all_committed(&bs, "g-restart", REQ, 1)
+    })
+    .await;
+    metrics_text.push_str(&get(port, "/metrics").unwrap().1);
+    stop(second);
+
+    // Exactly: 8 ok-user events + 2 commands; nothing of the suppressed.
+    let out = read_topics(&bs, &[CLEAN], 10, Duration::from_secs(20)).await;
+    assert_eq!(out.len() as i64, clean_count());
+    assert_eq!(
+        out.len(),
+        10,
+        "8 events + 2 commands, no duplicates after the restart"
+    );
+    let mut commands = 0;
+    for o in &out {
+        let v = o.json();
+        if v["event"] == "User Deleted" || v["event"] == "User Suppressed" {
+            assert_eq!(v["userId"], user);
+            commands += 1;
+        } else {
+            assert_eq!(v["userId"], "ok-user", "{v}");
+        }
+    }
+    assert_eq!(commands, 2);
+
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let audit_text = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        logs.contains("\"level\":\"DEBUG\""),
+        "the main log ran at debug level"
+    );
+    for id in [user, anon, late] {
+        assert!(!logs.contains(id), "{id} in the logs");
+        assert!(!audit_text.contains(id), "{id} in the audit stream");
+        assert!(!metrics_text.contains(id), "{id} in the metrics");
+    }
+    // The audit stream: JSON lines, only audit records, each kind present.
+    let records: Vec<serde_json::Value> = audit_text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(records
+        .iter()
+        .all(|r| r["target"] == "event_sanitizer::audit"));
+    let kinds: HashSet<&str> = records.iter().filter_map(|r| r["event"].as_str()).collect();
+    for k in [
+        "rule_set_loaded",
+        "suppression_set_loaded",
+        "privacy_request_applied",
+        "deletion_commands_produced",
+        "dead_letter",
+    ] {
+        assert!(kinds.contains(k), "no {k} record in {kinds:?}");
+    }
+    let applied = records
+        .iter()
+        .find(|r| r["event"] == "privacy_request_applied")
+        .unwrap();
+    assert_eq!(applied["request_id"], "r-late");
+    assert_eq!(applied["action"], "suppress");
+    assert_eq!(applied["requested_at"], "2026-11-23T11:00:00Z");
+    let mut data = b"u:".to_vec();
+    data.extend_from_slice(late.as_bytes());
+    assert_eq!(
+        applied["user_digest"].as_str().unwrap(),
+        hex::encode(&hmac_with(b"test-key", &data)[..16])
+    );
+    let dl = records
+        .iter()
+        .find(|r| r["event"] == "dead_letter")
+        .unwrap();
+    assert_eq!(dl["reason"], "invalid_json");
+    assert_eq!(dl["topic"], RAW);
+    assert!(dl["partition"].is_number() && dl["offset"].is_number());
+    // Run 2 loaded all three requests before it consumed an event.
+    let loads: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["event"] == "suppression_set_loaded")
+        .collect();
+    assert_eq!(loads.len(), 2);
+    assert_eq!(loads[1]["requests"], 3);
+    assert!(
+        !logs.contains("\"target\":\"event_sanitizer::audit\""),
+        "audit records went to their own file"
+    );
+}

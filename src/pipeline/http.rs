@@ -55,6 +55,9 @@ fn readiness(h: &Health) -> (StatusCode, String) {
     if !h.producer.load(Ordering::Relaxed) {
         missing.push("producer cannot reach a broker");
     }
+    if !h.privacy.load(Ordering::Relaxed) {
+        missing.push("privacy requests not yet read to the end of their topic");
+    }
     if missing.is_empty() {
         (StatusCode::OK, "ready\n".into())
     } else {

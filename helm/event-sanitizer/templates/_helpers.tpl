@@ -21,10 +21,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{/* The service config: values.config plus the mounted file paths. */}}
 {{- define "es.config" -}}
-{{- $rules := dict "file" (printf "/etc/event-sanitizer/rules/%s" .Values.rules.fileName) "hash_key_file" "/var/run/secrets/event-sanitizer/hash-key" "reload_interval" .Values.rules.reloadInterval -}}
+{{- $rules := dict "file" (printf "/etc/event-sanitizer/rules/%s" .Values.rules.fileName) "reload_interval" .Values.rules.reloadInterval -}}
+{{- if .Values.secrets.hashKeysKey -}}
+{{- $_ := set $rules "hash_keys_file" "/var/run/secrets/event-sanitizer/hash-keys" -}}
+{{- else -}}
+{{- $_ := set $rules "hash_key_file" "/var/run/secrets/event-sanitizer/hash-key" -}}
+{{- end -}}
 {{- $cfg := merge (dict "rules" $rules) (deepCopy .Values.config) -}}
 {{- if .Values.secrets.saslPasswordKey -}}
 {{- $_ := set $cfg.kafka "sasl_password_file" "/var/run/secrets/event-sanitizer/sasl-password" -}}
+{{- end -}}
+{{- if .Values.privacy.enabled -}}
+{{- $_ := set $cfg "privacy" (dict "requests_topic" .Values.privacy.requestsTopic) -}}
 {{- end -}}
 {{- if .Values.webhooks.enabled -}}
 {{- $w := .Values.webhooks -}}

@@ -24,6 +24,30 @@ fn event(user: &str, seq: u64) -> (Option<String>, Vec<u8>) {
     (Some(user.to_string()), serde_json::to_vec(&v).unwrap())
 }
 
+/// A stream in which some events are the suppressed person's: counts
+/// those, and records the ids of the others, which must all come out.
+#[derive(Default)]
+struct Stream {
+    blocked: u64,
+    expected: HashSet<String>,
+}
+
+impl Stream {
+    fn event(&mut self, seq: u64, blocked: bool) -> (Option<String>, Vec<u8>) {
+        let user = if blocked {
+            "blocked".to_string()
+        } else {
+            format!("user-{}", seq % 10)
+        };
+        if blocked {
+            self.blocked += 1;
+        } else {
+            self.expected.insert(format!("{user}-{seq}"));
+        }
+        event(&user, seq)
+    }
+}
+
 fn request(key: &str, body: serde_json::Value) -> (Option<String>, Vec<u8>) {
     (Some(key.to_string()), serde_json::to_vec(&body).unwrap())
 }
@@ -294,23 +318,12 @@ async fn key_rotation_mid_stream_switches_digests_and_header_without_loss() {
     }));
     // A steady stream; the key file changes a third of the way through.
     let (chunks, per_chunk) = (30u64, 100u64);
-    let mut blocked = 0;
-    let mut expected = HashSet::new();
+    let mut stream = Stream::default();
     for c in 0..chunks {
         let mut batch = Vec::new();
         for n in 0..per_chunk {
             let seq = c * per_chunk + n;
-            let user = if seq % 50 == 7 {
-                "blocked".to_string()
-            } else {
-                format!("user-{}", seq % 10)
-            };
-            if user == "blocked" {
-                blocked += 1;
-            } else {
-                expected.insert(format!("{user}-{seq}"));
-            }
-            batch.push(event(&user, seq));
+            batch.push(stream.event(seq, seq % 50 == 7));
         }
         produce(&bs, &batch).await;
         if c == 0 {
@@ -351,17 +364,7 @@ async fn key_rotation_mid_stream_switches_digests_and_header_without_loss() {
     let total = chunks * per_chunk;
     let mut tail = Vec::new();
     for seq in total..total + 20 {
-        let user = if seq % 2 == 0 {
-            "blocked".to_string()
-        } else {
-            format!("user-{}", seq % 10)
-        };
-        if user == "blocked" {
-            blocked += 1;
-        } else {
-            expected.insert(format!("{user}-{seq}"));
-        }
-        tail.push(event(&user, seq));
+        tail.push(stream.event(seq, seq % 2 == 0));
     }
     produce(&bs, &tail).await;
     let bs2 = bs.clone();
@@ -372,7 +375,7 @@ async fn key_rotation_mid_stream_switches_digests_and_header_without_loss() {
     tx.send(()).unwrap();
     let summary = service.await.unwrap().unwrap();
     assert_eq!(
-        summary.suppressed, blocked,
+        summary.suppressed, stream.blocked,
         "blocked before and after the rotation"
     );
 
@@ -408,7 +411,7 @@ async fn key_rotation_mid_stream_switches_digests_and_header_without_loss() {
         );
         *was |= kid == "k2";
     }
-    assert_eq!(seen, expected, "nothing lost, nothing extra");
+    assert_eq!(seen, stream.expected, "nothing lost, nothing extra");
     assert!(by_key["k1"] >= 500 && by_key["k2"] >= 500, "{by_key:?}");
 }
 

@@ -5,7 +5,7 @@
 //! It runs on the clean output, after every rule, because drops, hashes
 //! and redactions change sizes and can remove identifiers.
 
-use super::json::{self, Kind, Tok};
+use super::json::{self, members, Kind, Tok};
 use super::DeadLetterReason;
 use crate::rules::Destination;
 use smallvec::SmallVec;
@@ -135,20 +135,6 @@ fn violation(limit: Limit, index: Option<usize>, detail: String) -> DeadLetterRe
         limit,
         index,
         detail,
-    })
-}
-
-/// The members of the object at `obj`: (key token index, value token index).
-fn members(tape: &[Tok], obj: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let end = tape[obj].next as usize;
-    let mut i = obj + 1;
-    std::iter::from_fn(move || {
-        if i >= end {
-            return None;
-        }
-        let k = i;
-        i = tape[k + 1].next as usize;
-        Some((k, k + 1))
     })
 }
 

@@ -7,7 +7,7 @@
 //! out and the rest sanitized as a batch of their own.
 
 use super::contract::Records;
-use super::json::{unescape, Kind, Tok};
+use super::json::{members, unescape, Kind, Tok};
 use super::{DeadLetterReason, Sanitizer, Scratch};
 use std::borrow::Cow;
 
@@ -44,20 +44,6 @@ fn text<'a>(src: &'a str, t: &Tok) -> Cow<'a, str> {
     } else {
         Cow::Borrowed(raw)
     }
-}
-
-/// The members `(key, value)` of the object at `obj`.
-fn members(tape: &[Tok], obj: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let end = tape[obj].next as usize;
-    let mut i = obj + 1;
-    std::iter::from_fn(move || {
-        if i >= end {
-            return None;
-        }
-        let k = i;
-        i = tape[k + 1].next as usize;
-        Some((k, k + 1))
-    })
 }
 
 fn identity<'a>(src: &'a str, tape: &[Tok], obj: usize) -> Identity<'a> {

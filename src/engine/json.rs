@@ -376,6 +376,20 @@ pub(crate) fn escape_into(s: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(&b[run..]);
 }
 
+/// The members of the object at `obj`: (key token index, value token index).
+pub(crate) fn members(tape: &[Tok], obj: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let end = tape[obj].next as usize;
+    let mut i = obj + 1;
+    std::iter::from_fn(move || {
+        if i >= end {
+            return None;
+        }
+        let k = i;
+        i = tape[k + 1].next as usize;
+        Some((k, k + 1))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -133,6 +133,11 @@ pub(crate) fn error_kind(e: &KafkaError) -> String {
         .map_or_else(|| "client".to_string(), |c| format!("{c:?}").to_lowercase())
 }
 
+/// Counts and logs an error a Kafka call returned.
+pub(crate) fn report_kafka(telemetry: &Telemetry, client: &str, e: &KafkaError) {
+    telemetry.kafka_error(client, &error_kind(e), &e.to_string());
+}
+
 impl ClientContext for ConsumerCtx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
         log_kafka("consumer", level, fac, msg);
@@ -746,9 +751,7 @@ impl Pipeline {
             let msg = match msg {
                 Ok(m) => m.detach(),
                 Err(e) => {
-                    shared
-                        .telemetry
-                        .kafka_error("consumer", &error_kind(&e), &e.to_string());
+                    report_kafka(&shared.telemetry, "consumer", &e);
                     if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
                         failure = Some(e.to_string());
                         break;
@@ -1144,9 +1147,7 @@ async fn enqueue(
                     e,
                     KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
                 ) {
-                    shared
-                        .telemetry
-                        .kafka_error("producer", &error_kind(&e), &e.to_string());
+                    report_kafka(&shared.telemetry, "producer", &e);
                 }
                 rec = back;
             }

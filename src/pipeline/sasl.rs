@@ -66,14 +66,12 @@ impl Watch {
     pub(crate) fn new(cfg: &Config, targets: Vec<Target>) -> Option<Watch> {
         let file = cfg.kafka.sasl_password_file.clone()?;
         let k = &cfg.kafka;
-        let username = ["sasl.username"]
-            .iter()
-            .find_map(|key| {
-                k.common
-                    .get(*key)
-                    .or(k.consumer.get(*key))
-                    .or(k.producer.get(*key))
-            })
+        let key = "sasl.username";
+        let username = k
+            .common
+            .get(key)
+            .or(k.consumer.get(key))
+            .or(k.producer.get(key))
             .cloned()
             .unwrap_or_default();
         Some(Watch {

@@ -222,8 +222,18 @@ impl Table {
         d
     }
 
-    /// Applies a request; returns the hex digest that names the person in
-    /// the audit stream (of `userId`, else `anonymousId`).
+    /// The digest that names the request's person in the audit stream:
+    /// of `userId`, else `anonymousId`, in hex.
+    fn person(&self, r: &Request) -> String {
+        let d = match (&r.user_id, &r.anonymous_id) {
+            (Some(u), _) => self.digest(Kind::User, u),
+            (None, Some(a)) => self.digest(Kind::Anonymous, a),
+            (None, None) => [0; 16],
+        };
+        hex::encode(d)
+    }
+
+    /// Applies a request; returns [`Table::person`].
     pub(crate) fn apply(&mut self, r: &Request) -> String {
         let ids = [
             r.user_id.as_deref().map(|u| self.digest(Kind::User, u)),
@@ -241,11 +251,7 @@ impl Table {
                 }
             }
         }
-        ids.iter()
-            .flatten()
-            .next()
-            .map(hex::encode)
-            .unwrap_or_default()
+        self.person(r)
     }
 
     fn contains(&self, user_id: Option<&str>, anonymous_id: Option<&str>) -> bool {
@@ -304,12 +310,7 @@ impl Suppressions {
     /// The digest that names this request's person in the audit stream.
     pub fn audit_digest(&self, r: &Request) -> (String, String) {
         let t = self.table.read().unwrap_or_else(|e| e.into_inner());
-        let d = match (&r.user_id, &r.anonymous_id) {
-            (Some(u), _) => t.digest(Kind::User, u),
-            (None, Some(a)) => t.digest(Kind::Anonymous, a),
-            (None, None) => [0; 16],
-        };
-        (hex::encode(d), t.key_id.clone())
+        (t.person(r), t.key_id.clone())
     }
 
     /// Replaces the whole set (a rebuild with a new key).

@@ -255,11 +255,7 @@ impl Run {
                 {
                     Ok(w) => break w,
                     Err(e) => {
-                        self.telemetry.kafka_error(
-                            "privacy-reader",
-                            &crate::pipeline::error_kind(&e),
-                            &e.to_string(),
-                        );
+                        crate::pipeline::report_kafka(&self.telemetry, "privacy-reader", &e);
                         if self.stop.load(Ordering::Acquire) {
                             break (0, 0);
                         }
@@ -307,11 +303,9 @@ impl Run {
                         }
                     }
                 }
-                Some(Err(e)) => self.telemetry.kafka_error(
-                    "privacy-reader",
-                    &crate::pipeline::error_kind(&e),
-                    &e.to_string(),
-                ),
+                Some(Err(e)) => {
+                    crate::pipeline::report_kafka(&self.telemetry, "privacy-reader", &e)
+                }
                 Some(Ok(m)) => {
                     let (p, off) = (m.partition(), m.offset());
                     let request = match m.payload() {

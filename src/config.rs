@@ -160,6 +160,72 @@ pub struct KafkaConfig {
     /// linger.ms...).
     #[serde(default)]
     pub producer: BTreeMap<String, String>,
+    /// How outputs relate to inputs: `at_least_once` (the default) or
+    /// `exactly_once` (transactions; readers must use
+    /// `isolation.level=read_committed`).
+    #[serde(default)]
+    pub delivery: DeliveryMode,
+    /// With `exactly_once`: the transactional id of this replica, stable
+    /// across its restarts (the chart sets the pod name). Each delivery
+    /// lane appends `-<lane>`. Default: `<group_id>-<HOSTNAME>`.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+    /// With `exactly_once`: when a transaction is committed.
+    #[serde(default)]
+    pub transaction: TransactionConfig,
+}
+
+/// `kafka.delivery`: what a crash or a rebalance can do to the output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryMode {
+    /// An input offset is committed only after its outputs are
+    /// acknowledged: nothing is lost; after a crash the uncommitted tail is
+    /// processed again, so a reader can see a record twice.
+    #[default]
+    AtLeastOnce,
+    /// Outputs and input offsets are committed together in one Kafka
+    /// transaction (KIP-447): a `read_committed` reader sees every input's
+    /// output exactly once, across crashes, restarts and rebalances.
+    /// Adds up to `kafka.transaction.interval` of latency.
+    ExactlyOnce,
+}
+
+/// `kafka.transaction`: how long a transaction stays open.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionConfig {
+    /// Commit the open transaction at least this often (the latency a
+    /// `read_committed` reader sees).
+    #[serde(default = "default_txn_interval", with = "humantime_secs")]
+    pub interval: Duration,
+    /// ... or once this many input messages are in it.
+    #[serde(default = "default_txn_messages")]
+    pub max_messages: usize,
+    /// The broker aborts a transaction left open longer than this
+    /// (`transaction.timeout.ms`), e.g. by a replica that was killed.
+    #[serde(default = "default_txn_timeout", with = "humantime_secs")]
+    pub timeout: Duration,
+}
+
+fn default_txn_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_txn_messages() -> usize {
+    5_000
+}
+fn default_txn_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for TransactionConfig {
+    fn default() -> Self {
+        TransactionConfig {
+            interval: default_txn_interval(),
+            max_messages: default_txn_messages(),
+            timeout: default_txn_timeout(),
+        }
+    }
 }
 
 fn default_group() -> String {
@@ -205,8 +271,16 @@ pub struct LimitsConfig {
     /// is slow.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
-    /// Threads that sanitize (0: one per core).
-    #[serde(default)]
+    /// Bytes of output (values and keys) handed to the producer and not
+    /// yet acknowledged, at most; consumption pauses above it. With the
+    /// consumer's prefetch (`queued.max.messages.kbytes`, 16 MiB per lane)
+    /// this bounds the memory that work in flight can take.
+    #[serde(default = "default_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
+    /// Delivery lanes: each is one thread with its own consumer (a member
+    /// of the group) and its own producer, which consumes, sanitizes and
+    /// produces its partitions in order. 0: one per core.
+    #[serde(default = "default_workers")]
     pub workers: usize,
 }
 
@@ -219,6 +293,12 @@ fn default_max_depth() -> usize {
 fn default_in_flight() -> usize {
     10_000
 }
+fn default_in_flight_bytes() -> usize {
+    64 << 20
+}
+fn default_workers() -> usize {
+    1
+}
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -226,7 +306,8 @@ impl Default for LimitsConfig {
             max_message_bytes: default_max_bytes(),
             max_depth: default_max_depth(),
             max_in_flight: default_in_flight(),
-            workers: 0,
+            max_in_flight_bytes: default_in_flight_bytes(),
+            workers: default_workers(),
         }
     }
 }
@@ -427,6 +508,10 @@ const RESERVED: &[(&str, &str)] = &[
         "sasl.password",
         "put the password in a file and set `kafka.sasl_password_file`",
     ),
+    (
+        "transactional.id",
+        "set `kafka.transactional_id` with `kafka.delivery: exactly_once`",
+    ),
 ];
 
 impl Config {
@@ -610,20 +695,40 @@ impl Config {
         if self.rules.reload_interval.is_zero() {
             p.push("`rules.reload_interval` must be above 0".into());
         }
-        let protocol = k
-            .common
-            .get("security.protocol")
-            .or(k.consumer.get("security.protocol"))
-            .map(|s| s.to_ascii_lowercase());
-        let plaintext = matches!(
-            protocol.as_deref(),
-            None | Some("plaintext") | Some("sasl_plaintext")
-        );
-        if plaintext && !k.allow_plaintext {
-            p.push(format!(
-                "the broker connection would be unencrypted (security.protocol {}): set `kafka.common.security.protocol: ssl` (or sasl_ssl), or `kafka.allow_plaintext: true` to accept it knowingly",
-                protocol.as_deref().unwrap_or("plaintext, the default")
-            ));
+        if !k.allow_plaintext {
+            for (client, protocol) in self.client_protocols() {
+                if is_plaintext(protocol) {
+                    p.push(format!(
+                        "the {client}'s broker connection would be unencrypted (security.protocol {}): set `kafka.common.security.protocol: ssl` (or sasl_ssl), and no plaintext override in `kafka.consumer` or `kafka.producer`, or `kafka.allow_plaintext: true` to accept it knowingly",
+                        protocol.unwrap_or("plaintext, the default")
+                    ));
+                }
+            }
+        }
+        if self.limits.max_in_flight_bytes < 1 << 20 {
+            p.push("`limits.max_in_flight_bytes` must be at least 1 MiB (1048576)".into());
+        }
+        if self.limits.max_in_flight_bytes < self.limits.max_message_bytes {
+            p.push("`limits.max_in_flight_bytes` is below `limits.max_message_bytes`: one largest message would not fit".into());
+        }
+        if k.delivery == DeliveryMode::ExactlyOnce {
+            let t = &k.transaction;
+            if t.interval.is_zero() || t.max_messages == 0 {
+                p.push("`kafka.transaction.interval` and `kafka.transaction.max_messages` must be above 0".into());
+            }
+            if t.timeout < t.interval + Duration::from_secs(1) {
+                p.push("`kafka.transaction.timeout` must exceed `kafka.transaction.interval` by at least 1s".into());
+            }
+            if k.transactional_id
+                .as_deref()
+                .is_some_and(|i| i.trim().is_empty())
+            {
+                p.push("`kafka.transactional_id` is empty".into());
+            }
+        } else if k.transactional_id.is_some() {
+            p.push(
+                "`kafka.transactional_id` is set but `kafka.delivery` is not `exactly_once`".into(),
+            );
         }
         if p.is_empty() {
             Ok(())
@@ -667,10 +772,30 @@ impl Config {
     }
 }
 
+/// Where the rules' HMAC key comes from, besides the rule file itself.
+#[derive(Clone, Debug)]
+pub enum KeyFile {
+    /// The source the rule file names (`hash.key`).
+    FromRules,
+    /// One key in a file (`rules.hash_key_file`); its id is `default`.
+    Single(PathBuf),
+    /// A key ring (`rules.hash_keys_file`): keys with ids, one active.
+    Ring(PathBuf),
+}
+
+impl KeyFile {
+    /// The file the key is read from, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            KeyFile::FromRules => None,
+            KeyFile::Single(p) | KeyFile::Ring(p) => Some(p),
+        }
+    }
+}
+
 impl RulesConfig {
     /// Where the rules' key comes from besides the rule file.
-    pub fn key_file(&self) -> crate::pipeline::reload::KeyFile {
-        use crate::pipeline::reload::KeyFile;
+    pub fn key_file(&self) -> KeyFile {
         match (&self.hash_keys_file, &self.hash_key_file) {
             (Some(f), _) => KeyFile::Ring(f.clone()),
             (None, Some(f)) => KeyFile::Single(f.clone()),
@@ -679,14 +804,88 @@ impl RulesConfig {
     }
 }
 
+/// Whether a `security.protocol` value (absent: librdkafka's default)
+/// sends data unencrypted.
+pub fn is_plaintext(protocol: Option<&str>) -> bool {
+    protocol.is_none_or(|p| {
+        p.eq_ignore_ascii_case("plaintext") || p.eq_ignore_ascii_case("sasl_plaintext")
+    })
+}
+
+/// Which librdkafka property section a client of the service is built from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientRole {
+    /// The group member reading the raw topics (`kafka.consumer`).
+    Consumer,
+    /// The producer of clean records and dead letters (`kafka.producer`).
+    Producer,
+    /// The reader of the privacy-requests topic (`kafka.consumer`).
+    PrivacyReader,
+    /// The producer of verified webhooks (`kafka.producer`).
+    WebhookProducer,
+}
+
+impl ClientRole {
+    /// Every client the service can create.
+    pub const ALL: [ClientRole; 4] = [
+        ClientRole::Consumer,
+        ClientRole::Producer,
+        ClientRole::PrivacyReader,
+        ClientRole::WebhookProducer,
+    ];
+
+    /// The name used in logs, metrics and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientRole::Consumer => "consumer",
+            ClientRole::Producer => "producer",
+            ClientRole::PrivacyReader => "privacy-reader",
+            ClientRole::WebhookProducer => "webhook-producer",
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The librdkafka properties a client of `role` gets from this file:
+    /// `common`, then its own section (which wins).
+    pub fn properties(&self, role: ClientRole) -> impl Iterator<Item = (&String, &String)> {
+        let own = match role {
+            ClientRole::Consumer | ClientRole::PrivacyReader => &self.consumer,
+            ClientRole::Producer | ClientRole::WebhookProducer => &self.producer,
+        };
+        self.common.iter().chain(own)
+    }
+
+    /// The `security.protocol` a client of `role` ends up with.
+    pub fn protocol(&self, role: ClientRole) -> Option<&str> {
+        self.properties(role)
+            .filter(|(k, _)| *k == "security.protocol")
+            .last()
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 impl Config {
+    /// The effective `security.protocol` of each client the service would
+    /// create with this configuration.
+    pub fn client_protocols(&self) -> Vec<(&'static str, Option<&str>)> {
+        ClientRole::ALL
+            .iter()
+            .filter(|r| match r {
+                ClientRole::PrivacyReader => self.privacy.is_some(),
+                ClientRole::WebhookProducer => self.webhooks.is_some(),
+                _ => true,
+            })
+            .map(|&r| (r.name(), self.kafka.protocol(r)))
+            .collect()
+    }
+
     /// The security protocol in use, for the startup log.
     pub fn security_protocol(&self) -> String {
         self.kafka
-            .common
-            .get("security.protocol")
-            .cloned()
-            .unwrap_or_else(|| "plaintext".into())
+            .protocol(ClientRole::Consumer)
+            .unwrap_or("plaintext")
+            .to_string()
     }
 
     /// The SASL password, when a file is configured.

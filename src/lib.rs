@@ -18,9 +18,16 @@
 //! - [`cli`]: the commands (`check`, `test`, `explain`, `sanitize`, `schema`);
 //!   `src/main.rs` only calls [`cli::main`].
 //! - [`secret`]: secret bytes that never print.
-//! - [`config`], [`pipeline`], [`metrics`]: the Kafka service (`run`): typed
-//!   configuration, consume-sanitize-produce with offsets stored only after
-//!   delivery, and one place that logs and counts each thing that happens.
+//! - [`config`], [`metrics`]: at the bottom of the service half, importing
+//!   nothing above them: typed configuration, validated once, and one place
+//!   that logs and counts each thing that happens.
+//! - [`reload`]: the rules in use, recompiled and swapped when their files
+//!   change.
+//! - [`kafka`]: what every Kafka client shares: properties with the
+//!   transport check, log and error callbacks, lineage and dead-letter
+//!   headers, SASL credentials replaced in place.
+//! - [`pipeline`]: the Kafka service (`run`): pure routing, delivery lanes,
+//!   at-least-once and exactly-once delivery behind one interface.
 //! - [`webhooks`]: Customer.io's signed reporting webhooks, verified,
 //!   sanitized and produced by the same service.
 //! - [`privacy`]: deletion and suppression requests: the requests topic
@@ -49,9 +56,11 @@
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod privacy;
+pub mod reload;
 pub mod rules;
 pub mod secret;
 pub mod testing;

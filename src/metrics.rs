@@ -19,6 +19,8 @@ pub struct Telemetry {
     delay: Histogram,
     lag: IntGaugeVec,
     in_flight: IntGauge,
+    in_flight_bytes: IntGauge,
+    transactions: IntCounterVec,
     rule_set: GaugeVec,
     rule_set_loaded: Gauge,
     reloads: IntCounterVec,
@@ -38,6 +40,85 @@ pub struct Telemetry {
     webhook_seconds: HistogramVec,
     key_rotations: IntCounter,
     privacy: PrivacyMetrics,
+}
+
+/// The delivery path's metrics, resolved for its topics
+/// ([`Telemetry::delivery`]): each call is a few atomic operations.
+#[derive(Clone)]
+pub struct DeliveryMetrics {
+    consumed: Vec<(String, IntCounter)>,
+    suppressed: Vec<(String, IntCounter)>,
+    clean: IntCounter,
+    dead_letters: IntCounter,
+    /// Consume to acknowledgement: clean, dead_letter, suppressed, no_output.
+    latency: [Histogram; 4],
+    delay: Histogram,
+    processing: Histogram,
+    in_flight: IntGauge,
+    in_flight_bytes: IntGauge,
+}
+
+/// How a consumed message finished, for [`DeliveryMetrics::finished`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// Clean records (or deletion commands) acknowledged.
+    Clean,
+    /// Its dead letter acknowledged.
+    DeadLetter,
+    /// Not produced: about a suppressed person.
+    Suppressed,
+    /// Nothing to produce.
+    NoOutput,
+}
+
+impl DeliveryMetrics {
+    fn of<'a>(v: &'a [(String, IntCounter)], topic: &str) -> Option<&'a IntCounter> {
+        v.iter().find(|(t, _)| t == topic).map(|(_, c)| c)
+    }
+
+    /// `n` messages were consumed from `topic`.
+    pub fn consumed(&self, topic: &str, n: u64) {
+        if let Some(c) = Self::of(&self.consumed, topic) {
+            c.inc_by(n);
+        }
+    }
+
+    /// A message of `topic` finished `how`, `added` seconds after it was
+    /// consumed; `delay` is acknowledgement time minus its timestamp.
+    pub fn finished(&self, topic: &str, how: Finished, added: f64, delay: Option<f64>) {
+        let i = match how {
+            Finished::Clean => {
+                self.clean.inc();
+                0
+            }
+            Finished::DeadLetter => {
+                self.dead_letters.inc();
+                1
+            }
+            Finished::Suppressed => {
+                if let Some(c) = Self::of(&self.suppressed, topic) {
+                    c.inc();
+                }
+                2
+            }
+            Finished::NoOutput => 3,
+        };
+        self.latency[i].observe(added);
+        if let (Some(d), Finished::Clean | Finished::DeadLetter) = (delay, how) {
+            self.delay.observe(d.max(0.0));
+        }
+    }
+
+    /// A message was sanitized in `seconds`.
+    pub fn sanitized(&self, seconds: f64) {
+        self.processing.observe(seconds);
+    }
+
+    /// Work in flight now.
+    pub fn in_flight(&self, messages: usize, bytes: usize) {
+        self.in_flight.set(messages as i64);
+        self.in_flight_bytes.set(bytes as i64);
+    }
 }
 
 /// Privacy requests, suppression and credentials.
@@ -166,6 +247,21 @@ impl Telemetry {
         )
         .expect("valid");
         r.register(Box::new(in_flight.clone())).expect("once");
+        let in_flight_bytes = IntGauge::new(
+            "event_sanitizer_in_flight_bytes",
+            "Output bytes handed to the producer and not yet acknowledged (bounded by limits.max_in_flight_bytes).",
+        )
+        .expect("valid");
+        r.register(Box::new(in_flight_bytes.clone())).expect("once");
+        let transactions = counter(
+            &r,
+            "event_sanitizer_transactions_total",
+            "Transactions ended with exactly-once delivery, by result (committed, aborted).",
+            &["result"],
+        );
+        for result in ["committed", "aborted"] {
+            transactions.with_label_values(&[result]).inc_by(0);
+        }
         let rule_set = GaugeVec::new(
             Opts::new(
                 "event_sanitizer_rule_set_info",
@@ -220,8 +316,11 @@ impl Telemetry {
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "event_sanitizer_added_latency_seconds",
-                "Consume to broker acknowledgement, by outcome.",
-            ),
+                "Consume to broker acknowledgement (with exactly-once: to the transaction's commit), by outcome.",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
             &["outcome"],
         )
         .expect("valid");
@@ -242,9 +341,6 @@ impl Telemetry {
             "Webhook requests refused before anything was produced, by reason.",
             &["reason"],
         );
-        for rej in crate::webhooks::Rejection::ALL {
-            webhooks_rejected.with_label_values(&[rej.code()]).inc_by(0);
-        }
         let webhooks_produced = counter(
             &r,
             "event_sanitizer_webhooks_produced_total",
@@ -291,6 +387,8 @@ impl Telemetry {
             delay,
             lag,
             in_flight,
+            in_flight_bytes,
+            transactions,
             rule_set,
             rule_set_loaded,
             reloads,
@@ -317,30 +415,6 @@ impl Telemetry {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
-    }
-
-    /// A message was consumed.
-    pub fn consumed(&self, topic: &str) {
-        self.messages_in.with_label_values(&[topic]).inc();
-        self.in_flight.inc();
-    }
-
-    /// A message was sanitized in `seconds`.
-    pub fn sanitized(&self, seconds: f64) {
-        self.processing.observe(seconds);
-    }
-
-    /// The broker acknowledged a message's output.
-    pub fn delivered(&self, topic: &str, clean: bool, added: f64, delay: Option<f64>) {
-        let outcome = if clean { "clean" } else { "dead_letter" };
-        self.messages_out.with_label_values(&[topic, outcome]).inc();
-        self.added_latency
-            .with_label_values(&[outcome])
-            .observe(added);
-        if let Some(d) = delay {
-            self.delay.observe(d.max(0.0));
-        }
-        self.in_flight.dec();
     }
 
     /// A message became a dead letter. Logged with where it came from and
@@ -444,6 +518,66 @@ impl Telemetry {
         self.lag.reset();
     }
 
+    /// Shows every webhook rejection reason at 0 before the first one.
+    pub fn webhook_rejections(&self, reasons: &[&str]) {
+        for r in reasons {
+            self.webhooks_rejected.with_label_values(&[r]).inc_by(0);
+        }
+    }
+
+    /// The counters and histograms of the delivery path, resolved once
+    /// for these topics so the per-message path looks up no label.
+    pub fn delivery(&self, inputs: &[String], clean: &str, dead_letters: &str) -> DeliveryMetrics {
+        let by_input = |v: &IntCounterVec| {
+            inputs
+                .iter()
+                .map(|t| (t.clone(), v.with_label_values(&[t])))
+                .collect()
+        };
+        let latency = |o: &str| self.added_latency.with_label_values(&[o]);
+        DeliveryMetrics {
+            consumed: by_input(&self.messages_in),
+            suppressed: by_input(&self.privacy.suppressed_messages),
+            clean: self.messages_out.with_label_values(&[clean, "clean"]),
+            dead_letters: self
+                .messages_out
+                .with_label_values(&[dead_letters, "dead_letter"]),
+            latency: [
+                latency("clean"),
+                latency("dead_letter"),
+                latency("suppressed"),
+                latency("no_output"),
+            ],
+            delay: self.delay.clone(),
+            processing: self.processing.clone(),
+            in_flight: self.in_flight.clone(),
+            in_flight_bytes: self.in_flight_bytes.clone(),
+        }
+    }
+
+    /// A transaction ended (exactly-once delivery): `committed`, `aborted`.
+    pub fn transaction(&self, result: &str, messages: usize, error: Option<&str>) {
+        self.transactions.with_label_values(&[result]).inc();
+        match error {
+            None => tracing::debug!(result, messages, "transaction ended"),
+            Some(error) => tracing::warn!(
+                result,
+                messages,
+                error,
+                "transaction aborted; its input is consumed again from the last committed offsets"
+            ),
+        }
+    }
+
+    /// Work in flight was left unfinished at shutdown: logged once, with
+    /// the count (it is consumed again after a restart).
+    pub fn unfinished_at_shutdown(&self, messages: usize) {
+        tracing::warn!(
+            messages,
+            "shutdown deadline reached: unacknowledged messages are left for replay"
+        );
+    }
+
     /// A webhook request arrived.
     pub fn webhook_received(&self) {
         self.webhooks_received.inc();
@@ -499,28 +633,6 @@ impl Telemetry {
     /// Changed webhook key files could not be used; the keys in use stay.
     pub fn webhook_keys_failed(&self, error: &str) {
         tracing::error!(target: "event_sanitizer::audit", event = "webhook_signing_keys_rejected", error, "webhook signing keys not reloaded; the keys in use stay");
-    }
-
-    /// A message was not produced: every call in it is about a suppressed
-    /// person. Its offset is committed like a delivered message's.
-    pub fn suppressed(&self, topic: &str, added: f64) {
-        self.privacy
-            .suppressed_messages
-            .with_label_values(&[topic])
-            .inc();
-        self.added_latency
-            .with_label_values(&["suppressed"])
-            .observe(added);
-        self.in_flight.dec();
-    }
-
-    /// A message needed no output (a privacy request that only changes the
-    /// suppression set); its offset is committed.
-    pub fn finished_without_output(&self, added: f64) {
-        self.added_latency
-            .with_label_values(&["no_output"])
-            .observe(added);
-        self.in_flight.dec();
     }
 
     /// Calls of a batch were left out (suppressed people).

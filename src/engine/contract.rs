@@ -110,14 +110,20 @@ impl Records {
     }
 
     /// The records, in order, as slices of the output buffer.
-    pub fn iter<'a>(&'a self, out: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    pub fn slices<'o>(&self, out: &'o [u8]) -> SmallVec<[&'o [u8]; 1]> {
         let whole = self.ends.is_empty().then_some(out.len());
         let mut start = 0;
-        self.ends.iter().copied().chain(whole).map(move |end| {
-            let r = &out[start..end];
+        let mut v = SmallVec::new();
+        for end in self.ends.iter().copied().chain(whole) {
+            v.push(&out[start..end]);
             start = end;
-            r
-        })
+        }
+        v
+    }
+
+    /// Each record's bytes in `out` (the buffer `sanitize` filled).
+    pub fn iter<'a>(&'a self, out: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.slices(out).into_iter()
     }
 }
 

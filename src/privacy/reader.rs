@@ -4,7 +4,7 @@
 
 use super::{parse, Suppressions, Table};
 use crate::metrics::Telemetry;
-use crate::pipeline::reload::ActiveKey;
+use crate::reload::ActiveKey;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -34,14 +34,11 @@ pub(crate) struct ReaderCtx {
 
 impl ClientContext for ReaderCtx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
-        crate::pipeline::log_kafka("privacy-reader", level, fac, msg);
+        crate::kafka::log("privacy-reader", level, fac, msg);
     }
     fn error(&self, error: KafkaError, reason: &str) {
-        self.telemetry.kafka_error(
-            "privacy-reader",
-            &crate::pipeline::error_kind(&error),
-            reason,
-        );
+        self.telemetry
+            .kafka_error("privacy-reader", &crate::kafka::error_kind(&error), reason);
     }
 }
 
@@ -55,7 +52,7 @@ pub(crate) type ReaderConsumer = BaseConsumer<ReaderCtx>;
 #[derive(Default)]
 struct Progress {
     next: Mutex<HashMap<i32, i64>>,
-    changed: tokio::sync::Notify,
+    changed: std::sync::Condvar,
 }
 
 /// The privacy side of a running service: the suppression set and the
@@ -148,30 +145,22 @@ impl Privacy {
         }
     }
 
-    /// Resolves once this replica has applied the request at `offset` of
+    /// Blocks until this replica has applied the request at `offset` of
     /// `partition` (so its own events are suppressed before a command for
-    /// it is produced).
-    pub async fn wait_applied(&self, partition: i32, offset: i64) {
+    /// it is produced), or `stop` says to give up.
+    pub fn wait_applied(&self, partition: i32, offset: i64, stop: impl Fn() -> bool) {
         let mut waited = 0u32;
-        loop {
-            let notified = self.progress.changed.notified();
-            let next = self
+        let mut next = self.progress.next.lock().unwrap_or_else(|e| e.into_inner());
+        while next.get(&partition).copied().unwrap_or(-1) <= offset && !stop() {
+            let (n, timeout) = self
                 .progress
-                .next
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&partition)
-                .copied()
-                .unwrap_or(-1);
-            if next > offset {
-                return;
-            }
-            if tokio::time::timeout(Duration::from_secs(1), notified)
-                .await
-                .is_err()
-            {
+                .changed
+                .wait_timeout(next, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner());
+            next = n;
+            if timeout.timed_out() {
                 waited += 1;
-                if waited % 10 == 0 {
+                if waited % 100 == 0 {
                     tracing::warn!(partition, offset, "waiting for the privacy reader to apply a request before producing its commands");
                 }
             }
@@ -255,7 +244,7 @@ impl Run {
                 {
                     Ok(w) => break w,
                     Err(e) => {
-                        crate::pipeline::report_kafka(&self.telemetry, "privacy-reader", &e);
+                        crate::kafka::report(&self.telemetry, "privacy-reader", &e);
                         if self.stop.load(Ordering::Acquire) {
                             break (0, 0);
                         }
@@ -303,9 +292,7 @@ impl Run {
                         }
                     }
                 }
-                Some(Err(e)) => {
-                    crate::pipeline::report_kafka(&self.telemetry, "privacy-reader", &e)
-                }
+                Some(Err(e)) => crate::kafka::report(&self.telemetry, "privacy-reader", &e),
                 Some(Ok(m)) => {
                     let (p, off) = (m.partition(), m.offset());
                     let request = match m.payload() {
@@ -352,7 +339,7 @@ impl Run {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(p, off + 1);
-                        self.progress.changed.notify_waiters();
+                        self.progress.changed.notify_all();
                     }
                 }
             }

@@ -13,11 +13,12 @@
 
 pub mod signature;
 
+use crate::config::{ClientRole, KeyFile};
 use crate::config::{Config, WebhooksConfig};
 use crate::engine::{Limits, Scratch};
+use crate::kafka::Lineage;
 use crate::metrics::Telemetry;
-use crate::pipeline::reload::{self, RuleSource, Watched};
-use crate::pipeline::{with_headers, PipelineError};
+use crate::reload::{self, RuleSource, Watched};
 use crate::secret::Secret;
 use arc_swap::ArcSwap;
 use axum::body::{Body, Bytes};
@@ -82,6 +83,31 @@ impl Rejection {
     }
 }
 
+/// Why the webhook listener cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// Its rules do not load.
+    #[error("cannot load the webhook rules: {0}")]
+    Rules(#[from] reload::LoadError),
+    /// Its signing keys cannot be read.
+    #[error("{0}")]
+    Keys(String),
+    /// Its producer cannot be created.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Its producer would not be created as configured.
+    #[error("kafka: {0}")]
+    Client(#[from] crate::kafka::ClientError),
+    /// The port cannot be bound.
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The error.
+        error: std::io::Error,
+    },
+}
+
 /// The signing keys in use; their files are re-read when they change.
 struct KeyRing {
     cfg: WebhooksConfig,
@@ -140,31 +166,35 @@ impl Listener {
         w: &WebhooksConfig,
         password: Option<&Secret>,
         telemetry: Arc<Telemetry>,
-    ) -> Result<Listener, PipelineError> {
+    ) -> Result<Listener, ListenerError> {
         let limits = Limits {
             max_bytes: w.max_body_bytes,
             max_depth: cfg.limits.max_depth,
         };
+        // Without a key file of their own, webhook digests use the events'
+        // key source (the key ring's active key), so they keep joining with
+        // event digests after a rotation.
         let key_file = match &w.hash_key_file {
-            Some(f) => reload::KeyFile::Single(f.clone()),
-            None => reload::KeyFile::FromRules,
+            Some(f) => KeyFile::Single(f.clone()),
+            None => cfg.rules.key_file(),
         };
         let rules = RuleSource::load(&w.rules, key_file, limits, &telemetry)?;
-        let keys = KeyRing::load(w, &telemetry).map_err(PipelineError::Webhooks)?;
-        let mut pc = crate::pipeline::client_config(cfg, &cfg.kafka.producer, password);
-        pc.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            // Give up on a record when the request gives up on it, so a
-            // 503 is not followed by a late delivery of the same record.
-            .set(
-                "message.timeout.ms",
-                w.ack_timeout.as_millis().max(1).to_string(),
-            );
+        let keys = KeyRing::load(w, &telemetry).map_err(ListenerError::Keys)?;
+        telemetry.webhook_rejections(&Rejection::ALL.map(Rejection::code));
+        // Give up on a record when the request gives up on it, so a 503 is
+        // not followed by a late delivery of the same record.
+        let timeout = w.ack_timeout.as_millis().max(1).to_string();
+        let base = [
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "1"),
+            ("message.timeout.ms", timeout.as_str()),
+        ];
+        let pc = crate::kafka::client_config(cfg, ClientRole::WebhookProducer, &base, password)?;
         let producer: FutureProducer = pc.create()?;
         let listener = tokio::net::TcpListener::bind(&w.listen)
             .await
-            .map_err(|error| PipelineError::Listen {
+            .map_err(|error| ListenerError::Listen {
                 addr: w.listen.clone(),
                 error,
             })?;
@@ -183,11 +213,11 @@ impl Listener {
     }
 
     /// Gives the webhook producer new SASL credentials.
-    pub(crate) fn credentials_target(&self) -> crate::pipeline::sasl::Target {
+    pub(crate) fn credentials_target(&self) -> crate::kafka::sasl::Target {
         let s = self.shared.clone();
         Box::new(move |u, p| {
             use rdkafka::producer::Producer;
-            crate::pipeline::sasl::set_credentials(s.producer.client(), u, p)
+            crate::kafka::sasl::set_credentials(s.producer.client(), u, p)
         })
     }
 
@@ -321,15 +351,19 @@ async fn produce(s: &Shared, body: &[u8], timestamp: &str) -> Response {
     let rules = s.rules.current();
     let mut out = Vec::new();
     let result = rules.sanitize(body, &mut Scratch::default(), &mut out);
-    let lineage = [
-        ("sanitizer-rules", rules.name()),
-        ("sanitizer-rules-hash", rules.content_hash()),
-        ("sanitizer-version", env!("CARGO_PKG_VERSION")),
-        ("sanitizer-source", "customerio-webhook"),
-        ("sanitizer-webhook-timestamp", timestamp),
-    ];
-    let headers =
-        |extra: &[(&str, &str)]| with_headers(with_headers(OwnedHeaders::new(), &lineage), extra);
+    let lineage = Lineage {
+        rules: rules.name(),
+        hash: rules.content_hash(),
+        key_id: rules.key_id(),
+    };
+    let headers = |extra: &[(&str, &str)]| -> OwnedHeaders {
+        let mut all = vec![
+            ("sanitizer-source", "customerio-webhook"),
+            ("sanitizer-webhook-timestamp", timestamp),
+        ];
+        all.extend_from_slice(extra);
+        lineage.headers(&all)
+    };
     let timeout = s.cfg.ack_timeout;
     let (records, topic, key, hdrs, reason) = match result {
         Ok(records) => {

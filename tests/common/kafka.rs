@@ -39,6 +39,9 @@ pub fn config(bootstrap: &str, rules: &Path, key: &Path, group: &str) -> Config 
             common: Default::default(),
             consumer,
             producer: Default::default(),
+            delivery: Default::default(),
+            transactional_id: None,
+            transaction: Default::default(),
         },
         rules: RulesConfig {
             file: rules.into(),

@@ -3,9 +3,9 @@
 //! (`rd_kafka_sasl_set_credentials`), used at the next authentication, so
 //! no client is re-created and nothing in flight is disturbed.
 
-use super::reload::Watched;
 use crate::config::Config;
 use crate::metrics::Telemetry;
+use crate::reload::Watched;
 use crate::secret::Secret;
 use rdkafka::client::{Client, ClientContext};
 use std::ffi::{CStr, CString};

@@ -4,6 +4,7 @@
 //! change that does not compile is rejected with its errors logged and
 //! counted, and the running rules stay.
 
+use crate::config::KeyFile;
 use crate::engine::compile::resolve_key;
 use crate::engine::{KeySupply, Limits, Sanitizer};
 use crate::metrics::Telemetry;
@@ -66,26 +67,6 @@ pub(crate) fn every(
             let _ = tokio::task::spawn_blocking(move || c()).await;
         }
     })
-}
-
-/// Where the rules' HMAC key comes from, besides the rule file itself.
-#[derive(Clone, Debug)]
-pub enum KeyFile {
-    /// The source the rule file names (`hash.key`).
-    FromRules,
-    /// One key in a file (`rules.hash_key_file`); its id is `default`.
-    Single(PathBuf),
-    /// A key ring (`rules.hash_keys_file`): keys with ids, one active.
-    Ring(PathBuf),
-}
-
-impl KeyFile {
-    fn path(&self) -> Option<&Path> {
-        match self {
-            KeyFile::FromRules => None,
-            KeyFile::Single(p) | KeyFile::Ring(p) => Some(p),
-        }
-    }
 }
 
 /// The key new digests are made with, and its id.
@@ -234,6 +215,11 @@ impl RuleSource {
     /// The rules in use now.
     pub fn current(&self) -> Arc<Sanitizer> {
         self.current.load_full()
+    }
+
+    /// Whether `s` is the rule set in use (cheaper than [`RuleSource::current`]).
+    pub fn is_current(&self, s: &Arc<Sanitizer>) -> bool {
+        Arc::ptr_eq(&self.current.load(), s)
     }
 
     /// The key the rules in use hash with, if any.

@@ -1,0 +1,276 @@
+//! What every Kafka client of the service shares: the properties it is
+//! built from (with the transport check that no section escapes), the
+//! logging and error callbacks, the lineage and dead-letter headers, and
+//! SASL credentials replaced in place. Used by the pipeline, the privacy
+//! reader and the webhook listener; imports nothing above `config` and
+//! `metrics`.
+
+pub(crate) mod sasl;
+
+use crate::config::{is_plaintext, ClientRole, Config};
+use crate::metrics::Telemetry;
+use crate::secret::Secret;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
+
+/// Why a client was not created.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Its effective `security.protocol` is unencrypted and
+    /// `kafka.allow_plaintext` is off.
+    #[error("the {client} would connect unencrypted (security.protocol {protocol}); set `kafka.allow_plaintext: true` to accept it knowingly")]
+    Plaintext {
+        /// Which client.
+        client: &'static str,
+        /// The protocol it would use.
+        protocol: String,
+    },
+}
+
+/// The properties of a client in `role`: brokers, the service's own base
+/// settings for that role, then `kafka.common` and the role's section, and
+/// the SASL password. Refuses an unencrypted transport unless allowed, on
+/// the properties the client would really get.
+pub(crate) fn client_config(
+    cfg: &Config,
+    role: ClientRole,
+    base: &[(&str, &str)],
+    password: Option<&Secret>,
+) -> Result<ClientConfig, ClientError> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka.bootstrap_servers);
+    for (k, v) in base {
+        c.set(*k, *v);
+    }
+    for (k, v) in cfg.kafka.properties(role) {
+        c.set(k, v);
+    }
+    let protocol = c.get("security.protocol").map(str::to_string);
+    if !cfg.kafka.allow_plaintext && is_plaintext(protocol.as_deref()) {
+        return Err(ClientError::Plaintext {
+            client: role.name(),
+            protocol: protocol.unwrap_or_else(|| "plaintext, the default".into()),
+        });
+    }
+    if let Some(p) = password {
+        c.set("sasl.password", String::from_utf8_lossy(p.expose()));
+    }
+    Ok(c)
+}
+
+/// librdkafka's own log lines, at the matching level.
+pub(crate) fn log(client: &str, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", client, fac, "{msg}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", client, fac, "{msg}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", client, fac, "{msg}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", client, fac, "{msg}"),
+    }
+}
+
+/// A bounded label for an error: librdkafka's code, lowercased.
+pub(crate) fn error_kind(e: &KafkaError) -> String {
+    e.rdkafka_error_code()
+        .map_or_else(|| "client".to_string(), |c| format!("{c:?}").to_lowercase())
+}
+
+/// Counts and logs an error a Kafka call returned.
+pub(crate) fn report(telemetry: &Telemetry, client: &str, e: &KafkaError) {
+    telemetry.kafka_error(client, &error_kind(e), &e.to_string());
+}
+
+/// Lineage and dead-letter headers this service writes; incoming headers
+/// with these names are dropped so they cannot be spoofed.
+const OWN_PREFIX: &[u8] = b"sanitizer-";
+
+/// Whether `name` is one of this service's own header names, in any case.
+pub(crate) fn is_own_header(name: &str) -> bool {
+    name.len() >= OWN_PREFIX.len()
+        && name.as_bytes()[..OWN_PREFIX.len()].eq_ignore_ascii_case(OWN_PREFIX)
+}
+
+/// `headers` with `add` appended.
+pub(crate) fn with_headers(mut headers: OwnedHeaders, add: &[(&str, &str)]) -> OwnedHeaders {
+    for (key, value) in add {
+        headers = headers.insert(Header {
+            key,
+            value: Some(*value),
+        });
+    }
+    headers
+}
+
+/// The headers of a clean record: those of the input that `keep` lets
+/// through (never one of ours), then `lineage`. Without input headers to
+/// keep, a copy of the prepared `lineage` list.
+pub(crate) fn clean_headers(
+    input: Option<&BorrowedHeaders>,
+    keep: impl Fn(&str) -> bool,
+    lineage: &OwnedHeaders,
+) -> OwnedHeaders {
+    let kept = input
+        .map(|hs| {
+            hs.iter()
+                .filter(|h| !is_own_header(h.key) && keep(h.key))
+                .count()
+        })
+        .unwrap_or(0);
+    if kept == 0 {
+        return lineage.clone();
+    }
+    let mut out = OwnedHeaders::new_with_capacity(kept + lineage.count());
+    for h in input.into_iter().flat_map(|hs| hs.iter()) {
+        if !is_own_header(h.key) && keep(h.key) {
+            out = out.insert(h);
+        }
+    }
+    for h in lineage.iter() {
+        out = out.insert(h);
+    }
+    out
+}
+
+/// Where a record came from and which rules made it: the lineage headers
+/// of every clean record and webhook record.
+pub(crate) struct Lineage<'a> {
+    /// The rule set's name.
+    pub rules: &'a str,
+    /// Its content hash.
+    pub hash: &'a str,
+    /// The id of the hash key its digests were made with.
+    pub key_id: &'a str,
+}
+
+impl Lineage<'_> {
+    /// The headers, as a list to copy onto each record.
+    pub(crate) fn headers(&self, extra: &[(&str, &str)]) -> OwnedHeaders {
+        let mut h = with_headers(
+            OwnedHeaders::new_with_capacity(4 + extra.len()),
+            &[
+                ("sanitizer-rules", self.rules),
+                ("sanitizer-rules-hash", self.hash),
+                ("sanitizer-version", env!("CARGO_PKG_VERSION")),
+                ("sanitizer-key-id", self.key_id),
+            ],
+        );
+        h = with_headers(h, extra);
+        h
+    }
+}
+
+/// Where a dead letter came from and why.
+pub(crate) struct DeadLetterOrigin<'a> {
+    /// The reason code (`invalid_json`, `contract.event_too_large`...).
+    pub code: &'a str,
+    /// A sentence about it, never data.
+    pub detail: &'a str,
+    /// Input topic, partition and offset.
+    pub topic: &'a str,
+    /// .
+    pub partition: i32,
+    /// .
+    pub offset: i64,
+}
+
+/// The headers of a dead letter: the input's own, then the reason, the
+/// origin and the rules that refused it.
+pub(crate) fn dead_letter_headers(
+    input: Option<&BorrowedHeaders>,
+    origin: &DeadLetterOrigin<'_>,
+    lineage: &Lineage<'_>,
+) -> OwnedHeaders {
+    let n = input.map_or(0, |h| h.count());
+    let mut headers = OwnedHeaders::new_with_capacity(n + 7);
+    for h in input.into_iter().flat_map(|hs| hs.iter()) {
+        headers = headers.insert(h);
+    }
+    let (p, o) = (origin.partition.to_string(), origin.offset.to_string());
+    with_headers(
+        headers,
+        &[
+            ("sanitizer-error", origin.code),
+            ("sanitizer-error-detail", origin.detail),
+            ("sanitizer-source-topic", origin.topic),
+            ("sanitizer-source-partition", &p),
+            ("sanitizer-source-offset", &o),
+            ("sanitizer-rules", lineage.rules),
+            ("sanitizer-rules-hash", lineage.hash),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::*;
+
+    fn cfg(
+        common: &[(&str, &str)],
+        consumer: &[(&str, &str)],
+        producer: &[(&str, &str)],
+        allow: bool,
+    ) -> Config {
+        let map = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let dir = std::env::temp_dir();
+        let yaml = format!(
+            "kafka: {{ bootstrap_servers: 'a:1', input_topics: [r], clean_topic: c, dead_letter_topic: d, allow_plaintext: true }}\nrules: {{ file: {} }}\n",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/rules/customerio.yaml")
+        );
+        let p = dir.join(format!("es-kafka-test-{}.yaml", std::process::id()));
+        std::fs::write(&p, yaml).unwrap();
+        let mut c = Config::load_with_env(Some(&p), vec![]).unwrap();
+        c.kafka.allow_plaintext = allow;
+        c.kafka.common = map(common);
+        c.kafka.consumer = map(consumer);
+        c.kafka.producer = map(producer);
+        c
+    }
+
+    #[test]
+    fn every_client_checks_its_own_effective_protocol() {
+        let ssl = [("security.protocol", "ssl")];
+        let plain = [("security.protocol", "PLAINTEXT")];
+        // The consumer's section turns it back to plaintext.
+        let c = cfg(&ssl, &plain, &[], false);
+        for (role, refused) in [
+            (ClientRole::Consumer, true),
+            (ClientRole::PrivacyReader, true),
+            (ClientRole::Producer, false),
+            (ClientRole::WebhookProducer, false),
+        ] {
+            let r = client_config(&c, role, &[], None);
+            assert_eq!(r.is_err(), refused, "{role:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains(role.name()), "{e}");
+            }
+        }
+        // The producer's section.
+        let c = cfg(&ssl, &[], &[("security.protocol", "sasl_plaintext")], false);
+        assert!(client_config(&c, ClientRole::Producer, &[], None).is_err());
+        assert!(client_config(&c, ClientRole::WebhookProducer, &[], None).is_err());
+        assert!(client_config(&c, ClientRole::Consumer, &[], None).is_ok());
+        // Nothing set is plaintext; allowed only knowingly.
+        let c = cfg(&[], &[], &[], false);
+        assert!(client_config(&c, ClientRole::Consumer, &[], None).is_err());
+        let c = cfg(&[], &[], &[], true);
+        assert!(client_config(&c, ClientRole::Consumer, &[], None).is_ok());
+    }
+
+    #[test]
+    fn own_header_names_are_recognized_in_any_case() {
+        assert!(is_own_header("sanitizer-rules"));
+        assert!(is_own_header("Sanitizer-Key-Id"));
+        assert!(!is_own_header("sanitize"));
+        assert!(!is_own_header("trace-id"));
+    }
+}

@@ -1,0 +1,697 @@
+//! Delivery: how the records of a consumed message reach the broker and
+//! when its input offset counts as done. One interface ([`Delivery`]),
+//! two modes (`kafka.delivery`):
+//!
+//! - [`AtLeastOnce`]: an idempotent producer; an input offset is stored
+//!   for librdkafka's auto-commit only after the broker acknowledged that
+//!   message's records and every earlier message of its partition is done.
+//!   A crash replays the uncommitted tail: nothing lost, some duplicates.
+//! - [`ExactlyOnce`]: a transactional producer; records of many messages
+//!   and their input offsets (`send_offsets_to_transaction` with the
+//!   group's metadata, KIP-447) are committed together every
+//!   `kafka.transaction.interval` or `max_messages`. A failed transaction
+//!   is aborted and its input consumed again from the last commit; a
+//!   fenced producer stops the service. A `read_committed` reader sees
+//!   each input's output exactly once.
+//!
+//! Both run on their lane's thread (sends, ticks, rebalance callbacks);
+//! only acknowledgements arrive on librdkafka's producer thread.
+
+use super::lane::{Common, LaneConsumer};
+use super::route::{DeletionAudit, Routed, Topic};
+use super::tracker::Track;
+use crate::config::TransactionConfig;
+use crate::metrics::Finished;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why delivery cannot go on: the service stops with this error.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// librdkafka reported a fatal error (for example: this producer was
+    /// fenced by a newer instance with the same transactional id).
+    #[error("fatal producer error: {0}")]
+    Fatal(String),
+    /// A transaction call failed in a way that cannot be retried.
+    #[error("transaction: {0}")]
+    Transaction(String),
+}
+
+/// One consumed message between routing and done: the delivery opaque of
+/// its records (the last record's acknowledgement finishes it).
+pub struct InFlight {
+    track: Arc<Track>,
+    offset: i64,
+    how: Finished,
+    consumed_at: Instant,
+    /// The input's timestamp (ms), for the end-to-end delay.
+    timestamp: Option<i64>,
+    bytes: usize,
+    /// Records not yet acknowledged.
+    remaining: AtomicUsize,
+    deletion: Option<DeletionAudit>,
+}
+
+/// What [`Delivery::send`] needs of the input message besides its output.
+pub struct Consumed {
+    /// Its partition's track.
+    pub track: Arc<Track>,
+    /// Its offset.
+    pub offset: i64,
+    /// Its timestamp (ms).
+    pub timestamp: Option<i64>,
+    /// When it was consumed.
+    pub consumed_at: Instant,
+}
+
+/// The delivery interface of a lane.
+pub trait Delivery: Send + Sync {
+    /// Hands the records of one consumed message to the producer (or
+    /// finishes it at once when there are none).
+    fn send(
+        &self,
+        common: &Common,
+        input: Consumed,
+        routed: Routed<'_>,
+    ) -> Result<(), DeliveryError>;
+    /// Between polls: store offsets, retry failed records, commit a
+    /// transaction that is due.
+    fn tick(&self, common: &Common, consumer: &LaneConsumer) -> Result<(), DeliveryError>;
+    /// Partitions are about to be revoked: finish what can be finished
+    /// for them before `deadline`, so the next owner replays little.
+    fn revoking(
+        &self,
+        common: &Common,
+        consumer: &LaneConsumer,
+        tracks: &[Arc<Track>],
+        deadline: Instant,
+    );
+    /// Shutdown: finish what is in flight before `deadline` and commit.
+    /// Returns how many consumed messages were left unfinished.
+    fn close(&self, common: &Common, consumer: &LaneConsumer, deadline: Instant) -> usize;
+    /// The producer's client, for SASL credential updates.
+    fn client(&self) -> &rdkafka::client::Client<ProducerCallbacks>;
+}
+
+/// The producer's callbacks: log lines, errors (a fatal one stops the
+/// service), and acknowledgements.
+pub struct ProducerCallbacks {
+    common: Arc<Common>,
+    mode: Mode,
+    /// At-least-once: records whose delivery failed, produced again.
+    retries: Mutex<Vec<(OwnedMessage, Arc<InFlight>)>>,
+    /// Exactly-once: a record of the open transaction failed.
+    failed: AtomicBool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+impl ClientContext for ProducerCallbacks {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        crate::kafka::log("producer", level, fac, msg);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.common
+            .telemetry
+            .kafka_error("producer", &crate::kafka::error_kind(&error), reason);
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.common.fail(format!("{error}: {reason}"));
+        }
+    }
+}
+
+impl ProducerContext for ProducerCallbacks {
+    type DeliveryOpaque = Arc<InFlight>;
+
+    /// Runs on librdkafka's producer thread: no task wake-up per message.
+    fn delivery(&self, result: &DeliveryResult<'_>, f: Arc<InFlight>) {
+        match result {
+            Ok(_) => {
+                if self.mode == Mode::AtLeastOnce && f.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+                {
+                    finish(&self.common, &f);
+                }
+            }
+            Err((e, msg)) => match self.mode {
+                Mode::AtLeastOnce => {
+                    self.common
+                        .telemetry
+                        .produce_retry(msg.topic(), &e.to_string());
+                    self.retries
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((msg.detach(), f));
+                }
+                Mode::ExactlyOnce => {
+                    self.common.telemetry.kafka_error(
+                        "producer",
+                        &crate::kafka::error_kind(e),
+                        &e.to_string(),
+                    );
+                    self.failed.store(true, Ordering::Release);
+                }
+            },
+        }
+    }
+}
+
+/// The message is done: its offset may be committed; count it.
+fn finish(common: &Common, f: &InFlight) {
+    f.track.finish(f.offset);
+    common.budget.give(1, f.bytes);
+    let delay = f.timestamp.map(|ts| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        (now - ts) as f64 / 1000.0
+    });
+    common.metrics.finished(
+        &f.track.topic,
+        f.how,
+        f.consumed_at.elapsed().as_secs_f64(),
+        delay,
+    );
+    common.counts.add(f.how);
+    if let Some(a) = &f.deletion {
+        common
+            .telemetry
+            .deletion_commands(&a.request_id, &a.person_digest, &a.key_id, 2);
+    }
+}
+
+fn finished_as(routed: &Routed<'_>) -> Finished {
+    use super::route::Outcome;
+    match routed.outcome {
+        Outcome::Clean | Outcome::Commands => Finished::Clean,
+        Outcome::DeadLetter => Finished::DeadLetter,
+        Outcome::Suppressed => Finished::Suppressed,
+        Outcome::NoOutput => Finished::NoOutput,
+    }
+}
+
+type LaneProducer = ThreadedProducer<ProducerCallbacks>;
+
+/// The producer settings this service needs; `kafka.producer` adds to them
+/// (and cannot change `enable.idempotence`, `acks`, `transactional.id`).
+const PRODUCER_BASE: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("linger.ms", "5"),
+    ("message.timeout.ms", "0"),
+];
+
+fn producer(
+    common: &Arc<Common>,
+    mode: Mode,
+    transactional_id: Option<&str>,
+    txn: &TransactionConfig,
+) -> Result<LaneProducer, super::PipelineError> {
+    let mut base: Vec<(&str, &str)> = PRODUCER_BASE.to_vec();
+    let timeout = txn.timeout.as_millis().to_string();
+    if let Some(id) = transactional_id {
+        base.push(("transactional.id", id));
+        base.push(("transaction.timeout.ms", &timeout));
+        // A transaction's records must be acknowledged before it can
+        // commit; an infinite timeout would hold it open forever.
+        base.retain(|(k, _)| *k != "message.timeout.ms");
+        base.push(("message.timeout.ms", &timeout));
+    }
+    let password = common.password.as_ref();
+    let cc = crate::kafka::client_config(
+        &common.cfg,
+        crate::config::ClientRole::Producer,
+        &base,
+        password,
+    )?;
+    Ok(cc.create_with_context(ProducerCallbacks {
+        common: common.clone(),
+        mode,
+        retries: Mutex::default(),
+        failed: AtomicBool::new(false),
+    })?)
+}
+
+/// Hands `routed`'s records to the producer, waiting while its queue is
+/// full. Returns the message's opaque, and whether any record was sent.
+fn enqueue(
+    common: &Common,
+    producer: &LaneProducer,
+    input: Consumed,
+    routed: Routed<'_>,
+    count_remaining: bool,
+) -> (Arc<InFlight>, bool) {
+    let bytes = routed.bytes();
+    common.budget.take(bytes);
+    input.track.begin(input.offset);
+    let f = Arc::new(InFlight {
+        track: input.track,
+        offset: input.offset,
+        how: finished_as(&routed),
+        consumed_at: input.consumed_at,
+        timestamp: input.timestamp,
+        bytes,
+        remaining: AtomicUsize::new(if count_remaining {
+            routed.payloads.len()
+        } else {
+            0
+        }),
+        deletion: routed.deletion,
+    });
+    if routed.payloads.is_empty() {
+        return (f, false);
+    }
+    let topic = match routed.topic {
+        Topic::Clean => &common.cfg.kafka.clean_topic,
+        Topic::DeadLetter => &common.cfg.kafka.dead_letter_topic,
+    };
+    let last = routed.payloads.len() - 1;
+    let mut headers = routed.headers;
+    for (i, payload) in routed.payloads.iter().enumerate() {
+        // In order, with the same key: the parts of a split batch land on
+        // one partition in sequence, like the batch they came from.
+        let h = if i == last {
+            headers.take()
+        } else {
+            headers.clone()
+        };
+        let mut rec = BaseRecord::with_opaque_to(topic, f.clone()).payload(&payload[..]);
+        if let Some(h) = h {
+            rec = rec.headers(h);
+        }
+        if let Some(k) = &routed.key {
+            rec = rec.key(&k[..]);
+        }
+        send_record(common, producer, rec);
+    }
+    (f, true)
+}
+
+fn send_record(
+    common: &Common,
+    producer: &LaneProducer,
+    mut rec: BaseRecord<'_, [u8], [u8], Arc<InFlight>>,
+) {
+    let mut backoff = Duration::from_micros(200);
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return,
+            Err((e, back)) => {
+                if !matches!(
+                    e,
+                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                ) {
+                    crate::kafka::report(&common.telemetry, "producer", &e);
+                }
+                rec = back;
+            }
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// At-least-once delivery ([module docs](self)).
+pub struct AtLeastOnce {
+    producer: LaneProducer,
+    /// The offset last stored for each partition.
+    stored: Mutex<HashMap<(String, i32), i64>>,
+    last_store: Mutex<Instant>,
+}
+
+/// How often acknowledged offsets are handed to librdkafka's auto-commit.
+const STORE_EVERY: Duration = Duration::from_millis(20);
+
+impl AtLeastOnce {
+    /// Creates the lane's idempotent producer.
+    pub fn new(common: &Arc<Common>) -> Result<AtLeastOnce, super::PipelineError> {
+        Ok(AtLeastOnce {
+            producer: producer(
+                common,
+                Mode::AtLeastOnce,
+                None,
+                &common.cfg.kafka.transaction,
+            )?,
+            stored: Mutex::default(),
+            last_store: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Stores the committable offset of each of `tracks` that advanced.
+    fn store(&self, common: &Common, consumer: &LaneConsumer, tracks: &[Arc<Track>]) {
+        let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tpl = TopicPartitionList::new();
+        for t in tracks {
+            let Some(c) = t.committable() else { continue };
+            let key = (t.topic.clone(), t.partition);
+            if stored.get(&key) == Some(&c) {
+                continue;
+            }
+            if tpl
+                .add_partition_offset(&t.topic, t.partition, Offset::Offset(c))
+                .is_ok()
+            {
+                stored.insert(key, c);
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            // A partition was revoked meanwhile: its next owner replays it.
+            tracing::debug!(error = %e, "offsets not stored");
+            let _ = common;
+        }
+    }
+
+    fn retry(&self, common: &Common) {
+        let due: Vec<(OwnedMessage, Arc<InFlight>)> = std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .retries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if due.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for (msg, f) in due {
+            let mut rec = BaseRecord::with_opaque_to(msg.topic(), f)
+                .payload(msg.payload().unwrap_or_default());
+            if let Some(h) = msg.headers() {
+                rec = rec.headers(h.as_borrowed().detach());
+            }
+            if let Some(k) = msg.key() {
+                rec = rec.key(k);
+            }
+            send_record(common, &self.producer, rec);
+        }
+    }
+}
+
+impl Delivery for AtLeastOnce {
+    fn send(
+        &self,
+        common: &Common,
+        input: Consumed,
+        routed: Routed<'_>,
+    ) -> Result<(), DeliveryError> {
+        let (f, sent) = enqueue(common, &self.producer, input, routed, true);
+        if !sent {
+            // Nothing to produce: done now, in order with the partition's
+            // other messages (only contiguous offsets are stored).
+            finish(common, &f);
+        }
+        Ok(())
+    }
+
+    fn tick(&self, common: &Common, consumer: &LaneConsumer) -> Result<(), DeliveryError> {
+        self.retry(common);
+        let mut last = self.last_store.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() >= STORE_EVERY {
+            *last = Instant::now();
+            drop(last);
+            let tracks: Vec<Arc<Track>> = common.tracks_of(consumer);
+            self.store(common, consumer, &tracks);
+        }
+        Ok(())
+    }
+
+    fn revoking(
+        &self,
+        common: &Common,
+        consumer: &LaneConsumer,
+        tracks: &[Arc<Track>],
+        deadline: Instant,
+    ) {
+        // Let in-flight messages of these partitions finish (bounded), so
+        // their offsets are stored before the revoke commit and the next
+        // owner replays as little as possible.
+        while tracks.iter().any(|t| t.pending() > 0) && Instant::now() < deadline {
+            self.retry(common);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.store(common, consumer, tracks);
+        let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        for t in tracks {
+            stored.remove(&(t.topic.clone(), t.partition));
+        }
+    }
+
+    fn close(&self, common: &Common, consumer: &LaneConsumer, deadline: Instant) -> usize {
+        let tracks = common.tracks_of(consumer);
+        while tracks.iter().any(|t| t.pending() > 0) && Instant::now() < deadline {
+            self.retry(common);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = self
+            .producer
+            .flush(deadline.saturating_duration_since(Instant::now()));
+        self.store(common, consumer, &tracks);
+        match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => common.telemetry.committed(false, &e.to_string()),
+        }
+        tracks.iter().map(|t| t.pending()).sum()
+    }
+
+    fn client(&self) -> &rdkafka::client::Client<ProducerCallbacks> {
+        self.producer.client()
+    }
+}
+
+/// Exactly-once delivery ([module docs](self)).
+pub struct ExactlyOnce {
+    producer: LaneProducer,
+    txn: Mutex<Txn>,
+    cfg: TransactionConfig,
+}
+
+/// The open transaction.
+#[derive(Default)]
+struct Txn {
+    /// Whether `begin_transaction` was called and not yet ended.
+    open: bool,
+    opened_at: Option<Instant>,
+    /// The messages in it, in consumption order.
+    messages: Vec<Arc<InFlight>>,
+}
+
+/// How long one transaction call may take before it is given up on.
+const TXN_CALL: Duration = Duration::from_secs(30);
+
+impl ExactlyOnce {
+    /// Creates the lane's transactional producer and fences any earlier
+    /// instance with the same transactional id (`init_transactions`).
+    pub fn new(
+        common: &Arc<Common>,
+        transactional_id: &str,
+    ) -> Result<ExactlyOnce, super::PipelineError> {
+        let cfg = common.cfg.kafka.transaction.clone();
+        let producer = producer(common, Mode::ExactlyOnce, Some(transactional_id), &cfg)?;
+        producer.init_transactions(TXN_CALL).map_err(|e| {
+            super::PipelineError::Fatal(format!(
+                "cannot initialize transactions for `{transactional_id}`: {e}"
+            ))
+        })?;
+        tracing::info!(
+            transactional_id,
+            "exactly-once delivery: transactions initialized"
+        );
+        Ok(ExactlyOnce {
+            producer,
+            txn: Mutex::new(Txn::default()),
+            cfg,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Txn> {
+        self.txn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fatal(e: &KafkaError) -> bool {
+        match e {
+            KafkaError::Transaction(t) => t.is_fatal(),
+            other => other.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal),
+        }
+    }
+
+    /// Commits the open transaction with the input offsets of its
+    /// messages; on failure aborts it and rewinds the consumer to where it
+    /// began, so its input is consumed again.
+    fn commit(
+        &self,
+        common: &Common,
+        consumer: &LaneConsumer,
+        txn: &mut Txn,
+    ) -> Result<(), DeliveryError> {
+        if !txn.open {
+            return Ok(());
+        }
+        let messages = std::mem::take(&mut txn.messages);
+        txn.open = false;
+        txn.opened_at = None;
+        let result = self.commit_messages(consumer, &messages);
+        match result {
+            Ok(()) => {
+                for f in &messages {
+                    finish(common, f);
+                }
+                common
+                    .telemetry
+                    .transaction("committed", messages.len(), None);
+                Ok(())
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if Self::fatal(&e) {
+                    common
+                        .telemetry
+                        .transaction("aborted", messages.len(), Some(&text));
+                    return Err(DeliveryError::Fatal(text));
+                }
+                if let Err(a) = self.producer.abort_transaction(TXN_CALL) {
+                    common
+                        .telemetry
+                        .transaction("aborted", messages.len(), Some(&text));
+                    return Err(DeliveryError::Transaction(format!(
+                        "abort after `{text}` failed: {a}"
+                    )));
+                }
+                common
+                    .telemetry
+                    .transaction("aborted", messages.len(), Some(&text));
+                self.rewind(common, consumer, &messages);
+                Ok(())
+            }
+        }
+    }
+
+    fn commit_messages(
+        &self,
+        consumer: &LaneConsumer,
+        messages: &[Arc<InFlight>],
+    ) -> Result<(), KafkaError> {
+        self.producer.flush(TXN_CALL)?;
+        if self.producer.context().failed.swap(false, Ordering::AcqRel) {
+            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
+        }
+        let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+        for f in messages {
+            let e = next.entry((&f.track.topic, f.track.partition)).or_insert(0);
+            *e = (*e).max(f.offset + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &next {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        let group = consumer
+            .group_metadata()
+            .ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
+        if tpl.count() > 0 {
+            self.producer
+                .send_offsets_to_transaction(&tpl, &group, TXN_CALL)?;
+        }
+        self.producer.commit_transaction(TXN_CALL)
+    }
+
+    /// After an abort: consume each partition again from the first offset
+    /// the aborted transaction held (the last committed position).
+    fn rewind(&self, common: &Common, consumer: &LaneConsumer, messages: &[Arc<InFlight>]) {
+        let mut first: HashMap<(&str, i32), (i64, &Arc<Track>)> = HashMap::new();
+        for f in messages {
+            first
+                .entry((&f.track.topic, f.track.partition))
+                .or_insert((f.offset, &f.track));
+        }
+        let n = messages.len();
+        let bytes: usize = messages.iter().map(|f| f.bytes).sum();
+        common.budget.give(n, bytes);
+        for ((topic, partition), (offset, track)) in first {
+            track.reset();
+            if let Err(e) = consumer.seek(
+                topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(10),
+            ) {
+                crate::kafka::report(&common.telemetry, "consumer", &e);
+            }
+        }
+    }
+}
+
+impl Delivery for ExactlyOnce {
+    fn send(
+        &self,
+        common: &Common,
+        input: Consumed,
+        routed: Routed<'_>,
+    ) -> Result<(), DeliveryError> {
+        let mut txn = self.lock();
+        if !txn.open {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| DeliveryError::Fatal(format!("begin_transaction: {e}")))?;
+            txn.open = true;
+            txn.opened_at = Some(Instant::now());
+        }
+        // Every message, with records or without, commits with the
+        // transaction (its offset is in it).
+        let (f, _) = enqueue(common, &self.producer, input, routed, false);
+        txn.messages.push(f);
+        Ok(())
+    }
+
+    fn tick(&self, common: &Common, consumer: &LaneConsumer) -> Result<(), DeliveryError> {
+        let mut txn = self.lock();
+        let due = txn.open
+            && (txn.messages.len() >= self.cfg.max_messages
+                || txn
+                    .opened_at
+                    .is_some_and(|t| t.elapsed() >= self.cfg.interval));
+        if due {
+            self.commit(common, consumer, &mut txn)?;
+        }
+        Ok(())
+    }
+
+    fn revoking(&self, common: &Common, consumer: &LaneConsumer, _: &[Arc<Track>], _: Instant) {
+        // Commit what was done for the partitions before they go; if that
+        // fails the transaction is aborted and their next owner consumes
+        // them from the last commit.
+        let mut txn = self.lock();
+        if let Err(e) = self.commit(common, consumer, &mut txn) {
+            common.fail(e.to_string());
+        }
+    }
+
+    fn close(&self, common: &Common, consumer: &LaneConsumer, _deadline: Instant) -> usize {
+        let mut txn = self.lock();
+        let n = txn.messages.len();
+        match self.commit(common, consumer, &mut txn) {
+            Ok(()) if !txn.open => 0,
+            Ok(()) => n,
+            Err(e) => {
+                common.fail(e.to_string());
+                n
+            }
+        }
+    }
+
+    fn client(&self) -> &rdkafka::client::Client<ProducerCallbacks> {
+        self.producer.client()
+    }
+}

@@ -1,0 +1,517 @@
+//! A delivery lane: one thread with its own consumer (a member of the
+//! group) and its own producer, which polls its partitions, routes each
+//! message where it was consumed (no hand-off, no copy of the input) and
+//! hands the records to its [`Delivery`]. Per-partition order holds
+//! because a partition belongs to one lane and a lane produces in
+//! consumption order.
+//!
+//! Backpressure: when the shared [`Budget`] of messages or bytes in flight
+//! is spent, the lane pauses its partitions and keeps polling (so group
+//! membership and rebalances are served) until acknowledgements free it.
+
+use super::deliver::{AtLeastOnce, Consumed, Delivery, DeliveryError, ExactlyOnce};
+use super::route::{DeletionAudit, Input, Router};
+use super::tracker::{Budget, Track, Tracks};
+use super::{Health, PipelineError};
+use crate::config::{ClientRole, Config, DeliveryMode};
+use crate::engine::{Identity, Sanitizer, Scratch};
+use crate::metrics::{DeliveryMetrics, Finished, Telemetry};
+use crate::privacy::reader::Privacy;
+use crate::reload::RuleSource;
+use crate::secret::Secret;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, TopicPartitionList};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// What every lane shares: configuration, rules, metrics, the budget, and
+/// the flags that stop them.
+pub struct Common {
+    /// The service configuration.
+    pub cfg: Config,
+    /// Metrics and the audit stream.
+    pub telemetry: Arc<Telemetry>,
+    /// The delivery path's metrics, resolved once.
+    pub metrics: DeliveryMetrics,
+    /// The rules in use.
+    pub rules: Arc<RuleSource>,
+    /// The suppression set and its reader, when `privacy` is configured.
+    pub privacy: Option<Arc<Privacy>>,
+    /// Messages and bytes in flight, over every lane.
+    pub budget: Budget,
+    /// Outcome counts for the summary.
+    pub counts: Counts,
+    /// Readiness.
+    pub health: Arc<Health>,
+    /// The SASL password the clients start with.
+    pub password: Option<Secret>,
+    /// Set by shutdown: lanes stop consuming.
+    stop: AtomicBool,
+    /// The first fatal error; every lane stops.
+    failure: Mutex<Option<String>>,
+    failed: AtomicBool,
+    /// When shutdown must be over (set with `stop`).
+    deadline: Mutex<Option<Instant>>,
+}
+
+/// How long a revoke waits for the revoked partitions' messages in flight.
+const REVOKE_DRAIN: Duration = Duration::from_secs(10);
+
+impl Common {
+    /// Everything lanes share.
+    pub fn new(
+        cfg: Config,
+        telemetry: Arc<Telemetry>,
+        rules: Arc<RuleSource>,
+        privacy: Option<Arc<Privacy>>,
+        health: Arc<Health>,
+        password: Option<Secret>,
+    ) -> Common {
+        let k = &cfg.kafka;
+        let mut inputs = k.input_topics.clone();
+        if let Some(p) = &cfg.privacy {
+            inputs.push(p.requests_topic.clone());
+        }
+        let metrics = telemetry.delivery(&inputs, &k.clean_topic, &k.dead_letter_topic);
+        Common {
+            budget: Budget::new(cfg.limits.max_in_flight, cfg.limits.max_in_flight_bytes),
+            cfg,
+            telemetry,
+            metrics,
+            rules,
+            privacy,
+            counts: Counts::default(),
+            health,
+            password,
+            stop: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            deadline: Mutex::new(None),
+        }
+    }
+
+    /// Stops every lane with `error` (the first one is kept).
+    pub fn fail(&self, error: String) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            tracing::error!(error = %error, "stopping: fatal error");
+            *f = Some(error);
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// The fatal error that stopped the lanes, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Asks every lane to stop consuming and finish by `deadline`.
+    pub fn shut_down(&self, deadline: Instant) {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(deadline);
+        self.stop.store(true, Ordering::Release);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire) || self.failed.load(Ordering::Acquire)
+    }
+
+    /// When shutdown must be over, if it has begun.
+    pub fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The tracks of the partitions `consumer` holds now.
+    pub fn tracks_of(&self, consumer: &LaneConsumer) -> Vec<Arc<Track>> {
+        consumer.context().tracks().all().cloned().collect()
+    }
+}
+
+/// Outcome counts for [`super::Summary`].
+#[derive(Default)]
+pub struct Counts {
+    /// Messages consumed.
+    pub consumed: AtomicU64,
+    /// Messages whose clean records (or commands) were acknowledged.
+    pub clean: AtomicU64,
+    /// Dead letters acknowledged.
+    pub dead: AtomicU64,
+    /// Messages not produced (suppressed people).
+    pub suppressed: AtomicU64,
+}
+
+impl Counts {
+    /// Counts one finished message.
+    pub fn add(&self, how: Finished) {
+        let c = match how {
+            Finished::Clean => &self.clean,
+            Finished::DeadLetter => &self.dead,
+            Finished::Suppressed => &self.suppressed,
+            Finished::NoOutput => return,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A lane's consumer callbacks: log lines, errors, lag statistics, and
+/// rebalances (which let the lane's delivery finish revoked partitions).
+pub struct LaneContext {
+    common: Arc<Common>,
+    tracks: Mutex<Tracks>,
+    delivery: OnceLock<Arc<dyn Delivery>>,
+}
+
+impl LaneContext {
+    fn tracks(&self) -> std::sync::MutexGuard<'_, Tracks> {
+        self.tracks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A lane's consumer.
+pub type LaneConsumer = BaseConsumer<LaneContext>;
+
+impl ClientContext for LaneContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        crate::kafka::log("consumer", level, fac, msg);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.common
+            .telemetry
+            .kafka_error("consumer", &crate::kafka::error_kind(&error), reason);
+    }
+    fn stats(&self, stats: Statistics) {
+        let inputs = &self.common.cfg.kafka.input_topics;
+        for (topic, t) in &stats.topics {
+            if !inputs.contains(topic) {
+                continue;
+            }
+            for (p, ps) in &t.partitions {
+                if *p >= 0 && ps.consumer_lag >= 0 {
+                    self.common.telemetry.lag(topic, *p, ps.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}/{}", e.topic(), e.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl ConsumerContext for LaneContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let revoked: Vec<Arc<Track>> = {
+                let mut tracks = self.tracks();
+                tpl.elements()
+                    .iter()
+                    .filter_map(|e| tracks.remove(e.topic(), e.partition()))
+                    .collect()
+            };
+            let mut deadline = Instant::now() + REVOKE_DRAIN;
+            if let Some(d) = self.common.deadline() {
+                deadline = deadline.min(d);
+            }
+            if let Some(d) = self.delivery.get() {
+                d.revoking(&self.common, consumer, &revoked, deadline);
+            }
+            self.common.telemetry.clear_lag();
+            self.common.telemetry.rebalance("revoke", &describe(tpl));
+        }
+    }
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                self.common.health.joined.store(true, Ordering::Relaxed);
+                self.common.telemetry.rebalance("assign", &describe(tpl));
+            }
+            Rebalance::Error(e) => {
+                self.common
+                    .telemetry
+                    .kafka_error("consumer", "rebalance", &e.to_string())
+            }
+            Rebalance::Revoke(_) => {}
+        }
+    }
+    fn commit_callback(&self, result: KafkaResult<()>, _: &TopicPartitionList) {
+        match result {
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => self.common.telemetry.committed(false, &e.to_string()),
+            Ok(()) => self.common.telemetry.committed(true, ""),
+        }
+    }
+}
+
+/// The consumer settings this service needs; `kafka.consumer` adds to
+/// them (and cannot change the offset handling).
+const CONSUMER_BASE: &[(&str, &str)] = &[
+    ("enable.auto.commit", "true"),
+    ("enable.auto.offset.store", "false"),
+    ("auto.offset.reset", "earliest"),
+    ("statistics.interval.ms", "5000"),
+    ("queued.max.messages.kbytes", "16384"),
+];
+
+/// One lane, created and subscribed, not yet running.
+pub struct Lane {
+    consumer: LaneConsumer,
+    delivery: Arc<dyn Delivery>,
+    common: Arc<Common>,
+}
+
+impl Lane {
+    /// Creates lane `index`'s consumer and producer (with exactly-once,
+    /// initializing its transactions).
+    pub fn new(common: &Arc<Common>, index: usize) -> Result<Lane, PipelineError> {
+        let cfg = &common.cfg;
+        let mut base = CONSUMER_BASE.to_vec();
+        base.push(("group.id", &cfg.kafka.group_id));
+        if cfg.kafka.delivery == DeliveryMode::ExactlyOnce {
+            // Read only committed input; offsets are committed by the
+            // transactions, never by the consumer itself.
+            base.retain(|(k, _)| *k != "enable.auto.commit");
+            base.push(("enable.auto.commit", "false"));
+            base.push(("isolation.level", "read_committed"));
+        }
+        let cc = crate::kafka::client_config(
+            cfg,
+            ClientRole::Consumer,
+            &base,
+            common.password.as_ref(),
+        )?;
+        let consumer: LaneConsumer = cc.create_with_context(LaneContext {
+            common: common.clone(),
+            tracks: Mutex::default(),
+            delivery: OnceLock::new(),
+        })?;
+        let delivery: Arc<dyn Delivery> = match cfg.kafka.delivery {
+            DeliveryMode::AtLeastOnce => Arc::new(AtLeastOnce::new(common)?),
+            DeliveryMode::ExactlyOnce => {
+                let id = format!("{}-{index}", transactional_id(cfg));
+                Arc::new(ExactlyOnce::new(common, &id)?)
+            }
+        };
+        let _ = consumer.context().delivery.set(delivery.clone());
+        Ok(Lane {
+            consumer,
+            delivery,
+            common: common.clone(),
+        })
+    }
+
+    /// SASL credential updates for this lane's two clients.
+    pub fn credential_targets(self: &Arc<Self>) -> Vec<crate::kafka::sasl::Target> {
+        let (a, b) = (self.clone(), self.clone());
+        vec![
+            Box::new(move |u, p| crate::kafka::sasl::set_credentials(a.consumer.client(), u, p)),
+            Box::new(move |u, p| crate::kafka::sasl::set_credentials(b.delivery.client(), u, p)),
+        ]
+    }
+
+    /// Whether this lane's producer gets metadata for `topic` (readiness).
+    pub fn reaches_broker(&self, topic: &str) -> bool {
+        self.delivery
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(3))
+            .is_ok()
+    }
+
+    /// Joins the group for `topics`.
+    pub fn subscribe(&self, topics: &[&str]) -> KafkaResult<()> {
+        self.consumer.subscribe(topics)
+    }
+
+    /// The lane's loop, on its own thread, until shutdown or a fatal
+    /// error; then it finishes what is in flight and commits. Returns the
+    /// messages left unfinished.
+    pub fn run(&self) -> usize {
+        let c = &*self.common;
+        let mut work = Work::new(c.rules.current());
+        let mut paused_at: Option<Instant> = None;
+        let poll_wait = match c.cfg.kafka.delivery {
+            DeliveryMode::AtLeastOnce => Duration::from_millis(100),
+            DeliveryMode::ExactlyOnce => (c.cfg.kafka.transaction.interval / 4)
+                .clamp(Duration::from_millis(1), Duration::from_millis(100)),
+        };
+        while !c.stopping() {
+            if let Err(e) = self.delivery.tick(c, &self.consumer) {
+                c.fail(e.to_string());
+                break;
+            }
+            c.metrics.in_flight(c.budget.messages(), c.budget.bytes());
+            let wait = if c.budget.full() {
+                // Pause (again every 100 ms: a rebalance may have assigned
+                // partitions that are not paused) and keep serving the group.
+                if paused_at.is_none_or(|t| t.elapsed() > Duration::from_millis(100)) {
+                    if let Ok(a) = self.consumer.assignment() {
+                        let _ = self.consumer.pause(&a);
+                    }
+                    paused_at = Some(Instant::now());
+                }
+                Duration::from_millis(5)
+            } else {
+                if paused_at.take().is_some() {
+                    if let Ok(a) = self.consumer.assignment() {
+                        let _ = self.consumer.resume(&a);
+                    }
+                }
+                poll_wait
+            };
+            match self.consumer.poll(wait) {
+                None => work.idle(c),
+                Some(Err(e)) => {
+                    crate::kafka::report(&c.telemetry, "consumer", &e);
+                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+                        c.fail(e.to_string());
+                    }
+                }
+                Some(Ok(m)) => {
+                    if let Err(e) = self.handle(&mut work, &m) {
+                        c.fail(e.to_string());
+                    }
+                }
+            }
+        }
+        work.idle(c);
+        let deadline = c
+            .deadline()
+            .unwrap_or_else(|| Instant::now() + c.cfg.shutdown.timeout);
+        self.delivery.close(c, &self.consumer, deadline)
+    }
+
+    fn handle(
+        &self,
+        work: &mut Work,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+    ) -> Result<(), DeliveryError> {
+        let c = &*self.common;
+        let consumed_at = Instant::now();
+        let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+        c.metrics.consumed(topic, 1);
+        c.counts.consumed.fetch_add(1, Ordering::Relaxed);
+        work.follow(c);
+        let track = self.consumer.context().tracks().get(topic, partition);
+        let input = Input {
+            topic,
+            partition,
+            offset,
+            key: m.key(),
+            payload: m.payload(),
+            headers: m.headers(),
+        };
+        let Work {
+            router,
+            scratch,
+            out,
+            since_flush,
+        } = work;
+        let routed = match &c.privacy {
+            Some(p) if p.topic == topic => match router.request(&input) {
+                Err(routed) => routed,
+                Ok(r) => {
+                    // This replica's own set holds the request before its
+                    // commands (or the person's next events) go out.
+                    p.wait_applied(partition, offset, || c.stopping());
+                    let (person_digest, key_id) = p.suppressions.audit_digest(&r);
+                    let audit = DeletionAudit {
+                        request_id: r.request_id.clone(),
+                        person_digest,
+                        key_id,
+                    };
+                    router.request_applied(&input, &r, audit, scratch, out)
+                }
+            },
+            privacy => {
+                let set = privacy.as_ref().map(|p| &p.suppressions);
+                let suppressed = |id: &Identity| {
+                    set.is_some_and(|s| {
+                        s.contains(id.user_id.as_deref(), id.anonymous_id.as_deref())
+                    })
+                };
+                let suppressed: Option<&dyn Fn(&Identity) -> bool> = set.map(|_| &suppressed as _);
+                let routed = router.event(&input, suppressed, scratch, out);
+                c.metrics.sanitized(consumed_at.elapsed().as_secs_f64());
+                routed
+            }
+        };
+        if let Some(d) = &routed.dead_letter {
+            c.telemetry
+                .dead_letter(topic, partition, offset, d.code, &d.detail);
+        }
+        if routed.suppressed_calls > 0 {
+            c.telemetry.batch_calls_suppressed(routed.suppressed_calls);
+        }
+        *since_flush += 1;
+        if *since_flush >= 256 {
+            flush_counts(scratch, router.sanitizer(), &c.telemetry);
+            *since_flush = 0;
+        }
+        let consumed = Consumed {
+            track,
+            offset,
+            timestamp: m.timestamp().to_millis(),
+            consumed_at,
+        };
+        self.delivery.send(c, consumed, routed)
+    }
+}
+
+/// A lane's reusable buffers and the rules it routes with.
+struct Work {
+    router: Router,
+    scratch: Scratch,
+    out: Vec<u8>,
+    since_flush: u32,
+}
+
+impl Work {
+    fn new(s: Arc<Sanitizer>) -> Work {
+        Work {
+            router: Router::new(s),
+            scratch: Scratch::default(),
+            out: Vec::with_capacity(64 * 1024),
+            since_flush: 0,
+        }
+    }
+
+    /// Switches to the rules in use if they were reloaded.
+    fn follow(&mut self, c: &Common) {
+        if !c.rules.is_current(self.router.sanitizer()) {
+            flush_counts(&mut self.scratch, self.router.sanitizer(), &c.telemetry);
+            self.router = Router::new(c.rules.current());
+        }
+    }
+
+    /// Nothing arrived: report the rule counts so a quiet service shows them.
+    fn idle(&mut self, c: &Common) {
+        if self.since_flush > 0 {
+            flush_counts(&mut self.scratch, self.router.sanitizer(), &c.telemetry);
+            self.since_flush = 0;
+        }
+    }
+}
+
+fn flush_counts(scratch: &mut Scratch, s: &Sanitizer, t: &Telemetry) {
+    scratch.drain_rule_counts(|i, n| t.rule_actions(s.rule_id(i), s.rule_action(i), n));
+}
+
+/// `kafka.transactional_id`, else `<group_id>-<HOSTNAME>` (the pod name in
+/// Kubernetes), else `<group_id>`.
+pub fn transactional_id(cfg: &Config) -> String {
+    cfg.kafka.transactional_id.clone().unwrap_or_else(|| {
+        match std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()) {
+            Some(h) => format!("{}-{h}", cfg.kafka.group_id),
+            None => cfg.kafka.group_id.clone(),
+        }
+    })
+}

@@ -10,7 +10,7 @@
 //! membership and rebalances are served) until acknowledgements free it.
 
 use super::deliver::{AtLeastOnce, Consumed, Delivery, DeliveryError, ExactlyOnce};
-use super::route::{DeletionAudit, Input, Router};
+use super::route::{DeletionAudit, Input, RequestRecord, Router};
 use super::tracker::{Budget, Track, Tracks};
 use super::{Health, PipelineError};
 use crate::config::{ClientRole, Config, DeliveryMode};
@@ -417,8 +417,8 @@ impl Lane {
         } = work;
         let routed = match &c.privacy {
             Some(p) if p.topic == topic => match router.request(&input) {
-                Err(routed) => routed,
-                Ok(r) => {
+                RequestRecord::Instead(routed) => routed,
+                RequestRecord::Apply(r) => {
                     // This replica's own set holds the request before its
                     // commands (or the person's next events) go out.
                     p.wait_applied(partition, offset, || c.stopping());

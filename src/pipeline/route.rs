@@ -116,6 +116,15 @@ impl Routed<'_> {
     }
 }
 
+/// What a record of the privacy-requests topic is.
+pub enum RequestRecord<'a> {
+    /// A valid request: applied by the reader, then
+    /// [`Router::request_applied`].
+    Apply(Request),
+    /// Not a request: produce this instead.
+    Instead(Routed<'a>),
+}
+
 /// The rules in use, with the lineage headers prepared once for them.
 pub struct Router {
     sanitizer: Arc<Sanitizer>,
@@ -202,14 +211,17 @@ impl Router {
         }
     }
 
-    /// A record of the privacy-requests topic: the request, or what to
-    /// produce instead (a dead letter for a bad one, nothing for a
+    /// A record of the privacy-requests topic: the request to apply, or
+    /// what to produce instead (a dead letter for a bad one, nothing for a
     /// tombstone).
-    pub fn request<'a>(&self, m: &Input<'a>) -> Result<Request, Routed<'a>> {
+    pub fn request<'a>(&self, m: &Input<'a>) -> RequestRecord<'a> {
         let Some(payload) = m.payload else {
-            return Err(Routed::nothing(Outcome::NoOutput));
+            return RequestRecord::Instead(Routed::nothing(Outcome::NoOutput));
         };
-        crate::privacy::parse(payload).map_err(|e| self.dead_letter(m, e.code(), e.to_string()))
+        match crate::privacy::parse(payload) {
+            Ok(r) => RequestRecord::Apply(r),
+            Err(e) => RequestRecord::Instead(self.dead_letter(m, e.code(), e.to_string())),
+        }
     }
 
     /// What the owner of a request produces once its own set holds it: a
@@ -476,23 +488,30 @@ mod tests {
         };
         // A bad request: a dead letter with its code.
         let bad = input(Some(br#"{"requestId":"r-1","action":"delete"}"#), None);
-        let routed = r.request(&bad).err().expect("refused");
+        let RequestRecord::Instead(routed) = r.request(&bad) else {
+            panic!("refused")
+        };
         assert_eq!(routed.outcome, Outcome::DeadLetter);
         assert_eq!(
             routed.dead_letter.unwrap().code,
             "privacy.missing_identifier"
         );
         // A tombstone: nothing.
-        assert_eq!(
-            r.request(&input(None, None)).err().unwrap().outcome,
-            Outcome::NoOutput
-        );
+        assert!(matches!(
+            r.request(&input(None, None)),
+            RequestRecord::Instead(Routed {
+                outcome: Outcome::NoOutput,
+                ..
+            })
+        ));
         // A delete: two commands in order, keyed like the person's events.
         let del = input(
             Some(br#"{"requestId":"r-1","userId":"u-1","action":"delete"}"#),
             None,
         );
-        let req = r.request(&del).ok().unwrap();
+        let RequestRecord::Apply(req) = r.request(&del) else {
+            panic!("a valid delete")
+        };
         let (mut scratch, mut out) = (Scratch::default(), Vec::new());
         let routed = r.request_applied(&del, &req, audit.clone(), &mut scratch, &mut out);
         assert_eq!(routed.outcome, Outcome::Commands);
@@ -518,7 +537,9 @@ mod tests {
             Some(br#"{"requestId":"r-2","userId":"u-1","action":"suppress"}"#),
             None,
         );
-        let req = r.request(&sup).ok().unwrap();
+        let RequestRecord::Apply(req) = r.request(&sup) else {
+            panic!("a valid suppress")
+        };
         let routed = r.request_applied(&sup, &req, audit, &mut scratch, &mut out);
         assert_eq!(routed.outcome, Outcome::NoOutput);
         assert!(routed.payloads.is_empty());

@@ -108,6 +108,7 @@ pub fn bin() -> PathBuf {
 
 pub mod http;
 pub mod kafka;
+pub mod real;
 
 /// Writes the default rules and a key file into `dir`.
 pub fn rules_and_key(dir: &std::path::Path) -> (PathBuf, PathBuf) {

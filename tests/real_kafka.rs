@@ -1,0 +1,310 @@
+//! The real-broker tier: what librdkafka's mock cluster cannot show
+//! (its transactions store no offsets and write no markers; it has no
+//! TLS), against Apache Kafka started by `scripts/kafka`.
+
+mod common;
+use common::kafka::{produce_to, sequenced};
+use common::real::*;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PARTITIONS: i32 = 6;
+
+struct Topics {
+    raw: String,
+    clean: String,
+    dlq: String,
+    group: String,
+}
+
+impl Topics {
+    async fn new(prefix: &str) -> Topics {
+        let t = Topics {
+            raw: unique(&format!("{prefix}-raw")),
+            clean: unique(&format!("{prefix}-clean")),
+            dlq: unique(&format!("{prefix}-dlq")),
+            group: unique(&format!("{prefix}-group")),
+        };
+        create_topics(&[
+            (&t.raw, PARTITIONS, false),
+            (&t.clean, PARTITIONS, false),
+            (&t.dlq, 1, false),
+        ])
+        .await;
+        t
+    }
+}
+
+/// A service config for the real binary; `extra` is appended to `kafka:`.
+fn write_config(dir: &Path, name: &str, t: &Topics, bootstrap: &str, kafka_extra: &str) -> PathBuf {
+    let (rules, key) = common::rules_and_key(dir);
+    let cfg = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "kafka:\n  bootstrap_servers: \"{bootstrap}\"\n  group_id: {}\n  input_topics: [{}]\n  clean_topic: {}\n  dead_letter_topic: {}\n  consumer: {{ session.timeout.ms: '6000' }}\n{kafka_extra}rules: {{ file: {}, hash_key_file: {} }}\nlimits: {{ max_in_flight: 2000 }}\nhttp: {{ listen: '127.0.0.1:0' }}\nlog: {{ format: json, level: warn }}\nshutdown: {{ timeout: 20s }}\n",
+            t.group,
+            t.raw,
+            t.clean,
+            t.dlq,
+            rules.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn start(cfg: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(common::bin())
+        .args(["run", "-c"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+fn log_text(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// Waits until the clean topic's end moved `by` past `from`.
+fn wait_progress(t: &Topics, from: i64, by: i64, log: &Path) -> i64 {
+    let c = probe();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = progress(&c, &t.clean, PARTITIONS);
+        if now >= from + by {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no progress past {from}; log:\n{}",
+            log_text(log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_all_committed(t: &Topics, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (c, e) = (
+            committed(&t.group, &t.raw, PARTITIONS),
+            ends(&t.raw, PARTITIONS),
+        );
+        // A partition that never had a record has nothing to commit.
+        let c: Vec<i64> = c.into_iter().map(|o| o.max(0)).collect();
+        if c == e {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all committed: {c:?} vs {e:?}; log:\n{}",
+            log_text(log)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Input: sequenced identify events, with every 97th replaced by bytes that
+/// are not JSON (a dead letter), each carrying its id.
+fn inputs(tag: &str, keys: usize, per_key: usize) -> Vec<(Option<String>, Vec<u8>)> {
+    let mut v = sequenced(keys, per_key, tag);
+    for (i, (_, payload)) in v.iter_mut().enumerate() {
+        if i % 97 == 0 {
+            *payload = format!("not json bad-{tag}-{i}").into_bytes();
+        }
+    }
+    v
+}
+
+fn id_of(payload: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(v) => v["messageId"].as_str().unwrap_or("?").to_string(),
+        Err(_) => String::from_utf8_lossy(payload)
+            .trim_start_matches("not json ")
+            .to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_across_sigkills_a_zombie_and_a_rebalance() {
+    let b = broker();
+    let t = Topics::new("eos").await;
+    let dir = tempfile::tempdir().unwrap();
+    let eos = |id: &str| {
+        format!("  allow_plaintext: true\n  delivery: exactly_once\n  transactional_id: {id}\n  transaction: {{ interval: 100ms, timeout: 10s }}\n")
+    };
+    let main = write_config(dir.path(), "main", &t, &b.plaintext, &eos("es-eos-main"));
+    let other = write_config(dir.path(), "other", &t, &b.plaintext, &eos("es-eos-other"));
+    let log = dir.path().join("service.log");
+    let first = inputs("a", 60, 120);
+    let second = inputs("b", 60, 120);
+    produce_to(&b.plaintext, &t.raw, &first).await;
+
+    // Kill 1 and 2: SIGKILL while transactions are open (they commit
+    // every 100 ms and the stream is busy).
+    let mut at = 0;
+    for _ in 0..2 {
+        let mut child = start(&main, &log);
+        at = wait_progress(&t, at, 1_500, &log);
+        signal(&child, "-KILL");
+        child.wait().unwrap();
+    }
+    produce_to(&b.plaintext, &t.raw, &second).await;
+
+    // A zombie: stopped mid-stream, replaced by a new instance with the
+    // same transactional id (which fences it and aborts its open
+    // transaction), then woken: it must write nothing and stop.
+    let zombie = start(&main, &log);
+    at = wait_progress(&t, at, 1_500, &log);
+    signal(&zombie, "-STOP");
+    let mut successor = start(&main, &log);
+    at = wait_progress(&t, at, 1_000, &log);
+    signal(&zombie, "-CONT");
+    let mut zombie = zombie;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = zombie.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fenced zombie did not stop; log:\n{}",
+            log_text(&log)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "a fenced instance exits with an error");
+
+    // Kill 3, then a second instance joins and leaves while the last one runs.
+    at = wait_progress(&t, at, 500, &log);
+    signal(&successor, "-KILL");
+    successor.wait().unwrap();
+    let mut last = start(&main, &log);
+    let mut joiner = start(&other, &log);
+    let _ = wait_progress(&t, at, 500, &log);
+    signal(&joiner, "-TERM");
+    assert!(joiner.wait().unwrap().success(), "log:\n{}", log_text(&log));
+    wait_all_committed(&t, &log);
+    signal(&last, "-TERM");
+    assert!(last.wait().unwrap().success(), "log:\n{}", log_text(&log));
+
+    // A read_committed reader sees every input exactly once, clean or dead letter.
+    let committed = read_all(&[&t.clean, &t.dlq], "read_committed");
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in &committed {
+        *seen.entry(id_of(&r.payload)).or_default() += 1;
+    }
+    let want: Vec<String> = first.iter().chain(&second).map(|(_, p)| id_of(p)).collect();
+    let lost: Vec<&String> = want.iter().filter(|id| !seen.contains_key(*id)).collect();
+    let dups: Vec<(&String, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        lost.is_empty(),
+        "{} lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        dups.is_empty(),
+        "{} duplicated, e.g. {:?}",
+        dups.len(),
+        &dups[..dups.len().min(5)]
+    );
+    assert_eq!(committed.len(), want.len(), "nothing else on the outputs");
+    let dead = committed.iter().filter(|r| r.topic == t.dlq).count();
+    assert_eq!(
+        dead,
+        want.iter().filter(|id| id.starts_with("bad-")).count()
+    );
+    // Aborted records existed (the kills and the zombie left open
+    // transactions) and a read_committed reader saw none of them.
+    let everything = read_all(&[&t.clean, &t.dlq], "read_uncommitted");
+    assert!(
+        everything.len() > committed.len(),
+        "the kills left aborted records behind ({} vs {})",
+        everything.len(),
+        committed.len()
+    );
+    eprintln!(
+        "exactly once: {} inputs, {} records committed, {} aborted records invisible",
+        want.len(),
+        committed.len(),
+        everything.len() - committed.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_a_client_certificate_and_no_plaintext_by_accident() {
+    let b = broker();
+    let t = Topics::new("tls").await;
+    let dir = tempfile::tempdir().unwrap();
+    let tls = format!(
+        "  common: {{ security.protocol: ssl, ssl.ca.location: '{}', ssl.certificate.location: '{}', ssl.key.location: '{}' }}\n",
+        b.ca, b.client_cert, b.client_key
+    );
+    let cfg = write_config(dir.path(), "tls", &t, &b.ssl, &tls);
+    let log = dir.path().join("service.log");
+    let events = sequenced(10, 30, "tls");
+    produce_to(&b.plaintext, &t.raw, &events).await;
+    let mut child = start(&cfg, &log);
+    wait_all_committed(&t, &log);
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success(), "log:\n{}", log_text(&log));
+    let out = read_all(&[&t.clean], "read_committed");
+    assert_eq!(
+        out.len(),
+        events.len(),
+        "every event through the TLS listener"
+    );
+
+    // Without a client certificate the broker refuses the handshake: the
+    // service never joins and consumes nothing.
+    let t2 = Topics::new("tls-nocert").await;
+    produce_to(&b.plaintext, &t2.raw, &events).await;
+    let nocert = format!(
+        "  common: {{ security.protocol: ssl, ssl.ca.location: '{}' }}\n",
+        b.ca
+    );
+    let cfg = write_config(dir.path(), "nocert", &t2, &b.ssl, &nocert);
+    let log2 = dir.path().join("nocert.log");
+    let mut child = start(&cfg, &log2);
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        committed(&t2.group, &t2.raw, PARTITIONS),
+        vec![-1001; PARTITIONS as usize]
+    );
+    assert_eq!(progress(&probe(), &t2.clean, PARTITIONS), 0);
+    signal(&child, "-KILL");
+    child.wait().unwrap();
+
+    // A plaintext listener is refused at startup unless allowed, also when
+    // only one client's section turns TLS off.
+    for (name, extra) in [
+        ("plain", String::new()),
+        ("override", format!("  common: {{ security.protocol: ssl, ssl.ca.location: '{}' }}\n  producer: {{ security.protocol: plaintext }}\n", b.ca)),
+    ] {
+        let cfg = write_config(dir.path(), name, &t2, &b.plaintext, &extra);
+        let out = Command::new(common::bin()).args(["run", "-c"]).arg(&cfg).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name}: a configuration error");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("unencrypted"), "{name}: {err}");
+    }
+}

@@ -177,7 +177,13 @@ fn config(
             hash_keys_file: None,
             reload_interval: Duration::from_secs(60),
         },
-        limits: LimitsConfig::default(),
+        limits: LimitsConfig {
+            max_in_flight: std::env::var("BENCH_IN_FLIGHT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(LimitsConfig::default().max_in_flight),
+            ..LimitsConfig::default()
+        },
         http: HttpConfig {
             listen: "127.0.0.1:0".into(),
         },

@@ -273,7 +273,7 @@ pub struct LimitsConfig {
     pub max_in_flight: usize,
     /// Bytes of output (values and keys) handed to the producer and not
     /// yet acknowledged, at most; consumption pauses above it. With the
-    /// consumer's prefetch (`queued.max.messages.kbytes`, 16 MiB per lane)
+    /// consumer's prefetch (`queued.max.messages.kbytes`, 32 MiB per lane)
     /// this bounds the memory that work in flight can take.
     #[serde(default = "default_in_flight_bytes")]
     pub max_in_flight_bytes: usize,
@@ -985,6 +985,40 @@ mod tests {
             assert!(text.contains(needle), "{needle}: {text}");
         }
         assert!(!text.contains("secret-value"), "{text}");
+    }
+
+    #[test]
+    fn every_clients_own_transport_and_the_delivery_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "kafka: { bootstrap_servers: 'a:1', input_topics: [r], clean_topic: c, dead_letter_topic: d, transactional_id: t, common: { security.protocol: ssl }, producer: { security.protocol: PLAINTEXT } }\nrules: { file: RULES }\nlimits: { max_in_flight_bytes: 1000 }\n");
+        let text = Config::load_with_env(Some(&p), vec![])
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "the producer's broker connection would be unencrypted (security.protocol PLAINTEXT)",
+            "`limits.max_in_flight_bytes` must be at least 1 MiB",
+            "`kafka.transactional_id` is set but `kafka.delivery` is not `exactly_once`",
+        ] {
+            assert!(text.contains(needle), "{needle}: {text}");
+        }
+        assert!(
+            !text.contains("consumer's"),
+            "the consumer uses ssl: {text}"
+        );
+        let p = write(dir.path(), "kafka: { bootstrap_servers: 'a:1', input_topics: [r], clean_topic: c, dead_letter_topic: d, delivery: exactly_once, transaction: { interval: 5s, timeout: 5s }, common: { security.protocol: ssl }, consumer: { security.protocol: sasl_plaintext } }\nrules: { file: RULES }\n");
+        let text = Config::load_with_env(Some(&p), vec![])
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("the consumer's broker connection"), "{text}");
+        assert!(
+            text.contains("`kafka.transaction.timeout` must exceed"),
+            "{text}"
+        );
+        let p = write(dir.path(), "kafka: { bootstrap_servers: 'a:1', input_topics: [r], clean_topic: c, dead_letter_topic: d, delivery: exactly_once, common: { security.protocol: ssl } }\nrules: { file: RULES }\n");
+        let c = Config::load_with_env(Some(&p), vec![]).unwrap();
+        assert_eq!(c.kafka.delivery, DeliveryMode::ExactlyOnce);
+        assert_eq!(c.kafka.transaction.interval, Duration::from_millis(100));
+        assert_eq!(c.limits.max_in_flight_bytes, 64 << 20);
     }
 
     #[test]

@@ -402,3 +402,76 @@ async fn two_instances_split_partitions_and_a_rebalance_loses_nothing() {
     assert_eq!(ids.len(), first.len() + second.len());
     assert_eq!(committed(&bs, "g-two", 4), high_watermarks(&bs, RAW, 4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_stays_under_the_byte_bound_while_the_output_is_unreachable() {
+    use rdkafka::mocking::{MockCluster, MockCoordinator};
+    // Inputs on broker 1, outputs on broker 2, which goes down.
+    let mock = MockCluster::new(2).unwrap();
+    for (t, n) in [(RAW, 4), (CLEAN, 4), (DLQ, 1)] {
+        mock.create_topic(t, n, 1).unwrap();
+        for p in 0..n {
+            let leader = if t == RAW { 1 } else { 2 };
+            mock.partition_leader(t, p, Some(leader)).unwrap();
+        }
+    }
+    mock.coordinator(MockCoordinator::Group("g-bytes".into()), 1)
+        .unwrap();
+    let bs = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, key) = common::rules_and_key(dir.path());
+    // 4,000 events of about 2.6 KB: 10 MB, ten times the bound.
+    let pad = "x".repeat(600);
+    let input: Vec<(Option<String>, Vec<u8>)> = (0..4000)
+        .map(|i| {
+            let user = format!("user-{}", i % 40);
+            let ev = serde_json::json!({
+                "type": "track", "event": "Viewed", "messageId": format!("m-{i}"), "userId": user,
+                "properties": {"a": pad, "b": pad, "c": pad, "d": pad}
+            });
+            (Some(user), serde_json::to_vec(&ev).unwrap())
+        })
+        .collect();
+    produce(&bs, &input).await;
+    mock.broker_down(2).unwrap();
+    let mut cfg = config(&bs, &rules, &key, "g-bytes");
+    cfg.limits.max_in_flight = 100_000;
+    cfg.limits.max_in_flight_bytes = 1 << 20;
+    let telemetry = Arc::new(Telemetry::new());
+    let p = Pipeline::new(cfg, telemetry.clone()).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(p.run(async move {
+        let _ = rx.await;
+    }));
+    let (mut peak, mut consumed) = (0.0f64, 0.0);
+    let until = tokio::time::Instant::now() + Duration::from_secs(8);
+    while tokio::time::Instant::now() < until {
+        peak = peak.max(metric(&telemetry, "event_sanitizer_in_flight_bytes", &[]));
+        consumed = metric(&telemetry, "event_sanitizer_messages_in_total", &[]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(peak > 0.0, "work was in flight");
+    // The bound, plus at most the one message polled when it was reached.
+    assert!(
+        peak <= (1 << 20) as f64 + 4096.0,
+        "in-flight bytes {peak} over the bound"
+    );
+    assert!(
+        consumed < input.len() as f64 / 2.0,
+        "consumption paused at the bound: {consumed} consumed"
+    );
+    mock.broker_up(2).unwrap();
+    let out = read_unique(&bs, input.len(), Duration::from_secs(90)).await;
+    tx.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    let ids: std::collections::HashSet<String> = out
+        .iter()
+        .map(|o| o.json()["messageId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        input.len(),
+        "every event out once the output is back"
+    );
+    assert_eq!(committed(&bs, "g-bytes", 4), high_watermarks(&bs, RAW, 4));
+}

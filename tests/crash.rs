@@ -7,7 +7,6 @@ use common::kafka::*;
 use rdkafka::consumer::Consumer;
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 6;
@@ -26,29 +25,6 @@ fn write_config(dir: &Path, bootstrap: &str) -> std::path::PathBuf {
     )
     .unwrap();
     cfg
-}
-
-fn start(cfg: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(common::bin())
-        .args(["run", "-c"])
-        .arg(cfg)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-fn signal(child: &Child, sig: &str) {
-    assert!(Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
 }
 
 fn sum(v: &[i64]) -> i64 {
@@ -98,7 +74,7 @@ async fn sigkill_loses_nothing_and_sigterm_duplicates_nothing() {
     let first = sequenced(100, 200, "c");
     let (early, late) = first.split_at(first.len() / 2);
     produce(&bs, early).await;
-    let mut child = start(&cfg, &log);
+    let mut child = common::start_service(&cfg, &log);
     let probe: rdkafka::consumer::BaseConsumer = rdkafka::config::ClientConfig::new()
         .set("bootstrap.servers", &bs)
         .create()
@@ -120,14 +96,14 @@ async fn sigkill_loses_nothing_and_sigterm_duplicates_nothing() {
             std::fs::read_to_string(&log).unwrap_or_default()
         );
     }
-    signal(&child, "-KILL");
+    common::signal(&child, "-KILL");
     child.wait().unwrap();
     let at_kill = sum(&high_watermarks(&bs, CLEAN, PARTITIONS));
     eprintln!("killed with {at_kill} of {} clean records out", first.len());
     produce(&bs, late).await;
-    let mut child = start(&cfg, &log);
+    let mut child = common::start_service(&cfg, &log);
     wait_all_committed(&bs, Duration::from_secs(120));
-    signal(&child, "-TERM");
+    common::signal(&child, "-TERM");
     assert!(
         child.wait().unwrap().success(),
         "graceful exit; log: {}",
@@ -154,9 +130,9 @@ async fn sigkill_loses_nothing_and_sigterm_duplicates_nothing() {
     // Phase 2: SIGTERM between batches: every event exactly once.
     for tag in ["d", "e"] {
         produce(&bs, &sequenced(50, 40, tag)).await;
-        let mut child = start(&cfg, &log);
+        let mut child = common::start_service(&cfg, &log);
         wait_all_committed(&bs, Duration::from_secs(120));
-        signal(&child, "-TERM");
+        common::signal(&child, "-TERM");
         assert!(child.wait().unwrap().success());
     }
     let ids = ids_on_clean(&bs).await;

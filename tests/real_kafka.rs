@@ -7,7 +7,7 @@ use common::kafka::{produce_to, sequenced};
 use common::real::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 6;
@@ -55,29 +55,6 @@ fn write_config(dir: &Path, name: &str, t: &Topics, bootstrap: &str, kafka_extra
     )
     .unwrap();
     cfg
-}
-
-fn start(cfg: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Command::new(common::bin())
-        .args(["run", "-c"])
-        .arg(cfg)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-fn signal(child: &Child, sig: &str) {
-    assert!(Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
 }
 
 fn log_text(log: &Path) -> String {
@@ -163,9 +140,9 @@ async fn exactly_once_across_sigkills_a_zombie_and_a_rebalance() {
     // every 100 ms and the stream is busy).
     let mut at = 0;
     for _ in 0..2 {
-        let mut child = start(&main, &log);
+        let mut child = common::start_service(&main, &log);
         at = wait_progress(&t, at, 1_500, &log);
-        signal(&child, "-KILL");
+        common::signal(&child, "-KILL");
         child.wait().unwrap();
     }
     produce_to(&b.plaintext, &t.raw, &second).await;
@@ -173,12 +150,12 @@ async fn exactly_once_across_sigkills_a_zombie_and_a_rebalance() {
     // A zombie: stopped mid-stream, replaced by a new instance with the
     // same transactional id (which fences it and aborts its open
     // transaction), then woken: it must write nothing and stop.
-    let zombie = start(&main, &log);
+    let zombie = common::start_service(&main, &log);
     at = wait_progress(&t, at, 1_500, &log);
-    signal(&zombie, "-STOP");
-    let mut successor = start(&main, &log);
+    common::signal(&zombie, "-STOP");
+    let mut successor = common::start_service(&main, &log);
     at = wait_progress(&t, at, 1_000, &log);
-    signal(&zombie, "-CONT");
+    common::signal(&zombie, "-CONT");
     let mut zombie = zombie;
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
@@ -196,15 +173,15 @@ async fn exactly_once_across_sigkills_a_zombie_and_a_rebalance() {
 
     // Kill 3, then a second instance joins and leaves while the last one runs.
     at = wait_progress(&t, at, 500, &log);
-    signal(&successor, "-KILL");
+    common::signal(&successor, "-KILL");
     successor.wait().unwrap();
-    let mut last = start(&main, &log);
-    let mut joiner = start(&other, &log);
+    let mut last = common::start_service(&main, &log);
+    let mut joiner = common::start_service(&other, &log);
     let _ = wait_progress(&t, at, 500, &log);
-    signal(&joiner, "-TERM");
+    common::signal(&joiner, "-TERM");
     assert!(joiner.wait().unwrap().success(), "log:\n{}", log_text(&log));
     wait_all_committed(&t, &log);
-    signal(&last, "-TERM");
+    common::signal(&last, "-TERM");
     assert!(last.wait().unwrap().success(), "log:\n{}", log_text(&log));
 
     // A read_committed reader sees every input exactly once, clean or dead letter.
@@ -264,9 +241,9 @@ async fn mutual_tls_with_a_client_certificate_and_no_plaintext_by_accident() {
     let log = dir.path().join("service.log");
     let events = sequenced(10, 30, "tls");
     produce_to(&b.plaintext, &t.raw, &events).await;
-    let mut child = start(&cfg, &log);
+    let mut child = common::start_service(&cfg, &log);
     wait_all_committed(&t, &log);
-    signal(&child, "-TERM");
+    common::signal(&child, "-TERM");
     assert!(child.wait().unwrap().success(), "log:\n{}", log_text(&log));
     let out = read_all(&[&t.clean], "read_committed");
     assert_eq!(
@@ -285,14 +262,14 @@ async fn mutual_tls_with_a_client_certificate_and_no_plaintext_by_accident() {
     );
     let cfg = write_config(dir.path(), "nocert", &t2, &b.ssl, &nocert);
     let log2 = dir.path().join("nocert.log");
-    let mut child = start(&cfg, &log2);
+    let mut child = common::start_service(&cfg, &log2);
     std::thread::sleep(Duration::from_secs(8));
     assert_eq!(
         committed(&t2.group, &t2.raw, PARTITIONS),
         vec![-1001; PARTITIONS as usize]
     );
     assert_eq!(progress(&probe(), &t2.clean, PARTITIONS), 0);
-    signal(&child, "-KILL");
+    common::signal(&child, "-KILL");
     child.wait().unwrap();
 
     // A plaintext listener is refused at startup unless allowed, also when

@@ -128,6 +128,22 @@ pub async fn produce_to(bootstrap: &str, topic: &str, records: &[(Option<String>
     p.flush(Duration::from_secs(10)).unwrap();
 }
 
+/// A message's headers as (name, value) text pairs.
+pub fn header_pairs(m: &impl Message) -> Vec<(String, String)> {
+    m.headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// One output record.
 #[derive(Debug, Clone)]
 pub struct Out {
@@ -181,20 +197,7 @@ pub async fn read_topics(
                 partition: m.partition(),
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().unwrap_or_default().to_vec(),
-                headers: m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                headers: header_pairs(&m),
             }),
             Ok(Err(e)) => panic!("reading outputs: {e}"),
             Err(_) => break,

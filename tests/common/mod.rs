@@ -110,6 +110,31 @@ pub mod http;
 pub mod kafka;
 pub mod real;
 
+/// Starts the real binary with `run -c cfg`, its log appended to `log`.
+pub fn start_service(cfg: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    std::process::Command::new(bin())
+        .args(["run", "-c"])
+        .arg(cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Sends `sig` (`-KILL`, `-TERM`, `-STOP`...) to `child`.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    assert!(std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
 /// Writes the default rules and a key file into `dir`.
 pub fn rules_and_key(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     let rules = dir.join("rules.yaml");

@@ -151,7 +151,6 @@ pub fn read_all(topics: &[&str], isolation: &str) -> Vec<Record> {
 }
 
 fn read_topic(topic: &str, isolation: &str) -> Vec<Record> {
-    use rdkafka::message::Headers;
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker().plaintext)
         .set("group.id", unique("reader"))
@@ -187,20 +186,7 @@ fn read_topic(topic: &str, isolation: &str) -> Vec<Record> {
             Some(Ok(m)) => out.push(Record {
                 topic: m.topic().to_string(),
                 payload: m.payload().unwrap_or_default().to_vec(),
-                headers: m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                headers: super::kafka::header_pairs(&m),
             }),
         }
     }

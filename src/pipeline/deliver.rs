@@ -143,6 +143,14 @@ impl ProducerContext for ProducerCallbacks {
                     finish(&self.common, &f);
                 }
             }
+            // Purged at shutdown, unacknowledged: left for replay (counted
+            // once in the shutdown summary, not logged per record).
+            Err((
+                KafkaError::MessageProduction(
+                    RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight,
+                ),
+                _,
+            )) => {}
             Err((e, msg)) => match self.mode {
                 Mode::AtLeastOnce => {
                     self.common

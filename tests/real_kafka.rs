@@ -177,6 +177,8 @@ async fn exactly_once_across_sigkills_a_zombie_and_a_rebalance() {
     successor.wait().unwrap();
     let mut last = common::start_service(&main, &log);
     let mut joiner = common::start_service(&other, &log);
+    // Joined (and its signal handler installed) before it is asked to leave.
+    std::thread::sleep(Duration::from_secs(8));
     let _ = wait_progress(&t, at, 500, &log);
     common::signal(&joiner, "-TERM");
     assert!(joiner.wait().unwrap().success(), "log:\n{}", log_text(&log));

@@ -14,6 +14,10 @@
 //! process, mock cluster included) per million events for (a) and (c).
 //! Then the consume-to-acknowledge p99 of (c) at half its rate, produced
 //! while it runs. `cargo bench --bench pipeline`; `BENCH_EVENTS`, `ROUNDS`.
+//! For experiments: `BENCH_ONLY=ab` (runs only those), `BENCH_TRACE=1`
+//! (progress every 10 ms and librdkafka logs per `RUST_LOG`),
+//! `BENCH_CONSUMER` / `BENCH_PRODUCER` (`k=v,k=v` librdkafka properties),
+//! `BENCH_IN_FLIGHT`, `BENCH_WORKERS`, `BENCH_TXN_MS`, `BENCH_TXN_MAX`.
 
 use event_sanitizer::config::*;
 use event_sanitizer::metrics::Telemetry;
@@ -29,6 +33,9 @@ use rdkafka::ClientContext;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const PARTITIONS: i32 = 32;
 
@@ -169,7 +176,17 @@ fn config(
             producer: props("BENCH_PRODUCER"),
             delivery,
             transactional_id: Some("bench".into()),
-            transaction: Default::default(),
+            transaction: TransactionConfig {
+                interval: std::env::var("BENCH_TXN_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map_or(TransactionConfig::default().interval, Duration::from_millis),
+                max_messages: std::env::var("BENCH_TXN_MAX")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(TransactionConfig::default().max_messages),
+                ..TransactionConfig::default()
+            },
         },
         rules: RulesConfig {
             file: rules.into(),
@@ -182,6 +199,10 @@ fn config(
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(LimitsConfig::default().max_in_flight),
+            workers: std::env::var("BENCH_WORKERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(LimitsConfig::default().workers),
             ..LimitsConfig::default()
         },
         http: HttpConfig {
@@ -218,6 +239,7 @@ fn service(
     let cfg = config(&mock.bootstrap_servers(), &rules, &key, delivery);
     let telemetry = Arc::new(Telemetry::new());
     let n = events.len() as f64;
+    let trace = std::env::var("BENCH_TRACE").is_ok();
     let (secs, cpu) = rt.block_on(async {
         let pipeline = Pipeline::new(cfg, telemetry.clone()).await.unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -233,8 +255,18 @@ fn service(
                 start = Some(Instant::now());
                 cpu0 = cpu_seconds();
             }
-            if read(&telemetry, "event_sanitizer_messages_out_total") >= n {
+            let out = read(&telemetry, "event_sanitizer_messages_out_total");
+            if out >= n {
                 break;
+            }
+            if let (true, Some(s)) = (trace, start) {
+                eprintln!(
+                    "{:>6.3}s in {:>7} out {:>7} in flight {:>6}",
+                    s.elapsed().as_secs_f64(),
+                    read(&telemetry, "event_sanitizer_messages_in_total"),
+                    out,
+                    read(&telemetry, "event_sanitizer_in_flight_messages"),
+                );
             }
             tokio::time::sleep(Duration::from_millis(if start.is_some() { 10 } else { 1 })).await;
         }
@@ -339,6 +371,13 @@ fn paced(
         service.await.unwrap().unwrap();
     });
     let l = "event_sanitizer_added_latency_seconds";
+    if std::env::var("BENCH_TRACE").is_ok() {
+        for line in telemetry.render().lines() {
+            if line.starts_with(l) && line.contains("clean") {
+                eprintln!("{line}");
+            }
+        }
+    }
     (
         quantile(&telemetry, l, "outcome=\"clean\"", 0.5),
         quantile(&telemetry, l, "outcome=\"clean\"", 0.99),
@@ -395,18 +434,43 @@ fn main() {
     ))
     .unwrap();
     let empty = "version: 1\nname: empty\nrules: []\n";
+    if std::env::var("BENCH_TRACE").is_ok() {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let mut runs: [Vec<Run>; 4] = Default::default();
     let mut ratios: [Vec<f64>; 3] = Default::default();
+    // `BENCH_ONLY=ab` runs (a) and (b) alone (for experiments; the others
+    // report NaN).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcd".into());
+    let skipped = Run {
+        rate: f64::NAN,
+        cpu_per_million: f64::NAN,
+    };
     let mut last = None;
     for round in 0..rounds {
-        let a = naive(&events);
-        let (b, _) = service(&events, empty, DeliveryMode::AtLeastOnce, &rt);
-        let (c, t) = service(&events, &default_rules, DeliveryMode::AtLeastOnce, &rt);
-        let (d, _) = service(&events, &default_rules, DeliveryMode::ExactlyOnce, &rt);
+        let a = if only.contains('a') {
+            naive(&events)
+        } else {
+            skipped
+        };
+        let run = |which: char, rules: &str, mode| {
+            if only.contains(which) {
+                let (r, t) = service(&events, rules, mode, &rt);
+                (r, Some(t))
+            } else {
+                (skipped, None)
+            }
+        };
+        let (b, _) = run('b', empty, DeliveryMode::AtLeastOnce);
+        let (c, t) = run('c', &default_rules, DeliveryMode::AtLeastOnce);
+        let (d, _) = run('d', &default_rules, DeliveryMode::ExactlyOnce);
         println!(
             "round {round}: (a) {:.0}  (b) {:.0}  (c) {:.0}  (d) {:.0} msg/s",
             a.rate, b.rate, c.rate, d.rate
@@ -417,7 +481,7 @@ fn main() {
         for (i, r) in [b, c, d].into_iter().enumerate() {
             ratios[i].push(r.rate / a.rate);
         }
-        last = Some(t);
+        last = t.or(last);
     }
     let rate = |i: usize| median(runs[i].iter().map(|r| r.rate).collect());
     let cpu = |i: usize| median(runs[i].iter().map(|r| r.cpu_per_million).collect());
@@ -429,9 +493,10 @@ fn main() {
         cpu(0)
     );
     println!(
-        "(b) service, empty rule set:         {:>9.0} msg/s   ratio to (a) {:.2}",
+        "(b) service, empty rule set:         {:>9.0} msg/s   ratio to (a) {:.2}   {:.1} CPU s per million events",
         rate(1),
-        ratio(0)
+        ratio(0),
+        cpu(1)
     );
     println!("(c) service, default rules:          {:>9.0} msg/s   ratio to (a) {:.2}   {:.1} CPU s per million events", rate(2), ratio(1), cpu(2));
     println!(
@@ -439,12 +504,15 @@ fn main() {
         rate(3),
         ratio(2)
     );
-    let t = last.expect("one round");
+    let Some(t) = last else { return };
     println!(
         "(c), last round: sanitize p50 <= {:.1} us, p99 <= {:.1} us (bucket bounds)",
         quantile(&t, "event_sanitizer_processing_seconds", "", 0.5) * 1e6,
         quantile(&t, "event_sanitizer_processing_seconds", "", 0.99) * 1e6,
     );
+    if !only.contains('c') {
+        return;
+    }
     let half = rate(2) / 2.0;
     let paced_n = ((half * 3.0) as usize).clamp(1_000, n);
     let (p50, p99) = paced(&events[..paced_n], &default_rules, half, &rt);

@@ -212,7 +212,7 @@ fn default_txn_interval() -> Duration {
     Duration::from_millis(100)
 }
 fn default_txn_messages() -> usize {
-    5_000
+    50_000
 }
 fn default_txn_timeout() -> Duration {
     Duration::from_secs(60)
@@ -291,7 +291,7 @@ fn default_max_depth() -> usize {
     64
 }
 fn default_in_flight() -> usize {
-    10_000
+    50_000
 }
 fn default_in_flight_bytes() -> usize {
     64 << 20

@@ -276,9 +276,74 @@ pub(crate) fn luhn(b: &[u8]) -> bool {
     sum % 10 == 0
 }
 
+/// Whether the digits of `b` (separators skipped) start like a card of a
+/// real scheme with a length it issues: Visa (4; 13, 16, 19 digits),
+/// Mastercard (51-55, 2221-2720; 16), American Express (34, 37; 15), Mir
+/// (2200-2204), Diners (300-305, 3095, 36, 38, 39), JCB (3528-3589),
+/// Discover, UnionPay, Maestro and RuPay (50, 56-69, 81, 82). Random ids,
+/// tracking numbers and timestamps that pass Luhn mostly start otherwise.
+pub(crate) fn issued(b: &[u8]) -> bool {
+    let mut digits = [0u8; 19];
+    let mut n = 0;
+    for &c in b {
+        if c.is_ascii_digit() {
+            if n == digits.len() {
+                return false;
+            }
+            digits[n] = c - b'0';
+            n += 1;
+        }
+    }
+    if n < 13 {
+        return false;
+    }
+    let prefix = |k: usize| digits[..k].iter().fold(0u32, |v, &d| v * 10 + d as u32);
+    match digits[0] {
+        4 => matches!(n, 13 | 16 | 19),
+        5 => match prefix(2) {
+            51..=55 => n == 16,
+            50 | 56..=59 => true,
+            _ => false,
+        },
+        2 => match prefix(4) {
+            2221..=2720 => n == 16,
+            2200..=2204 => n >= 16,
+            _ => false,
+        },
+        3 => match prefix(2) {
+            34 | 37 => n == 15,
+            36 | 38 | 39 => n >= 14,
+            30 => matches!(prefix(3), 300..=305) || prefix(4) == 3095,
+            35 => matches!(prefix(4), 3528..=3589) && n >= 16,
+            _ => false,
+        },
+        6 => n >= 12,
+        8 => matches!(prefix(2), 81 | 82) && n >= 16,
+        _ => false,
+    }
+}
+
+/// The hyphen-joined word around `start..end`: letters, digits and dashes.
+fn word_around(b: &[u8], start: usize, end: usize) -> (usize, usize) {
+    let part = |c: &u8| c.is_ascii_alphanumeric() || *c == b'-';
+    let lo = b[..start]
+        .iter()
+        .rposition(|c| !part(c))
+        .map_or(0, |i| i + 1);
+    let hi = b[end..]
+        .iter()
+        .position(|c| !part(c))
+        .map_or(b.len(), |i| end + i);
+    (lo, hi)
+}
+
 /// Card numbers: 13-19 digits in groups split by single spaces or dashes,
-/// not glued to letters or digits on either side, passing Luhn. When a run
-/// of groups is longer, the longest valid prefix of whole groups is taken.
+/// not glued to letters or digits on either side, passing Luhn, with the
+/// prefix and length of a card scheme ([`issued`]). When a run of groups
+/// split by spaces is longer, the longest valid prefix of whole groups is
+/// taken; digits that are only part of a dash-joined word (a UUID such as
+/// `58455754-3422-8218-890f-a42cbc309ed4`, an order id, a date) are not a
+/// card: the card must be the whole word.
 fn find_cards(b: &[u8], id: u16, out: &mut Vec<Found>) {
     let n = b.len();
     let mut i = 0;
@@ -314,10 +379,17 @@ fn find_cards(b: &[u8], id: u16, out: &mut Vec<Found>) {
                 break;
             }
         }
-        let found = ends
-            .iter()
-            .rev()
-            .find(|&&(end, d)| (13..=19).contains(&d) && !alnum(b, end) && luhn(&b[start..end]));
+        let found = ends.iter().rev().find(|&&(end, d)| {
+            (13..=19).contains(&d)
+                && !alnum(b, end)
+                && luhn(&b[start..end])
+                && issued(&b[start..end])
+                && {
+                    let (lo, hi) = word_around(b, start, end);
+                    let dashed = b[lo..hi].contains(&b'-');
+                    !dashed || (lo, hi) == (start, end)
+                }
+        });
         match found {
             Some(&(end, _)) => {
                 out.push(Found {
@@ -493,6 +565,48 @@ mod tests {
             "amex 15"
         );
         assert!(find(Builtin::CreditCard, "2026-11-05T10:11:12.000Z").is_empty());
+    }
+
+    #[test]
+    fn ids_whose_digits_pass_luhn_are_not_cards() {
+        // From the corpus: 5845575434228218 passes Luhn and starts like a
+        // Maestro card, but it is the front of a UUID.
+        assert!(luhn(b"5845575434228218"));
+        for id in [
+            "58455754-3422-8218-890f-a42cbc309ed4",
+            "58455754-3422-8218-8900-142331309004",
+            "order-4111-1111-1111-1111",
+            "4111-1111-1111-1111-x",
+        ] {
+            assert_eq!(find(Builtin::CreditCard, id), Vec::<String>::new(), "{id}");
+        }
+        // Luhn-valid, but no scheme issues these prefixes or lengths.
+        for n in [
+            "1234567812345670",
+            "9999999999999995",
+            "0000000000000000",
+            "411111111111111118",
+        ] {
+            assert!(luhn(n.as_bytes()), "{n}");
+            assert_eq!(find(Builtin::CreditCard, n), Vec::<String>::new(), "{n}");
+        }
+        // Cards of each kind are still found, whole or inside free text.
+        for card in [
+            "4111111111111111",
+            "5555555555554444",
+            "2223003122003222",
+            "378282246310005",
+            "6011111111111117",
+            "3530111333300000",
+            "30569309025904",
+            "6200000000000005",
+        ] {
+            assert_eq!(find(Builtin::CreditCard, card), vec![card], "{card}");
+        }
+        assert_eq!(
+            find(Builtin::CreditCard, "refund to 5555-5555-5555-4444, thanks"),
+            vec!["5555-5555-5555-4444"]
+        );
     }
 
     #[test]

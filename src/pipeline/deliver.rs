@@ -665,8 +665,11 @@ impl Delivery for ExactlyOnce {
 
     fn tick(&self, common: &Common, consumer: &LaneConsumer) -> Result<(), DeliveryError> {
         let mut txn = self.lock();
+        // The open transaction holds its messages' budget until it
+        // commits: a spent budget is a reason to commit now.
         let due = txn.open
             && (txn.messages.len() >= self.cfg.max_messages
+                || common.budget.full()
                 || txn
                     .opened_at
                     .is_some_and(|t| t.elapsed() >= self.cfg.interval));

@@ -58,6 +58,10 @@ pub struct Common {
     deadline: Mutex<Option<Instant>>,
 }
 
+/// How long a spent budget waits for acknowledgements before the lane
+/// pauses its partitions (and polls again, so the group is served).
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
+
 /// How long a revoke waits for the revoked partitions' messages in flight.
 const REVOKE_DRAIN: Duration = Duration::from_secs(10);
 
@@ -344,6 +348,9 @@ impl Lane {
     pub fn run(&self) -> usize {
         let c = &*self.common;
         let mut work = Work::new(c.rules.current());
+        // Since when the budget is spent, and whether the lane paused its
+        // partitions for it.
+        let mut full_since: Option<Instant> = None;
         let mut paused_at: Option<Instant> = None;
         let poll_wait = match c.cfg.kafka.delivery {
             DeliveryMode::AtLeastOnce => Duration::from_millis(100),
@@ -357,8 +364,19 @@ impl Lane {
             }
             c.metrics.in_flight(c.budget.messages(), c.budget.bytes());
             let wait = if c.budget.full() {
-                // Pause (again every 100 ms: a rebalance may have assigned
-                // partitions that are not paused) and keep serving the group.
+                let since = *full_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < PAUSE_AFTER {
+                    // A spent budget is most often freed within
+                    // milliseconds by acknowledgements: wait without
+                    // polling. (Pausing and resuming partitions drops
+                    // librdkafka's prefetched messages and restarts their
+                    // fetches, which stalled the lane for about a second.)
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                // The output is slow or gone: pause (again every 100 ms: a
+                // rebalance may have assigned partitions that are not
+                // paused) and keep serving the group.
                 if paused_at.is_none_or(|t| t.elapsed() > Duration::from_millis(100)) {
                     if let Ok(a) = self.consumer.assignment() {
                         let _ = self.consumer.pause(&a);
@@ -367,6 +385,7 @@ impl Lane {
                 }
                 Duration::from_millis(5)
             } else {
+                full_since = None;
                 if paused_at.take().is_some() {
                     if let Ok(a) = self.consumer.assignment() {
                         let _ = self.consumer.resume(&a);

@@ -215,12 +215,25 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    c.committed_offsets(tpl, Duration::from_secs(10))
-        .unwrap()
-        .elements()
-        .iter()
-        .map(|e| e.offset().to_raw().unwrap_or(-1))
-        .collect()
+    // A fresh broker answers `NotCoordinator` (or `CoordinatorLoadInProgress`)
+    // while `__consumer_offsets` is still being placed: ask again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match c.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+            Ok(list) => {
+                return list
+                    .elements()
+                    .iter()
+                    .map(|e| e.offset().to_raw().unwrap_or(-1))
+                    .collect()
+            }
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("committed offsets of {group}: {e}; asking again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("committed offsets of {group}: {e}"),
+        }
+    }
 }
 
 /// The high watermarks of `topic`.

@@ -904,7 +904,9 @@ impl Config {
 }
 
 fn explain_serde(msg: &str) -> String {
-    if msg.contains("missing field") {
+    // serde says "missing field `x`"; the config crate, which reports the
+    // whole path, "missing configuration field \"kafka.x\"".
+    if msg.contains("missing field") || msg.contains("missing configuration field") {
         format!("{msg} (every option is described in config/example.yaml)")
     } else {
         msg.to_string()
@@ -921,6 +923,16 @@ mod tests {
         let p = dir.join("c.yaml");
         std::fs::write(&p, text.replace("RULES", &rules.display().to_string())).unwrap();
         p
+    }
+
+    #[test]
+    fn a_missing_required_option_points_to_the_example() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "kafka: { input_topics: [raw], clean_topic: c, dead_letter_topic: d }\nrules: { file: RULES }\n");
+        let e = Config::load_with_env(Some(&p), vec![]).unwrap_err();
+        let text = e.problems.join("\n");
+        assert!(text.contains("bootstrap_servers"), "{text}");
+        assert!(text.contains("config/example.yaml"), "{text}");
     }
 
     #[test]

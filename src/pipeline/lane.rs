@@ -233,9 +233,18 @@ impl ConsumerContext for LaneContext {
             self.common.telemetry.rebalance("revoke", &describe(tpl));
         }
     }
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                // librdkafka keeps a partition's pause across a revoke and a
+                // new assignment. Partitions paused for backpressure before
+                // a rebalance (a session timeout during an outage) would stay
+                // paused for good if the lane resumed while it held none:
+                // resume what is assigned; a lane whose budget is still spent
+                // pauses them again within 100 ms.
+                if let Err(e) = consumer.resume(tpl) {
+                    crate::kafka::report(&self.common.telemetry, "consumer", &e);
+                }
                 self.common.health.joined.store(true, Ordering::Relaxed);
                 self.common.telemetry.rebalance("assign", &describe(tpl));
             }

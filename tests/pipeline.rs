@@ -347,10 +347,7 @@ async fn broker_errors_and_an_outage_lose_nothing() {
     let out = read_unique(&bs, input.len(), Duration::from_secs(90)).await;
     tx.send(()).unwrap();
     service.await.unwrap().unwrap();
-    let ids: std::collections::HashSet<String> = out
-        .iter()
-        .map(|o| o.json()["messageId"].as_str().unwrap().to_string())
-        .collect();
+    let ids = message_ids(&out);
     assert_eq!(ids.len(), input.len(), "every event out at least once");
     assert_eq!(committed(&bs, "g-fault", 3), high_watermarks(&bs, RAW, 3));
 }
@@ -395,10 +392,7 @@ async fn two_instances_split_partitions_and_a_rebalance_loses_nothing() {
     let out = read_unique(&bs, first.len() + second.len(), Duration::from_secs(60)).await;
     stop_b.send(()).unwrap();
     sb.await.unwrap().unwrap();
-    let ids: std::collections::HashSet<String> = out
-        .iter()
-        .map(|o| o.json()["messageId"].as_str().unwrap().to_string())
-        .collect();
+    let ids = message_ids(&out);
     assert_eq!(ids.len(), first.len() + second.len());
     assert_eq!(committed(&bs, "g-two", 4), high_watermarks(&bs, RAW, 4));
 }
@@ -464,10 +458,7 @@ async fn memory_stays_under_the_byte_bound_while_the_output_is_unreachable() {
     let out = read_unique(&bs, input.len(), Duration::from_secs(90)).await;
     tx.send(()).unwrap();
     service.await.unwrap().unwrap();
-    let ids: std::collections::HashSet<String> = out
-        .iter()
-        .map(|o| o.json()["messageId"].as_str().unwrap().to_string())
-        .collect();
+    let ids = message_ids(&out);
     assert_eq!(
         ids.len(),
         input.len(),

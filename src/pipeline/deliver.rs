@@ -356,7 +356,7 @@ impl AtLeastOnce {
     }
 
     /// Stores the committable offset of each of `tracks` that advanced.
-    fn store(&self, common: &Common, consumer: &LaneConsumer, tracks: &[Arc<Track>]) {
+    fn store(&self, consumer: &LaneConsumer, tracks: &[Arc<Track>]) {
         let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
         let mut tpl = TopicPartitionList::new();
         for t in tracks {
@@ -378,7 +378,15 @@ impl AtLeastOnce {
         if let Err(e) = consumer.store_offsets(&tpl) {
             // A partition was revoked meanwhile: its next owner replays it.
             tracing::debug!(error = %e, "offsets not stored");
-            let _ = common;
+        }
+    }
+
+    /// Waits (retrying failed records) until `tracks` have nothing in
+    /// flight or `deadline` passes.
+    fn drain(&self, common: &Common, tracks: &[Arc<Track>], deadline: Instant) {
+        while tracks.iter().any(|t| t.pending() > 0) && Instant::now() < deadline {
+            self.retry(common);
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -432,7 +440,7 @@ impl Delivery for AtLeastOnce {
             *last = Instant::now();
             drop(last);
             let tracks: Vec<Arc<Track>> = common.tracks_of(consumer);
-            self.store(common, consumer, &tracks);
+            self.store(consumer, &tracks);
         }
         Ok(())
     }
@@ -447,11 +455,8 @@ impl Delivery for AtLeastOnce {
         // Let in-flight messages of these partitions finish (bounded), so
         // their offsets are stored before the revoke commit and the next
         // owner replays as little as possible.
-        while tracks.iter().any(|t| t.pending() > 0) && Instant::now() < deadline {
-            self.retry(common);
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        self.store(common, consumer, tracks);
+        self.drain(common, tracks, deadline);
+        self.store(consumer, tracks);
         let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
         for t in tracks {
             stored.remove(&(t.topic.clone(), t.partition));
@@ -460,14 +465,11 @@ impl Delivery for AtLeastOnce {
 
     fn close(&self, common: &Common, consumer: &LaneConsumer, deadline: Instant) -> usize {
         let tracks = common.tracks_of(consumer);
-        while tracks.iter().any(|t| t.pending() > 0) && Instant::now() < deadline {
-            self.retry(common);
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        self.drain(common, &tracks, deadline);
         let _ = self
             .producer
             .flush(deadline.saturating_duration_since(Instant::now()));
-        self.store(common, consumer, &tracks);
+        self.store(consumer, &tracks);
         match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => common.telemetry.committed(false, &e.to_string()),

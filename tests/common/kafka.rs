@@ -206,6 +206,13 @@ pub async fn read_topics(
     out
 }
 
+/// The distinct `messageId`s of `out`.
+pub fn message_ids(out: &[Out]) -> std::collections::HashSet<String> {
+    out.iter()
+        .map(|o| o.json()["messageId"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Reads outputs until `want` distinct message ids arrived (at-least-once
 /// may deliver some twice), or `timeout` passed.
 pub async fn read_unique(bootstrap: &str, want: usize, timeout: Duration) -> Vec<Out> {

@@ -346,3 +346,39 @@ fn rule_counts_per_rule() {
         ]
     );
 }
+
+#[test]
+fn untouched_subtrees_come_out_byte_for_byte_and_still_refuse_duplicate_keys() {
+    // Only a path rule: `context` and `properties` are reached by nothing,
+    // so the walk copies them whole; the checks it would make still hold.
+    let s = rules("  - { id: d, action: drop, paths: [traits.phone] }\n");
+    let input = r#"{"type":"identify","traits":{"phone":"1","name":"A"},"context":{"ip":"1.2.3.4","n":[1.50,-0e3,"\u00e9\n",{"x":null}]},"properties":{}}"#;
+    assert_eq!(
+        run(&s, input).unwrap(),
+        r#"{"type":"identify","traits":{"name":"A"},"context":{"ip":"1.2.3.4","n":[1.50,-0e3,"\u00e9\n",{"x":null}]},"properties":{}}"#
+    );
+    // A duplicate key deep in an untouched subtree: plain, escaped, and in
+    // an object too large to compare pairwise.
+    assert_eq!(
+        run(&s, r#"{"context":{"a":[{"k":1,"j":2,"k":3}]}}"#),
+        Err("duplicate_key")
+    );
+    assert_eq!(
+        run(&s, r#"{"context":{"a":{"k":1,"\u006b":2}}}"#),
+        Err("duplicate_key")
+    );
+    let many: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
+    let wide = format!("{{\"context\":{{{},\"k7\":0}}}}", many.join(","));
+    assert_eq!(run(&s, &wide), Err("duplicate_key"));
+    let fine = format!("{{\"context\":{{{}}}}}", many.join(","));
+    assert_eq!(run(&s, &fine).unwrap(), fine);
+    // Spaced input still comes out compact (the copy is for compact input).
+    assert_eq!(
+        run(&s, "{ \"context\" : { \"a\" : [ 1 , 2 ] } }\n").unwrap(),
+        r#"{"context":{"a":[1,2]}}"#
+    );
+    // With no rules at all the whole event is copied, and still checked.
+    let none = compile("version: 1\nname: none\nrules: []\n");
+    assert_eq!(run(&none, input).unwrap(), input);
+    assert_eq!(run(&none, r#"{"a":{"b":1},"a":2}"#), Err("duplicate_key"));
+}

@@ -139,6 +139,10 @@ pub(crate) struct Compiled {
     pub field_hits: Vec<Vec<Hit>>,
     /// Unscoped glob field rules.
     pub field_globs: Vec<(crate::rules::Glob, Hit)>,
+    /// Whether any key, at any depth, can be named by a rule (an unscoped
+    /// field rule exists). When not, a subtree that no path reaches and no
+    /// values rule scans is copied whole.
+    pub names_anywhere: bool,
     /// Globs used in path segments (bit index in a key's glob mask).
     pub path_globs: Vec<crate::rules::Glob>,
     pub patterns: Vec<CPattern>,
@@ -229,6 +233,7 @@ impl Compiled {
             key_ids: HashMap::new(),
             field_hits: Vec::new(),
             field_globs: Vec::new(),
+            names_anywhere: false,
             path_globs: Vec::new(),
             patterns: Vec::new(),
             groups: Vec::new(),
@@ -513,6 +518,8 @@ impl Builder {
         for hits in &mut self.c.field_hits {
             hits.sort_by(|a, b| b.strength.cmp(&a.strength).then(a.rule.cmp(&b.rule)));
         }
+        self.c.names_anywhere =
+            !self.c.field_globs.is_empty() || self.c.field_hits.iter().any(|h| !h.is_empty());
         Ok(())
     }
 }

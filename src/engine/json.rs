@@ -170,15 +170,25 @@ fn scan_number(b: &[u8], i: usize) -> Result<usize, JsonError> {
     Ok(j)
 }
 
-/// Tokenizes `b` (already known to be UTF-8) into `tape`.
+/// Tokenizes `b` (already known to be UTF-8) into `tape`. Returns whether
+/// the value is compact: no whitespace between its tokens (whitespace
+/// around it does not count), so a container's span is exactly what a
+/// compact writer would write for it.
 pub(crate) fn tokenize(
     b: &[u8],
     max_depth: usize,
     tape: &mut Vec<Tok>,
     stack: &mut Vec<u32>,
-) -> Result<(), JsonError> {
+) -> Result<bool, JsonError> {
     tape.clear();
     stack.clear();
+    let mut spaced = false;
+    // Whitespace inside the value: skipped, and remembered.
+    let mut ws = |i: usize| {
+        let j = skip_ws(b, i);
+        spaced |= j != i;
+        j
+    };
     let mut i = skip_ws(b, 0);
     'value: loop {
         // Expecting a value at `i`.
@@ -199,11 +209,11 @@ pub(crate) fn tokenize(
                     end: 0,
                     next: 0,
                 });
-                i = skip_ws(b, i + 1);
+                i = ws(i + 1);
                 let close = if is_obj { b'}' } else { b']' };
                 if b.get(i) != Some(&close) {
                     if is_obj {
-                        i = object_key(b, i, tape)?;
+                        i = object_key(b, i, tape, &mut ws)?;
                     }
                     continue 'value;
                 }
@@ -253,14 +263,15 @@ pub(crate) fn tokenize(
         }
         // After a value (or at an empty container's closing bracket).
         loop {
-            i = skip_ws(b, i);
             let Some(&top) = stack.last() else {
+                i = skip_ws(b, i);
                 return if i == b.len() {
-                    Ok(())
+                    Ok(!spaced)
                 } else {
                     Err(JsonError::Syntax(i))
                 };
             };
+            i = ws(i);
             let is_obj = tape[top as usize].kind == Kind::Object;
             match (is_obj, b.get(i)) {
                 (true, Some(b'}')) | (false, Some(b']')) => {
@@ -272,11 +283,12 @@ pub(crate) fn tokenize(
                     i += 1;
                 }
                 (true, Some(b',')) => {
-                    i = object_key(b, skip_ws(b, i + 1), tape)?;
+                    let at = ws(i + 1);
+                    i = object_key(b, at, tape, &mut ws)?;
                     continue 'value;
                 }
                 (false, Some(b',')) => {
-                    i = skip_ws(b, i + 1);
+                    i = ws(i + 1);
                     continue 'value;
                 }
                 _ => return Err(JsonError::Syntax(i)),
@@ -287,7 +299,12 @@ pub(crate) fn tokenize(
 
 /// Reads `"key" :` at `i`; returns the index of the value.
 #[inline]
-fn object_key(b: &[u8], i: usize, tape: &mut Vec<Tok>) -> Result<usize, JsonError> {
+fn object_key(
+    b: &[u8],
+    i: usize,
+    tape: &mut Vec<Tok>,
+    ws: &mut impl FnMut(usize) -> usize,
+) -> Result<usize, JsonError> {
     if b.get(i) != Some(&b'"') {
         return Err(JsonError::Syntax(i));
     }
@@ -299,11 +316,11 @@ fn object_key(b: &[u8], i: usize, tape: &mut Vec<Tok>) -> Result<usize, JsonErro
         end: end as u32,
         next: tape.len() as u32 + 1,
     });
-    let j = skip_ws(b, end + 1);
+    let j = ws(end + 1);
     if b.get(j) != Some(&b':') {
         return Err(JsonError::Syntax(j));
     }
-    Ok(skip_ws(b, j + 1))
+    Ok(ws(j + 1))
 }
 
 /// Decodes the content of a JSON string (validated by the tokenizer).

@@ -52,6 +52,11 @@ pub(crate) struct Work {
     /// Whether `tape` holds the last input's tokens (it was valid JSON
     /// with an object at the root).
     pub tokenized: bool,
+    /// Whether the last input was compact (no whitespace between tokens):
+    /// then an untouched container's bytes are its clean output.
+    compact: bool,
+    /// Key spans of one object, for the duplicate check of a verbatim copy.
+    keys: Vec<(u32, u32)>,
 }
 
 impl Work {
@@ -135,9 +140,10 @@ pub(crate) fn run<T: Trace>(
         Err(JsonError::TooDeep) => Err(DeadLetterReason::TooDeep {
             limit: c.limits.max_depth,
         }),
-        Ok(()) if tape[0].kind != Kind::Object => Err(DeadLetterReason::NotAnObject),
-        Ok(()) => {
+        Ok(_) if tape[0].kind != Kind::Object => Err(DeadLetterReason::NotAnObject),
+        Ok(compact) => {
             w.tokenized = true;
+            w.compact = compact;
             out.reserve(input.len());
             let mut walker = Walker {
                 c,
@@ -296,7 +302,11 @@ impl<T: Trace> Walker<'_, T> {
             filtering: root_groups,
             free: 0,
         };
-        let r = self.object(root, lo, hi, inh, batch);
+        let r = if batch.is_none() && self.untouched(lo, hi, inh) {
+            self.verbatim(root)
+        } else {
+            self.object(root, lo, hi, inh, batch)
+        };
         self.w.states.truncate(lo);
         r
     }
@@ -819,6 +829,13 @@ impl<T: Trace> Walker<'_, T> {
             Act::Pass => {
                 let t = self.tape[vi];
                 match t.kind {
+                    Kind::Object | Kind::Array if self.untouched(clo, chi, child) => {
+                        self.sep(first);
+                        if let Some((raw, _)) = key {
+                            self.write_key(raw);
+                        }
+                        self.verbatim(vi)?;
+                    }
                     Kind::Object => {
                         self.sep(first);
                         if let Some((raw, _)) = key {
@@ -861,6 +878,79 @@ impl<T: Trace> Walker<'_, T> {
                     _ => self.copy(key, t, first),
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Whether nothing can act anywhere inside a container whose states
+    /// are `states[clo..chi]`: no path goes on below it, no allow filter is
+    /// open, no values rule scans its strings, and no rule names keys
+    /// wherever they are. Only then, and for compact input, is the
+    /// container copied whole ([`Walker::verbatim`]).
+    #[inline]
+    fn untouched(&self, clo: usize, chi: usize, inh: Inherit) -> bool {
+        self.w.compact
+            && !self.c.names_anywhere
+            && clo == chi
+            && inh.filtering == 0
+            && (inh.kept || inh.values & self.active_values == 0)
+    }
+
+    /// Copies the container at `idx` as it came, after checking that no
+    /// object inside it has the same key twice (a duplicate is a dead
+    /// letter whether or not a rule looks at it).
+    fn verbatim(&mut self, idx: usize) -> Result<(), DeadLetterReason> {
+        let t = self.tape[idx];
+        for j in idx..t.next as usize {
+            if self.tape[j].kind == Kind::Object {
+                self.unique_keys(j)?;
+            }
+        }
+        self.out
+            .extend_from_slice(&self.src.as_bytes()[t.start as usize..t.end as usize]);
+        Ok(())
+    }
+
+    /// Checks the keys of the object at `idx` for duplicates: small objects
+    /// of plain keys by comparing their bytes pairwise; others through the
+    /// key classes (which decode escapes), as the walk does.
+    fn unique_keys(&mut self, idx: usize) -> Result<(), DeadLetterReason> {
+        const PAIRWISE: usize = 16;
+        let end = self.tape[idx].next as usize;
+        let mut keys = std::mem::take(&mut self.w.keys);
+        keys.clear();
+        let mut plain = true;
+        let mut i = idx + 1;
+        while i < end {
+            let k = self.tape[i];
+            plain &= !k.escaped;
+            keys.push((k.start, k.end));
+            i = self.tape[i + 1].next as usize;
+        }
+        let b = self.src.as_bytes();
+        let text = |&(s, e): &(u32, u32)| &b[s as usize..e as usize];
+        let duplicate = if plain && keys.len() <= PAIRWISE {
+            keys.iter()
+                .enumerate()
+                .any(|(n, k)| keys[n + 1..].iter().any(|o| text(o) == text(k)))
+        } else {
+            self.w.serial += 1;
+            let serial = self.w.serial;
+            let mut seen = false;
+            let mut i = idx + 1;
+            while i < end && !seen {
+                let k = self.tape[i];
+                let class = self.classify(&self.src[k.start as usize..k.end as usize], k.escaped);
+                let stamp = &mut self.w.classes[class as usize].stamp;
+                seen = *stamp >> 1 == serial;
+                *stamp = serial << 1;
+                i = self.tape[i + 1].next as usize;
+            }
+            seen
+        };
+        self.w.keys = keys;
+        if duplicate {
+            return Err(DeadLetterReason::DuplicateKey);
         }
         Ok(())
     }

@@ -145,9 +145,9 @@ fn violation(limit: Limit, index: Option<usize>, detail: String) -> DeadLetterRe
 }
 
 /// The decoded text of string token `t` (borrowed unless escaped).
-fn text<'a>(out: &'a [u8], t: &Tok, buf: &'a mut String) -> &'a str {
-    // The output was produced by the sanitizer and tokenized: valid UTF-8.
-    let raw = std::str::from_utf8(&out[t.start as usize..t.end as usize]).unwrap_or("");
+fn text<'a>(out: &'a str, t: &Tok, buf: &'a mut String) -> &'a str {
+    // Token spans start and end at ASCII punctuation: char boundaries.
+    let raw = &out[t.start as usize..t.end as usize];
     if !t.escaped {
         return raw;
     }
@@ -156,7 +156,7 @@ fn text<'a>(out: &'a [u8], t: &Tok, buf: &'a mut String) -> &'a str {
     buf
 }
 
-fn find(tape: &[Tok], out: &[u8], obj: usize, name: &str, buf: &mut String) -> Option<usize> {
+fn find(tape: &[Tok], out: &str, obj: usize, name: &str, buf: &mut String) -> Option<usize> {
     members(tape, obj)
         .find(|&(k, _)| text(out, &tape[k], buf) == name)
         .map(|(_, v)| v)
@@ -179,10 +179,13 @@ pub(crate) fn check(
             },
         }
     })?;
+    // What the sanitizer wrote is UTF-8 (checked once, for the texts below).
+    let src = simdutf8::basic::from_utf8(out)
+        .map_err(|_| DeadLetterReason::InvalidUtf8 { offset: 0 })?;
     let tape = &w.tape;
-    let batch = find(tape, out, 0, "batch", &mut w.text).filter(|&v| tape[v].kind == Kind::Array);
+    let batch = find(tape, src, 0, "batch", &mut w.text).filter(|&v| tape[v].kind == Kind::Array);
     let Some(batch) = batch else {
-        call(d, tape, out, 0, None, &mut w.text)?;
+        call(d, tape, src, 0, None, &mut w.text)?;
         return Ok(Records::default());
     };
     // Each element is a call; the envelope's other members go with every part.
@@ -190,7 +193,7 @@ pub(crate) fn check(
     let mut i = batch + 1;
     let mut index = 0;
     while i < tape[batch].next as usize {
-        call(d, tape, out, i, Some(index), &mut w.text)?;
+        call(d, tape, src, i, Some(index), &mut w.text)?;
         let t = &tape[i];
         elems.push((t.start as usize, t.end as usize));
         i = t.next as usize;
@@ -249,7 +252,7 @@ pub(crate) fn check(
 fn call(
     d: &Destination,
     tape: &[Tok],
-    out: &[u8],
+    out: &str,
     obj: usize,
     index: Option<usize>,
     buf: &mut String,

@@ -287,3 +287,131 @@ async fn mutual_tls_with_a_client_certificate_and_no_plaintext_by_accident() {
         assert!(err.contains("unencrypted"), "{name}: {err}");
     }
 }
+
+/// The ACLs docs/operations.md lists for at-least-once delivery ("Broker
+/// permissions"), for `user` on `t`.
+fn grant_documented(user: &str, t: &Topics) {
+    acl(
+        true,
+        user,
+        &["Read"],
+        &["--topic", &t.raw, "--group", &t.group],
+    );
+    acl(
+        true,
+        user,
+        &["Write"],
+        &["--topic", &t.clean, "--topic", &t.dlq],
+    );
+}
+
+/// The input ids found in `records`, each once.
+fn ids_seen(records: &[Record]) -> std::collections::HashSet<String> {
+    records.iter().map(|r| id_of(&r.payload)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_with_only_the_documented_acls_a_password_rotated_while_running_and_one_acl_missing()
+{
+    let b = broker();
+    let t = Topics::new("acl").await;
+    let user = unique("es-user");
+    scram_password(&user, "first-secret");
+    grant_documented(&user, &t);
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("sasl-password");
+    std::fs::write(&password, "first-secret").unwrap();
+    let sasl = format!(
+        "  common: {{ security.protocol: sasl_ssl, sasl.mechanism: SCRAM-SHA-512, sasl.username: {user}, ssl.ca.location: '{}' }}\n  sasl_password_file: {}\n",
+        b.ca,
+        password.display()
+    );
+    let cfg = write_config(dir.path(), "acl", &t, &b.sasl_ssl, &sasl);
+    let log = dir.path().join("service.log");
+    let first = inputs("acl-1", 10, 20);
+    produce_to(&b.plaintext, &t.raw, &first).await;
+    let mut child = common::start_service(&cfg, &log);
+    wait_all_committed(&t, &log);
+
+    // The password is rotated at the broker, then in the file. The broker
+    // makes every connection authenticate again within 5 s
+    // (connections.max.reauth.ms): from then on only the new one works.
+    scram_password(&user, "second-secret");
+    assert!(
+        !scram_accepts(&user, "first-secret"),
+        "the old password is refused"
+    );
+    std::fs::write(&password, "second-secret").unwrap();
+    std::thread::sleep(Duration::from_secs(12));
+    let second = inputs("acl-2", 10, 20);
+    produce_to(&b.plaintext, &t.raw, &second).await;
+    wait_all_committed(&t, &log);
+    common::signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success(), "log:\n{}", log_text(&log));
+    let out = read_all(&[&t.clean, &t.dlq], "read_committed");
+    let want: std::collections::HashSet<String> =
+        first.iter().chain(&second).map(|(_, p)| id_of(p)).collect();
+    assert_eq!(ids_seen(&out), want, "every input, clean or dead letter");
+
+    // Exactly-once adds what the docs add for it: Write on the
+    // transactional id (prefixed), nothing on the cluster.
+    let txn = format!("{user}-txn");
+    acl(
+        true,
+        &user,
+        &["Write"],
+        &[
+            "--transactional-id",
+            &txn,
+            "--resource-pattern-type",
+            "prefixed",
+        ],
+    );
+    let eos = format!("{sasl}  delivery: exactly_once\n  transactional_id: {txn}\n");
+    let eos_cfg = write_config(dir.path(), "acl-eos", &t, &b.sasl_ssl, &eos);
+    let eos_log = dir.path().join("eos.log");
+    let third = inputs("acl-eos", 10, 10);
+    produce_to(&b.plaintext, &t.raw, &third).await;
+    let mut child = common::start_service(&eos_cfg, &eos_log);
+    wait_all_committed(&t, &eos_log);
+    common::signal(&child, "-TERM");
+    assert!(
+        child.wait().unwrap().success(),
+        "log:\n{}",
+        log_text(&eos_log)
+    );
+    let out = read_all(&[&t.clean, &t.dlq], "read_committed");
+    let want: std::collections::HashSet<String> = want
+        .into_iter()
+        .chain(third.iter().map(|(_, p)| id_of(p)))
+        .collect();
+    assert_eq!(ids_seen(&out), want, "exactly-once as the same user");
+
+    // One documented ACL missing (Write on the clean topic): the service
+    // stops with exit code 1 and names it; nothing more is committed.
+    acl(false, &user, &["Write"], &["--topic", &t.clean]);
+    let committed_before = committed(&t.group, &t.raw, PARTITIONS);
+    let fourth = inputs("acl-3", 10, 5);
+    produce_to(&b.plaintext, &t.raw, &fourth).await;
+    let log3 = dir.path().join("missing-acl.log");
+    let mut child = common::start_service(&cfg, &log3);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running without Write on the clean topic; log:\n{}",
+            log_text(&log3)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = log_text(&log3);
+    assert_eq!(status.code(), Some(1), "log:\n{text}");
+    assert!(
+        text.contains(&format!("needs Write on Topic:{}", t.clean)),
+        "the missing permission is named; log:\n{text}"
+    );
+    assert_eq!(committed(&t.group, &t.raw, PARTITIONS), committed_before);
+}

@@ -180,8 +180,8 @@ pub(crate) fn check(
         }
     })?;
     // What the sanitizer wrote is UTF-8 (checked once, for the texts below).
-    let src = simdutf8::basic::from_utf8(out)
-        .map_err(|_| DeadLetterReason::InvalidUtf8 { offset: 0 })?;
+    let src =
+        simdutf8::basic::from_utf8(out).map_err(|_| DeadLetterReason::InvalidUtf8 { offset: 0 })?;
     let tape = &w.tape;
     let batch = find(tape, src, 0, "batch", &mut w.text).filter(|&v| tape[v].kind == Kind::Array);
     let Some(batch) = batch else {

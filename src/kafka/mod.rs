@@ -80,6 +80,41 @@ pub(crate) fn error_kind(e: &KafkaError) -> String {
         .map_or_else(|| "client".to_string(), |c| format!("{c:?}").to_lowercase())
 }
 
+/// When the broker refused `client` for lack of an ACL: the permission
+/// this service's principal needs, named as `kafka-acls` names it (the
+/// operator's fix), with the broker's own words. `topic` is the topic of a
+/// refused record, when known. Other errors: `None`.
+pub(crate) fn missing_permission(
+    cfg: &crate::config::KafkaConfig,
+    client: &str,
+    e: &KafkaError,
+    topic: Option<&str>,
+) -> Option<String> {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let needs = match e.rdkafka_error_code()? {
+        Code::TopicAuthorizationFailed => match (client, topic) {
+            (_, Some(t)) => format!("Write on Topic:{t}"),
+            ("consumer" | "privacy-reader", None) => {
+                format!("Read on Topic:{}", cfg.input_topics.join(", Topic:"))
+            }
+            _ => format!(
+                "Write on Topic:{} and Topic:{}",
+                cfg.clean_topic, cfg.dead_letter_topic
+            ),
+        },
+        Code::GroupAuthorizationFailed => format!("Read on Group:{}", cfg.group_id),
+        Code::TransactionalIdAuthorizationFailed => {
+            "Write on the TransactionalId (prefixed: see kafka.transactional_id)".to_string()
+        }
+        Code::ClusterAuthorizationFailed => "IdempotentWrite on Cluster:kafka-cluster".to_string(),
+        _ => return None,
+    };
+    Some(format!(
+        "the broker refused the {client} ({e}): this service's principal needs {needs} \
+         (docs/operations.md, Broker permissions)"
+    ))
+}
+
 /// Counts and logs an error a Kafka call returned.
 pub(crate) fn report(telemetry: &Telemetry, client: &str, e: &KafkaError) {
     telemetry.kafka_error(client, &error_kind(e), &e.to_string());
@@ -272,5 +307,41 @@ mod tests {
         assert!(is_own_header("Sanitizer-Key-Id"));
         assert!(!is_own_header("sanitize"));
         assert!(!is_own_header("trace-id"));
+    }
+
+    #[test]
+    fn an_authorization_refusal_names_the_acl_to_grant() {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let c = cfg(&[], &[], &[], true);
+        let e = |code| KafkaError::MessageProduction(code);
+        let why = |client, code, topic| missing_permission(&c.kafka, client, &e(code), topic);
+        let has = |s: Option<String>, want: &str| {
+            let s = s.expect("a refusal");
+            assert!(s.contains(want), "{s}");
+            assert!(s.contains("Broker permissions"), "{s}");
+        };
+        has(
+            why("producer", Code::TopicAuthorizationFailed, Some("c")),
+            "needs Write on Topic:c",
+        );
+        has(
+            why("consumer", Code::TopicAuthorizationFailed, None),
+            "needs Read on Topic:r",
+        );
+        has(
+            why("consumer", Code::GroupAuthorizationFailed, None),
+            "needs Read on Group:",
+        );
+        has(
+            why("producer", Code::TransactionalIdAuthorizationFailed, None),
+            "Write on the TransactionalId",
+        );
+        has(
+            why("producer", Code::ClusterAuthorizationFailed, None),
+            "IdempotentWrite",
+        );
+        // Anything else is not a missing permission (retried, or fatal).
+        assert!(why("producer", Code::QueueFull, None).is_none());
+        assert!(why("consumer", Code::Authentication, None).is_none());
     }
 }

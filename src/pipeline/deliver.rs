@@ -109,6 +109,9 @@ pub struct ProducerCallbacks {
     retries: Mutex<Vec<(OwnedMessage, Arc<InFlight>)>>,
     /// Exactly-once: a record of the open transaction failed.
     failed: AtomicBool,
+    /// The broker refused a record for lack of an ACL: nothing in flight
+    /// will be delivered, so shutdown does not wait for it.
+    refused: AtomicBool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -128,6 +131,7 @@ impl ClientContext for ProducerCallbacks {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
             self.common.fail(format!("{error}: {reason}"));
         }
+        self.common.refused("producer", &error, None);
     }
 }
 
@@ -151,6 +155,13 @@ impl ProducerContext for ProducerCallbacks {
                 ),
                 _,
             )) => {}
+            Err((e, msg)) if self.common.refused("producer", e, Some(msg.topic())) => {
+                // Not retried: nothing reaches the topic until an operator
+                // grants the ACL. The input offset is not stored, so the
+                // message is consumed again after the restart.
+                self.refused.store(true, Ordering::Release);
+                self.failed.store(true, Ordering::Release);
+            }
             Err((e, msg)) => match self.mode {
                 Mode::AtLeastOnce => {
                     self.common
@@ -247,6 +258,7 @@ fn producer(
         mode,
         retries: Mutex::default(),
         failed: AtomicBool::new(false),
+        refused: AtomicBool::new(false),
     })?)
 }
 
@@ -321,6 +333,13 @@ fn send_record(
                 ) {
                     crate::kafka::report(&common.telemetry, "producer", &e);
                 }
+                if common.refused("producer", &e, Some(back.topic)) {
+                    // As for a refused delivery: not retried, the input
+                    // offset never stored (consumed again after a restart).
+                    producer.context().refused.store(true, Ordering::Release);
+                    producer.context().failed.store(true, Ordering::Release);
+                    return;
+                }
                 rec = back;
             }
         }
@@ -384,7 +403,8 @@ impl AtLeastOnce {
     /// Waits (retrying failed records) until `tracks` have nothing in
     /// flight or `deadline` passes.
     fn drain(&self, common: &Common, tracks: &[Arc<Track>], deadline: Instant) {
-        while tracks.iter().any(|t| t.pending() > 0) && Instant::now() < deadline {
+        let refused = || self.producer.context().refused.load(Ordering::Acquire);
+        while tracks.iter().any(|t| t.pending() > 0) && Instant::now() < deadline && !refused() {
             self.retry(common);
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -512,8 +532,10 @@ impl ExactlyOnce {
         let cfg = common.cfg.kafka.transaction.clone();
         let producer = producer(common, Mode::ExactlyOnce, Some(transactional_id), &cfg)?;
         producer.init_transactions(TXN_CALL).map_err(|e| {
+            let why = crate::kafka::missing_permission(&common.cfg.kafka, "producer", &e, None)
+                .unwrap_or_else(|| e.to_string());
             super::PipelineError::Fatal(format!(
-                "cannot initialize transactions for `{transactional_id}`: {e}"
+                "cannot initialize transactions for `{transactional_id}`: {why}"
             ))
         })?;
         tracing::info!(

@@ -108,6 +108,19 @@ impl Common {
         self.failed.store(true, Ordering::Release);
     }
 
+    /// Stops the service when `e` is the broker refusing `client` for lack
+    /// of an ACL (a permanent misconfiguration: nothing would get through
+    /// until an operator grants it), naming the permission. Whether it was.
+    pub fn refused(&self, client: &str, e: &KafkaError, topic: Option<&str>) -> bool {
+        match crate::kafka::missing_permission(&self.cfg.kafka, client, e, topic) {
+            Some(why) => {
+                self.fail(why);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The fatal error that stopped the lanes, if any.
     pub fn failure(&self) -> Option<String> {
         self.failure
@@ -188,6 +201,7 @@ impl ClientContext for LaneContext {
         self.common
             .telemetry
             .kafka_error("consumer", &crate::kafka::error_kind(&error), reason);
+        self.common.refused("consumer", &error, None);
     }
     fn stats(&self, stats: Statistics) {
         let inputs = &self.common.cfg.kafka.input_topics;
@@ -409,6 +423,7 @@ impl Lane {
                     if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
                         c.fail(e.to_string());
                     }
+                    c.refused("consumer", &e, None);
                 }
                 Some(Ok(m)) => {
                     if let Err(e) = self.handle(&mut work, &m) {

@@ -247,3 +247,66 @@ pub fn ends(topic: &str, partitions: i32) -> Vec<i64> {
         })
         .collect()
 }
+
+/// Runs one of Kafka's own command-line tools (`scripts/kafka tool`)
+/// against the PLAINTEXT listener (a super user); returns its output.
+pub fn kafka_tool(class: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("bash")
+        .arg(super::root().join("scripts/kafka"))
+        .args(["tool", class, "--bootstrap-server", &broker().plaintext])
+        .args(args)
+        .output()
+        .expect("run scripts/kafka tool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{class} {args:?} failed:\n{text}");
+    text
+}
+
+/// Creates SCRAM-SHA-512 user `name`, or gives it a new password.
+pub fn scram_password(name: &str, password: &str) {
+    let config = format!("SCRAM-SHA-512=[iterations=4096,password={password}]");
+    kafka_tool(
+        "kafka.admin.ConfigCommand",
+        &[
+            "--alter",
+            "--add-config",
+            &config,
+            "--entity-type",
+            "users",
+            "--entity-name",
+            name,
+        ],
+    );
+}
+
+/// Adds (or removes) ACLs allowing `User:user` each of `operations` on
+/// every resource in `resources` (`--topic x`, `--group g`, ...).
+pub fn acl(add: bool, user: &str, operations: &[&str], resources: &[&str]) {
+    let principal = format!("User:{user}");
+    let mut args = vec![if add { "--add" } else { "--remove" }, "--force"];
+    args.extend(["--allow-principal", &principal]);
+    for op in operations {
+        args.extend(["--operation", op]);
+    }
+    args.extend(resources);
+    kafka_tool("org.apache.kafka.tools.AclCommand", &args);
+}
+
+/// Whether `user` with `password` can authenticate on the SASL_SSL
+/// listener now (a fresh client asking for metadata).
+pub fn scram_accepts(user: &str, password: &str) -> bool {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker().sasl_ssl)
+        .set("security.protocol", "sasl_ssl")
+        .set("sasl.mechanism", "SCRAM-SHA-512")
+        .set("sasl.username", user)
+        .set("sasl.password", password)
+        .set("ssl.ca.location", &broker().ca)
+        .create()
+        .unwrap();
+    c.fetch_metadata(None, Duration::from_secs(8)).is_ok()
+}

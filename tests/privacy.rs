@@ -4,6 +4,7 @@
 //! mid-stream, and no raw id in logs, metrics or the audit stream.
 
 mod common;
+use common::http::{free_port, get};
 use common::kafka::*;
 use common::metric;
 use event_sanitizer::config::PrivacyConfig;
@@ -413,25 +414,6 @@ async fn key_rotation_mid_stream_switches_digests_and_header_without_loss() {
     }
     assert_eq!(seen, stream.expected, "nothing lost, nothing extra");
     assert!(by_key["k1"] >= 500 && by_key["k2"] >= 500, "{by_key:?}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A plain HTTP GET against the service's port: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    Some((status, text.split_once("\r\n\r\n")?.1.to_string()))
 }
 
 /// The real binary, restarted: the second replica reads the requests topic

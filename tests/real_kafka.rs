@@ -415,3 +415,123 @@ async fn scram_with_only_the_documented_acls_a_password_rotated_while_running_an
     );
     assert_eq!(committed(&t.group, &t.raw, PARTITIONS), committed_before);
 }
+
+/// An identify event of `user`, id `ev-<user>-<n>`.
+fn person_event(user: &str, n: usize) -> (Option<String>, Vec<u8>) {
+    let v = serde_json::json!({
+        "type": "identify", "messageId": format!("ev-{user}-{n}"), "userId": user,
+        "traits": {"plan": "pro"}
+    });
+    (Some(user.to_string()), serde_json::to_vec(&v).unwrap())
+}
+
+fn privacy_request(user: &str, action: &str, n: usize) -> (Option<String>, Vec<u8>) {
+    let v = serde_json::json!({"requestId": format!("r-{action}-{user}-{n}"), "userId": user, "action": action});
+    (Some(user.to_string()), serde_json::to_vec(&v).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_after_compaction_rebuilds_the_same_suppression_set() {
+    use common::http::{free_port, get, scraped};
+    let b = broker();
+    let t = Topics::new("compact").await;
+    let req = unique("compact-requests");
+    create_topics(&[(&req, 1, true)]).await;
+    let users: Vec<String> = (0..10).map(|i| format!("person-{i}")).collect();
+    // Everyone suppressed, then half of them unsuppressed (same keys: the
+    // older records are what compaction removes), each batch in its own
+    // segment (segment.ms 100); a last request rolls the segment before it.
+    let suppress: Vec<_> = users
+        .iter()
+        .map(|u| privacy_request(u, "suppress", 1))
+        .collect();
+    produce_to(&b.plaintext, &req, &suppress).await;
+    std::thread::sleep(Duration::from_millis(1500));
+    let unsuppress: Vec<_> = users[..5]
+        .iter()
+        .map(|u| privacy_request(u, "unsuppress", 2))
+        .collect();
+    produce_to(&b.plaintext, &req, &unsuppress).await;
+    std::thread::sleep(Duration::from_millis(1500));
+    produce_to(
+        &b.plaintext,
+        &req,
+        &[privacy_request("person-last", "suppress", 3)],
+    )
+    .await;
+    let produced = (suppress.len() + unsuppress.len() + 1) as i64;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(
+        dir.path(),
+        "privacy",
+        &t,
+        &b.plaintext,
+        "  allow_plaintext: true\n",
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "http: { listen: '127.0.0.1:0' }",
+        &format!("http: {{ listen: '127.0.0.1:{port}' }}\nprivacy: {{ requests_topic: {req} }}"),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let log = dir.path().join("service.log");
+    // One replica's run: events of everyone; the set size it built.
+    let run = |round: usize| {
+        let events: Vec<_> = users.iter().map(|u| person_event(u, round)).collect();
+        let log = log.clone();
+        let cfg = cfg.clone();
+        let t = &t;
+        async move {
+            produce_to(&b.plaintext, &t.raw, &events).await;
+            let mut child = common::start_service(&cfg, &log);
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while get(port, "/readyz").is_none_or(|(s, _)| s != 200) {
+                assert!(
+                    Instant::now() < deadline,
+                    "not ready; log:\n{}",
+                    log_text(&log)
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            wait_all_committed(t, &log);
+            let size = scraped(port, "event_sanitizer_suppression_set_size");
+            common::signal(&child, "-TERM");
+            assert!(child.wait().unwrap().success(), "log:\n{}", log_text(&log));
+            size
+        }
+    };
+    let before = run(1).await;
+
+    // Compaction: only the latest request per person remains (the last
+    // segment, still active, is never cleaned).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut left = produced;
+    while left > 11 {
+        assert!(
+            Instant::now() < deadline,
+            "the requests topic was not compacted: {left} of {produced} records"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        left = read_all(&[&req], "read_committed").len() as i64;
+    }
+    assert_eq!(ends(&req, 1), vec![produced], "compaction keeps offsets");
+
+    let after = run(2).await;
+    assert_eq!(before, Some(6.0), "five people and the last one suppressed");
+    assert_eq!(after, before, "the same set from the compacted topic");
+    let out = read_all(&[&t.clean], "read_committed");
+    let events: std::collections::HashSet<String> = out
+        .iter()
+        .map(|r| id_of(&r.payload))
+        .filter(|id| id.starts_with("ev-"))
+        .collect();
+    let want: std::collections::HashSet<String> = users[..5]
+        .iter()
+        .flat_map(|u| [format!("ev-{u}-1"), format!("ev-{u}-2")])
+        .collect();
+    assert_eq!(
+        events, want,
+        "only the unsuppressed people's events, both runs"
+    );
+}

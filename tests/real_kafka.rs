@@ -535,3 +535,67 @@ async fn a_replica_started_after_compaction_rebuilds_the_same_suppression_set() 
         "only the unsuppressed people's events, both runs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_across_sigkills_loses_nothing_and_a_graceful_restart_duplicates_nothing() {
+    let b = broker();
+    let t = Topics::new("alo").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "alo",
+        &t,
+        &b.plaintext,
+        "  allow_plaintext: true\n",
+    );
+    let log = dir.path().join("service.log");
+    let first = inputs("k", 60, 150);
+    // SIGKILL twice, as soon as output has moved on each time, while the
+    // rest of the stream is not produced yet.
+    let thirds: Vec<_> = first.chunks(first.len() / 3).collect();
+    let mut at = 0;
+    for part in &thirds[..2] {
+        produce_to(&b.plaintext, &t.raw, part).await;
+        let mut child = common::start_service(&cfg, &log);
+        at = wait_progress(&t, at, 500, &log);
+        common::signal(&child, "-KILL");
+        child.wait().unwrap();
+        eprintln!("killed with the clean topic's end at {at}");
+    }
+    for part in &thirds[2..] {
+        produce_to(&b.plaintext, &t.raw, part).await;
+    }
+    let mut child = common::start_service(&cfg, &log);
+    wait_all_committed(&t, &log);
+    common::signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success(), "log:\n{}", log_text(&log));
+    let seen = ids_seen(&read_all(&[&t.clean, &t.dlq], "read_committed"));
+    let lost: Vec<String> = first
+        .iter()
+        .map(|(_, p)| id_of(p))
+        .filter(|id| !seen.contains(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+
+    // Then SIGTERM between batches: each of these exactly once.
+    let before = read_all(&[&t.clean, &t.dlq], "read_committed").len();
+    let second = inputs("g", 20, 50);
+    produce_to(&b.plaintext, &t.raw, &second).await;
+    let mut child = common::start_service(&cfg, &log);
+    wait_all_committed(&t, &log);
+    common::signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success(), "log:\n{}", log_text(&log));
+    let out = read_all(&[&t.clean, &t.dlq], "read_committed");
+    assert_eq!(
+        out.len() - before,
+        second.len(),
+        "no duplicates after SIGTERM"
+    );
+    let seen = ids_seen(&out);
+    assert!(second.iter().all(|(_, p)| seen.contains(&id_of(p))));
+}

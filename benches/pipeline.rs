@@ -18,6 +18,11 @@
 //! (progress every 10 ms and librdkafka logs per `RUST_LOG`),
 //! `BENCH_CONSUMER` / `BENCH_PRODUCER` (`k=v,k=v` librdkafka properties),
 //! `BENCH_IN_FLIGHT`, `BENCH_WORKERS`, `BENCH_TXN_MS`, `BENCH_TXN_MAX`.
+//!
+//! `BENCH_BROKER=kafka`: the same runs against a real Apache Kafka broker
+//! (`scripts/kafka start`, fresh topics per run): no 5 MB-per-partition
+//! ceiling, real transactions. Its CPU figures are this process only (the
+//! broker is another process).
 
 use event_sanitizer::config::*;
 use event_sanitizer::metrics::Telemetry;
@@ -41,25 +46,110 @@ const PARTITIONS: i32 = 32;
 
 type Mock = MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
 
-fn cluster(events: &[Vec<u8>]) -> Mock {
-    let mock = MockCluster::new(1).unwrap();
-    for t in ["raw", "clean", "dlq"] {
-        mock.create_topic(t, PARTITIONS, 1).unwrap();
-    }
+/// Where one run's topics live: a fresh in-process mock cluster, or fresh
+/// topics on a real Apache Kafka broker (`BENCH_BROKER=kafka`, started by
+/// `scripts/kafka start`, reused when running).
+struct Cluster {
+    bootstrap: String,
+    raw: String,
+    clean: String,
+    dlq: String,
+    group: String,
+    _mock: Option<Mock>,
+}
+
+fn real_kafka() -> bool {
+    std::env::var("BENCH_BROKER").is_ok_and(|v| v == "kafka")
+}
+
+/// The real broker's PLAINTEXT address, started once.
+fn kafka_bootstrap() -> &'static str {
+    static BS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BS.get_or_init(|| {
+        let out = std::process::Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka"))
+            .arg("start")
+            .output()
+            .expect("run scripts/kafka");
+        assert!(
+            out.status.success(),
+            "scripts/kafka start failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let var = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")).map(str::to_string))
+                .unwrap_or_else(|| panic!("scripts/kafka printed no {k}"))
+        };
+        eprintln!("real broker: Apache Kafka {}", var("KAFKA_VERSION"));
+        var("KAFKA_PLAINTEXT")
+    })
+}
+
+fn cluster(events: &[Vec<u8>]) -> Cluster {
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    let run = format!("{}-{}", std::process::id(), RUN.fetch_add(1, Ordering::Relaxed));
+    let c = if real_kafka() {
+        let c = Cluster {
+            bootstrap: kafka_bootstrap().to_string(),
+            raw: format!("bench-raw-{run}"),
+            clean: format!("bench-clean-{run}"),
+            dlq: format!("bench-dlq-{run}"),
+            group: format!("bench-{run}"),
+            _mock: None,
+        };
+        let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+            ClientConfig::new()
+                .set("bootstrap.servers", &c.bootstrap)
+                .create()
+                .unwrap();
+        let topics: Vec<rdkafka::admin::NewTopic> = [&c.raw, &c.clean, &c.dlq]
+            .iter()
+            .map(|t| {
+                rdkafka::admin::NewTopic::new(t, PARTITIONS, rdkafka::admin::TopicReplication::Fixed(1))
+            })
+            .collect();
+        let opts = rdkafka::admin::AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(30)));
+        let created = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(admin.create_topics(&topics, &opts))
+            .unwrap();
+        for r in created {
+            r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+        }
+        c
+    } else {
+        let mock = MockCluster::new(1).unwrap();
+        for t in ["raw", "clean", "dlq"] {
+            mock.create_topic(t, PARTITIONS, 1).unwrap();
+        }
+        Cluster {
+            bootstrap: mock.bootstrap_servers(),
+            raw: "raw".into(),
+            clean: "clean".into(),
+            dlq: "dlq".into(),
+            group: format!("bench-{run}"),
+            _mock: Some(mock),
+        }
+    };
     let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("bootstrap.servers", &c.bootstrap)
         .set("linger.ms", "20")
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .unwrap();
     for (i, e) in events.iter().enumerate() {
         let key = format!("user-{}", i % 5000);
-        while let Err((_, _)) = p.send(BaseRecord::to("raw").payload(e).key(&key)) {
+        while let Err((_, _)) = p.send(BaseRecord::to(&c.raw).payload(e).key(&key)) {
             p.poll(Duration::from_millis(5));
         }
     }
     p.flush(Duration::from_secs(60)).unwrap();
-    mock
+    c
 }
 
 /// User + system CPU seconds of this process so far.
@@ -89,6 +179,7 @@ struct Run {
 
 struct StoreOnAck {
     consumer: Arc<BaseConsumer>,
+    input: String,
     acked: AtomicU64,
 }
 
@@ -98,7 +189,7 @@ impl ProducerContext for StoreOnAck {
     type DeliveryOpaque = Box<(i32, i64)>;
     fn delivery(&self, r: &DeliveryResult<'_>, at: Box<(i32, i64)>) {
         if r.is_ok() {
-            let _ = self.consumer.store_offset("raw", at.0, at.1);
+            let _ = self.consumer.store_offset(&self.input, at.0, at.1);
             self.acked.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -106,24 +197,25 @@ impl ProducerContext for StoreOnAck {
 
 /// (a): the simplest program that moves the same messages.
 fn naive(events: &[Vec<u8>]) -> Run {
-    let mock = cluster(events);
-    let bs = mock.bootstrap_servers();
+    let c = cluster(events);
+    let bs = &c.bootstrap;
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bs)
-        .set("group.id", "naive")
+        .set("bootstrap.servers", bs)
+        .set("group.id", format!("naive-{}", c.group))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.offset.store", "false")
         .create()
         .unwrap();
     let consumer = Arc::new(consumer);
-    consumer.subscribe(&["raw"]).unwrap();
+    consumer.subscribe(&[&c.raw]).unwrap();
     let producer: BaseProducer<StoreOnAck> = ClientConfig::new()
-        .set("bootstrap.servers", &bs)
+        .set("bootstrap.servers", bs)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .create_with_context(StoreOnAck {
             consumer: consumer.clone(),
+            input: c.raw.clone(),
             acked: AtomicU64::new(0),
         })
         .unwrap();
@@ -139,7 +231,7 @@ fn naive(events: &[Vec<u8>]) -> Run {
             start = Some(Instant::now());
             cpu0 = cpu_seconds();
         }
-        let mut rec = BaseRecord::with_opaque_to("clean", Box::new((m.partition(), m.offset())))
+        let mut rec = BaseRecord::with_opaque_to(&c.clean, Box::new((m.partition(), m.offset())))
             .payload(m.payload().unwrap_or_default());
         if let Some(k) = m.key() {
             rec = rec.key(k);
@@ -157,25 +249,25 @@ fn naive(events: &[Vec<u8>]) -> Run {
 }
 
 fn config(
-    bs: &str,
+    c: &Cluster,
     rules: &std::path::Path,
     key: &std::path::Path,
     delivery: DeliveryMode,
 ) -> Config {
     Config {
         kafka: KafkaConfig {
-            bootstrap_servers: bs.into(),
-            group_id: "bench".into(),
-            input_topics: vec!["raw".into()],
-            clean_topic: "clean".into(),
-            dead_letter_topic: "dlq".into(),
+            bootstrap_servers: c.bootstrap.clone(),
+            group_id: c.group.clone(),
+            input_topics: vec![c.raw.clone()],
+            clean_topic: c.clean.clone(),
+            dead_letter_topic: c.dlq.clone(),
             allow_plaintext: true,
             sasl_password_file: None,
             common: Default::default(),
             consumer: props("BENCH_CONSUMER"),
             producer: props("BENCH_PRODUCER"),
             delivery,
-            transactional_id: Some("bench".into()),
+            transactional_id: Some(c.group.clone()),
             transaction: TransactionConfig {
                 interval: std::env::var("BENCH_TXN_MS")
                     .ok()
@@ -230,13 +322,13 @@ fn service(
     delivery: DeliveryMode,
     rt: &tokio::runtime::Runtime,
 ) -> (Run, Arc<Telemetry>) {
-    let mock = cluster(events);
+    let c = cluster(events);
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.yaml");
     std::fs::write(&rules, rules_text).unwrap();
     let key = dir.path().join("key");
     std::fs::write(&key, "bench").unwrap();
-    let cfg = config(&mock.bootstrap_servers(), &rules, &key, delivery);
+    let cfg = config(&c, &rules, &key, delivery);
     let telemetry = Arc::new(Telemetry::new());
     let n = events.len() as f64;
     let trace = std::env::var("BENCH_TRACE").is_ok();
@@ -319,14 +411,14 @@ fn paced(
     rate: f64,
     rt: &tokio::runtime::Runtime,
 ) -> (f64, f64) {
-    let mock = cluster(&[]);
-    let bs = mock.bootstrap_servers();
+    let c = cluster(&[]);
+    let bs = c.bootstrap.clone();
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.yaml");
     std::fs::write(&rules, rules_text).unwrap();
     let key = dir.path().join("key");
     std::fs::write(&key, "bench").unwrap();
-    let cfg = config(&bs, &rules, &key, DeliveryMode::AtLeastOnce);
+    let cfg = config(&c, &rules, &key, DeliveryMode::AtLeastOnce);
     let telemetry = Arc::new(Telemetry::new());
     rt.block_on(async {
         let pipeline = Pipeline::new(cfg, telemetry.clone()).await.unwrap();
@@ -340,6 +432,7 @@ fn paced(
         tokio::time::sleep(Duration::from_millis(500)).await;
         let events = events.to_vec();
         let n = events.len();
+        let raw = c.raw.clone();
         tokio::task::spawn_blocking(move || {
             let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
                 ClientConfig::new()
@@ -354,7 +447,7 @@ fn paced(
                     std::thread::sleep(wait);
                 }
                 let key = format!("user-{}", i % 5000);
-                let mut rec = BaseRecord::to("raw").payload(e).key(&key);
+                let mut rec = BaseRecord::to(&raw).payload(e).key(&key);
                 while let Err((_, back)) = p.send(rec) {
                     rec = back;
                     std::thread::sleep(Duration::from_millis(1));
@@ -486,7 +579,12 @@ fn main() {
     let rate = |i: usize| median(runs[i].iter().map(|r| r.rate).collect());
     let cpu = |i: usize| median(runs[i].iter().map(|r| r.cpu_per_million).collect());
     let ratio = |i: usize| median(ratios[i].clone());
-    println!("\npipeline through the in-process mock cluster, {n} corpus events, {PARTITIONS} partitions, {rounds} rounds (medians)");
+    let through = if real_kafka() {
+        "a real Apache Kafka broker (scripts/kafka)"
+    } else {
+        "the in-process mock cluster"
+    };
+    println!("\npipeline through {through}, {n} corpus events, {PARTITIONS} partitions, {rounds} rounds (medians)");
     println!(
         "(a) naive consume-then-produce loop: {:>9.0} msg/s   {:.1} CPU s per million events",
         rate(0),
@@ -522,7 +620,7 @@ fn main() {
         p99 * 1e3
     );
     println!(
-        "peak RSS of the whole process (mock cluster included): {:.0} MB",
+        "peak RSS of the whole process (a mock cluster included): {:.0} MB",
         peak_rss_mb()
     );
 }

@@ -89,7 +89,11 @@ fn kafka_bootstrap() -> &'static str {
 
 fn cluster(events: &[Vec<u8>]) -> Cluster {
     static RUN: AtomicU64 = AtomicU64::new(0);
-    let run = format!("{}-{}", std::process::id(), RUN.fetch_add(1, Ordering::Relaxed));
+    let run = format!(
+        "{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    );
     let c = if real_kafka() {
         let c = Cluster {
             bootstrap: kafka_bootstrap().to_string(),
@@ -107,11 +111,15 @@ fn cluster(events: &[Vec<u8>]) -> Cluster {
         let topics: Vec<rdkafka::admin::NewTopic> = [&c.raw, &c.clean, &c.dlq]
             .iter()
             .map(|t| {
-                rdkafka::admin::NewTopic::new(t, PARTITIONS, rdkafka::admin::TopicReplication::Fixed(1))
+                rdkafka::admin::NewTopic::new(
+                    t,
+                    PARTITIONS,
+                    rdkafka::admin::TopicReplication::Fixed(1),
+                )
             })
             .collect();
-        let opts = rdkafka::admin::AdminOptions::new()
-            .operation_timeout(Some(Duration::from_secs(30)));
+        let opts =
+            rdkafka::admin::AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let created = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

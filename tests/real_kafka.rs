@@ -326,7 +326,25 @@ async fn scram_with_only_the_documented_acls_a_password_rotated_while_running_an
         b.ca,
         password.display()
     );
-    let cfg = write_config(dir.path(), "acl", &t, &b.sasl_ssl, &sasl);
+    // With privacy operations on: Read on the requests topic is its row.
+    let req = unique("acl-requests");
+    create_topics(&[(&req, 1, true)]).await;
+    acl(true, &user, &["Read"], &["--topic", &req]);
+    produce_to(
+        &b.plaintext,
+        &req,
+        &[privacy_request("someone-else", "suppress", 1)],
+    )
+    .await;
+    let with_privacy = |cfg: PathBuf| {
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "http: { listen: '127.0.0.1:0' }",
+            &format!("http: {{ listen: '127.0.0.1:0' }}\nprivacy: {{ requests_topic: {req} }}"),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let cfg = with_privacy(write_config(dir.path(), "acl", &t, &b.sasl_ssl, &sasl));
     let log = dir.path().join("service.log");
     let first = inputs("acl-1", 10, 20);
     produce_to(&b.plaintext, &t.raw, &first).await;
@@ -368,7 +386,7 @@ async fn scram_with_only_the_documented_acls_a_password_rotated_while_running_an
         ],
     );
     let eos = format!("{sasl}  delivery: exactly_once\n  transactional_id: {txn}\n");
-    let eos_cfg = write_config(dir.path(), "acl-eos", &t, &b.sasl_ssl, &eos);
+    let eos_cfg = with_privacy(write_config(dir.path(), "acl-eos", &t, &b.sasl_ssl, &eos));
     let eos_log = dir.path().join("eos.log");
     let third = inputs("acl-eos", 10, 10);
     produce_to(&b.plaintext, &t.raw, &third).await;
@@ -414,6 +432,22 @@ async fn scram_with_only_the_documented_acls_a_password_rotated_while_running_an
         "the missing permission is named; log:\n{text}"
     );
     assert_eq!(committed(&t.group, &t.raw, PARTITIONS), committed_before);
+
+    // Without Read on the privacy-requests topic it does not start, and
+    // says why.
+    acl(true, &user, &["Write"], &["--topic", &t.clean]);
+    acl(false, &user, &["Read"], &["--topic", &req]);
+    let out = Command::new(common::bin())
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("needs Read on Topic:{req}")),
+        "the missing permission is named: {err}"
+    );
 }
 
 /// An identify event of `user`, id `ev-<user>-<n>`.

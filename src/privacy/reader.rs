@@ -91,6 +91,17 @@ impl Privacy {
         let md = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(30))
             .map_err(|e| fail(format!("cannot describe it: {e}")))?;
+        let refused = rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
+        if md
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error() == Some(refused))
+        {
+            return Err(fail(format!(
+                "the broker refused to describe it: this service's principal needs Read on \
+                 Topic:{topic} (docs/operations.md, Broker permissions)"
+            )));
+        }
         let partitions: Vec<i32> = md
             .topics()
             .iter()

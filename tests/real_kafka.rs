@@ -633,3 +633,89 @@ async fn at_least_once_across_sigkills_loses_nothing_and_a_graceful_restart_dupl
     let seen = ids_seen(&out);
     assert!(second.iter().all(|(_, p)| seen.contains(&id_of(p))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_mid_stream_loses_nothing() {
+    use common::kafka::{committed_on, high_watermarks, read_topics};
+    // A broker of this test's own: the shared one serves the other tests.
+    let pb = PrivateBroker::start(19192);
+    let bs = pb.plaintext.clone();
+    let t = Topics {
+        raw: "outage-raw".into(),
+        clean: "outage-clean".into(),
+        dlq: "outage-dlq".into(),
+        group: "outage-group".into(),
+    };
+    create_topics_on(
+        &bs,
+        &[
+            (&t.raw, PARTITIONS, false),
+            (&t.clean, PARTITIONS, false),
+            (&t.dlq, 1, false),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "outage", &t, &bs, "  allow_plaintext: true\n");
+    let log = dir.path().join("service.log");
+    let events = inputs("o", 30, 100);
+    let (early, late) = events.split_at(events.len() / 2);
+    produce_to(&bs, &t.raw, early).await;
+    let mut child = common::start_service(&cfg, &log);
+    let out_now = || -> i64 { high_watermarks(&bs, &t.clean, PARTITIONS).iter().sum() };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while out_now() < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "no progress; log:\n{}",
+            log_text(&log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The outage: the broker goes away for a while, then comes back with
+    // its data; the service keeps running throughout.
+    pb.stop();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the service rides out the outage"
+    );
+    pb.resume();
+    produce_to(&bs, &t.raw, late).await;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let c: Vec<i64> = committed_on(&bs, &t.group, &t.raw, PARTITIONS)
+            .into_iter()
+            .map(|o| o.max(0))
+            .collect();
+        if c == high_watermarks(&bs, &t.raw, PARTITIONS) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all committed: {c:?}; log:\n{}",
+            log_text(&log)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    common::signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success(), "log:\n{}", log_text(&log));
+    let total = (high_watermarks(&bs, &t.clean, PARTITIONS)
+        .iter()
+        .sum::<i64>()
+        + high_watermarks(&bs, &t.dlq, 1)[0]) as usize;
+    let out = read_topics(&bs, &[&t.clean, &t.dlq], total, Duration::from_secs(60)).await;
+    assert_eq!(out.len(), total, "read every output record");
+    let seen: std::collections::HashSet<String> = out.iter().map(|o| id_of(&o.payload)).collect();
+    let lost: Vec<String> = events
+        .iter()
+        .map(|(_, p)| id_of(p))
+        .filter(|id| !seen.contains(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}

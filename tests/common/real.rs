@@ -84,8 +84,13 @@ pub fn unique(prefix: &str) -> String {
 /// Creates `topics` (name, partitions, compacted) through the PLAINTEXT
 /// listener and waits until they are usable.
 pub async fn create_topics(topics: &[(&str, i32, bool)]) {
+    create_topics_on(&broker().plaintext, topics).await
+}
+
+/// [`create_topics`] on the broker at `bootstrap`.
+pub async fn create_topics_on(bootstrap: &str, topics: &[(&str, i32, bool)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &broker().plaintext)
+        .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap();
     let new: Vec<NewTopic> = topics
@@ -112,7 +117,10 @@ pub async fn create_topics(topics: &[(&str, i32, bool)]) {
     for r in res {
         r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
     }
-    let c = probe();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
     for (n, p, _) in topics {
         let deadline = Instant::now() + Duration::from_secs(30);
         while (0..*p).any(|i| c.fetch_watermarks(n, i, Duration::from_secs(5)).is_err()) {
@@ -309,4 +317,68 @@ pub fn scram_accepts(user: &str, password: &str) -> bool {
         .create()
         .unwrap();
     c.fetch_metadata(None, Duration::from_secs(8)).is_ok()
+}
+
+/// A broker of one test's own (its own ports and storage), for what the
+/// shared one cannot do: be stopped and started again mid-test. Stopped
+/// and removed when dropped.
+pub struct PrivateBroker {
+    base: u16,
+    state: std::path::PathBuf,
+    /// Its PLAINTEXT listener.
+    pub plaintext: String,
+}
+
+impl PrivateBroker {
+    fn script(&self, command: &str) {
+        let out = std::process::Command::new("bash")
+            .arg(super::root().join("scripts/kafka"))
+            .arg(command)
+            .env("KAFKA_PORT_BASE", self.base.to_string())
+            .env("KAFKA_STATE", &self.state)
+            .output()
+            .expect("run scripts/kafka");
+        assert!(
+            out.status.success(),
+            "scripts/kafka {command} (port base {}) failed:\n{}",
+            self.base,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts a fresh broker on ports `base`..`base + 3`.
+    pub fn start(base: u16) -> PrivateBroker {
+        let b = PrivateBroker {
+            base,
+            state: std::env::temp_dir().join(format!(
+                "event-sanitizer-kafka-{base}-{}",
+                std::process::id()
+            )),
+            plaintext: format!("127.0.0.1:{base}"),
+        };
+        b.script("start");
+        b
+    }
+
+    /// An outage: the broker stops.
+    pub fn stop(&self) {
+        self.script("stop");
+    }
+
+    /// The outage ends: the broker starts on the data it left.
+    pub fn resume(&self) {
+        self.script("resume");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(super::root().join("scripts/kafka"))
+            .arg("stop")
+            .env("KAFKA_PORT_BASE", self.base.to_string())
+            .env("KAFKA_STATE", &self.state)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
 }

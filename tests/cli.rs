@@ -250,3 +250,79 @@ fn run_refuses_bad_configuration_with_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("SANITIZER_HASH_KEY"), "{}", text(&o));
 }
+
+#[test]
+fn explain_over_json_lines_explains_every_line_or_the_one_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = dir.path().join("events.jsonl");
+    std::fs::write(
+        &lines,
+        "{\"type\":\"identify\",\"userId\":\"u1\",\"traits\":{\"ssn\":\"1\"}}\n\n{\"type\":\"identify\",\"userId\":\"u2\",\"traits\":{\"phone\":\"2\"}}\nnot json\n",
+    )
+    .unwrap();
+    let file = lines.to_str().unwrap();
+    let base = [
+        "explain",
+        "--rules",
+        "rules/customerio.yaml",
+        "--placeholder-key",
+    ];
+    let all = es(&[&base[..], &[file]].concat());
+    let t = text(&all);
+    assert_eq!(all.status.code(), Some(1), "line 4 is a dead letter: {t}");
+    for want in [
+        "line 1:",
+        "traits.ssn: drop by rule never-send",
+        "line 3:",
+        "traits.phone -> traits.phone_hash: hash by rule hash-contact",
+        "line 4:",
+        "dead letter: invalid_json",
+    ] {
+        assert!(t.contains(want), "{want:?} in {t}");
+    }
+    assert!(!t.contains("line 2:"), "blank lines are skipped: {t}");
+    // JSON Lines out, one object per input line, with its number.
+    let j = es(&[&base[..], &["--format", "json", file]].concat());
+    let docs: Vec<serde_json::Value> = String::from_utf8_lossy(&j.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let numbers: Vec<u64> = docs.iter().map(|d| d["line"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [1, 3, 4]);
+    assert_eq!(docs[2]["dead_letter"]["reason"], "invalid_json");
+    // One line only.
+    let one = es(&[&base[..], &["--line", "3", file]].concat());
+    let t = text(&one);
+    assert!(one.status.success(), "{t}");
+    assert!(t.contains("line 3:") && !t.contains("line 1:"), "{t}");
+    let none = es(&[&base[..], &["--line", "2", file]].concat());
+    assert_eq!(none.status.code(), Some(2), "{}", text(&none));
+}
+
+#[test]
+fn the_sanitize_summary_lists_rules_that_never_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = dir.path().join("events.jsonl");
+    std::fs::write(
+        &lines,
+        "{\"type\":\"identify\",\"userId\":\"u1\",\"traits\":{\"ssn\":\"1\"}}\n",
+    )
+    .unwrap();
+    let o = es(&[
+        "sanitize",
+        "--rules",
+        "rules/customerio.yaml",
+        "--placeholder-key",
+        "-i",
+        lines.to_str().unwrap(),
+        "-o",
+        dir.path().join("out.jsonl").to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("rule never-send (drop): 1 times"), "{t}");
+    assert!(
+        t.contains("rule order-completed-minimum (allow): 0 times (never applied"),
+        "{t}"
+    );
+}

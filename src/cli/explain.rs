@@ -11,8 +11,12 @@ pub(crate) struct ExplainArgs {
     #[command(flatten)]
     rules: RulesArgs,
     /// The event: a JSON file, or `-` (the default) to read standard input.
+    /// A JSON Lines file (one event per line) explains every line.
     #[arg(value_name = "EVENT", default_value = "-")]
     event: PathBuf,
+    /// With JSON Lines: explain only line N (counted from 1).
+    #[arg(long, value_name = "N")]
+    line: Option<usize>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -37,22 +41,60 @@ pub(crate) fn run(args: ExplainArgs) -> Result<ExitCode, Failure> {
         input = std::fs::read(&args.event)
             .map_err(|e| Failure::usage(format!("cannot read {}: {e}", args.event.display())))?;
     }
-    // A file with one event per line: explain the first non-blank line.
-    let trimmed: &[u8] = {
-        let s = input.trim_ascii();
-        if s.starts_with(b"{")
-            && s.contains(&b'\n')
-            && serde_json::from_slice::<serde_json::Value>(s).is_err()
-        {
-            s.split(|&b| b == b'\n')
-                .find(|l| !l.trim_ascii().is_empty())
-                .unwrap_or(s)
-        } else {
-            s
+    // One JSON value (compact, or pretty-printed over many lines), or JSON
+    // Lines: every non-blank line is an event, explained with its number.
+    let whole = input.trim_ascii();
+    let events: Vec<(Option<usize>, &[u8])> = if serde_json::from_slice::<serde::de::IgnoredAny>(
+        whole,
+    )
+    .is_ok()
+        || !whole.contains(&b'\n')
+    {
+        vec![(None, whole)]
+    } else {
+        input
+            .split(|&b| b == b'\n')
+            .enumerate()
+            .filter(|(_, l)| !l.trim_ascii().is_empty())
+            .map(|(i, l)| (Some(i + 1), l.trim_ascii()))
+            .collect()
+    };
+    let events: Vec<(Option<usize>, &[u8])> = match args.line {
+        None => events,
+        Some(n) => {
+            let one: Vec<_> = events.into_iter().filter(|(l, _)| *l == Some(n)).collect();
+            if one.is_empty() {
+                return Err(Failure::usage(format!(
+                    "--line {n}: the input has no JSON Lines event on line {n}"
+                )));
+            }
+            one
         }
     };
-    let exp = sanitizer.explain(trimmed);
-    match args.format {
+    let mut all_clean = true;
+    for (i, (line, event)) in events.iter().enumerate() {
+        if i > 0 && matches!(args.format, Format::Text) {
+            println!();
+        }
+        all_clean &= explain_one(&sanitizer, *line, event, args.format);
+    }
+    Ok(if all_clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Prints the explanation of one event (`line`: its line in a JSON Lines
+/// input); whether it came out clean.
+fn explain_one(
+    sanitizer: &crate::engine::Sanitizer,
+    line: Option<usize>,
+    event: &[u8],
+    format: Format,
+) -> bool {
+    let exp = sanitizer.explain(event);
+    match format {
         Format::Json => {
             let decisions: Vec<serde_json::Value> = exp
                 .decisions
@@ -60,6 +102,7 @@ pub(crate) fn run(args: ExplainArgs) -> Result<ExitCode, Failure> {
                 .map(|d| serde_json::json!({"location": d.location, "output": d.output, "action": d.action, "rule": d.rule, "note": d.note}))
                 .collect();
             let mut doc = serde_json::json!({
+                "line": line,
                 "rules": sanitizer.name(),
                 "rules_hash": sanitizer.content_hash(),
                 "decisions": decisions,
@@ -81,9 +124,17 @@ pub(crate) fn run(args: ExplainArgs) -> Result<ExitCode, Failure> {
                         serde_json::json!({"reason": r.code(), "detail": r.to_string()})
                 }
             }
-            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            if line.is_some() {
+                // JSON Lines in, JSON Lines out.
+                println!("{doc}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            }
         }
         Format::Text => {
+            if let Some(n) = line {
+                println!("line {n}:");
+            }
             println!(
                 "rules: {} ({}, {})",
                 sanitizer.name(),
@@ -117,11 +168,7 @@ pub(crate) fn run(args: ExplainArgs) -> Result<ExitCode, Failure> {
             }
         }
     }
-    Ok(if exp.output.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    exp.output.is_ok()
 }
 
 fn indent(s: &str, by: &str) -> String {

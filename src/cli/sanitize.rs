@@ -125,15 +125,17 @@ pub(crate) fn run(args: SanitizeArgs) -> Result<ExitCode, Failure> {
     for (code, n) in &reasons {
         eprintln!("  dead letter {code}: {n}");
     }
-    let mut actions: Vec<(String, u64)> = Vec::new();
-    scratch.drain_rule_counts(|i, n| {
-        actions.push((
-            format!("{} ({})", sanitizer.rule_id(i), sanitizer.rule_action(i)),
-            n,
-        ))
-    });
-    for (rule, n) in actions {
-        eprintln!("  rule {rule}: {n} times");
+    // Every rule, in file order: one that never acted is listed too (a
+    // misspelled field or a `when` that never holds shows up here).
+    let mut counts = vec![0u64; sanitizer.rule_count()];
+    scratch.drain_rule_counts(|i, n| counts[i] += n);
+    for (i, n) in counts.iter().enumerate() {
+        let rule = format!("{} ({})", sanitizer.rule_id(i), sanitizer.rule_action(i));
+        if *n == 0 {
+            eprintln!("  rule {rule}: 0 times (never applied: check its fields, paths and `when`)");
+        } else {
+            eprintln!("  rule {rule}: {n} times");
+        }
     }
     Ok(if args.fail_on_dead_letter && dead_total > 0 {
         ExitCode::from(1)

@@ -326,3 +326,51 @@ fn the_sanitize_summary_lists_rules_that_never_applied() {
         "{t}"
     );
 }
+
+#[test]
+fn config_check_validates_a_service_config_offline_with_every_problem() {
+    let ok = es(&["config", "check", "config/example.yaml"]);
+    let t = text(&ok);
+    assert!(ok.status.success(), "{t}");
+    assert!(
+        t.contains("config/example.yaml: ok (delivery at_least_once"),
+        "{t}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "kafka:\n  bootstrap_servers: \"\"\n  group_id: g\n  input_topics: [a]\n  clean_topic: a\n  dead_letter_topic: a\nrules: { file: /nonexistent/rules.yaml }\n",
+    )
+    .unwrap();
+    let o = es(&["config", "check", bad.to_str().unwrap()]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    for want in [
+        "`kafka.bootstrap_servers` is empty",
+        "an output topic is also an input topic",
+        "`rules.file` /nonexistent/rules.yaml is not a readable file",
+        "unencrypted",
+        "6 problems",
+    ] {
+        assert!(t.contains(want), "{want:?} in {t}");
+    }
+    // A valid config whose rule file does not compile.
+    let rules = common::root().join("tests/bad_rules/duplicate_id.yaml");
+    let cfg = dir.path().join("rules-bad.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "kafka:\n  bootstrap_servers: \"b:9092\"\n  group_id: g\n  input_topics: [raw]\n  clean_topic: clean\n  dead_letter_topic: dlq\n  allow_plaintext: true\nrules: {{ file: {} }}\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let o = es(&["config", "check", cfg.to_str().unwrap()]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("rule same:") && t.contains("(`rules.file`)"),
+        "{t}"
+    );
+}

@@ -5,6 +5,7 @@
 //! errors (a missing file, a bad flag, a hash key that cannot be read).
 
 mod check;
+mod config_check;
 mod demo;
 mod explain;
 mod run;
@@ -47,6 +48,9 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Sanitize a file of events (JSON Lines), e.g. to anonymize a historical export.
     Sanitize(sanitize::SanitizeArgs),
+    /// Service configuration: `config check FILE` validates it offline.
+    #[command(subcommand)]
+    Config(config_check::ConfigCommand),
     /// Print the JSON Schema of the rule language (for editors, via yaml-language-server).
     Schema,
     /// Run the service: consume raw events, sanitize, produce clean events and dead letters.
@@ -135,6 +139,7 @@ pub fn main() -> ExitCode {
         Command::Test(a) => test::run(a),
         Command::Explain(a) => explain::run(a),
         Command::Sanitize(a) => sanitize::run(a),
+        Command::Config(c) => config_check::run(c),
         Command::Schema => schema::run(),
         Command::Run(a) => run::run(a),
         Command::Demo(a) => demo::run(a),

@@ -308,11 +308,13 @@ impl Telemetry {
         );
         let build = IntGaugeVec::new(
             Opts::new("event_sanitizer_build_info", "Build information (value 1)."),
-            &["version"],
+            &["version", "commit"],
         )
         .expect("valid");
         r.register(Box::new(build.clone())).expect("once");
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("EVENT_SANITIZER_COMMIT")])
+            .set(1);
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "event_sanitizer_added_latency_seconds",

@@ -374,3 +374,32 @@ fn config_check_validates_a_service_config_offline_with_every_problem() {
         "{t}"
     );
 }
+
+#[test]
+fn version_names_the_release_the_commit_and_the_rule_language() {
+    let o = es(&["--version"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.starts_with(&format!(
+            "event-sanitizer {} (commit ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{t}"
+    );
+    assert!(t.trim_end().ends_with(", rule language version 1)"), "{t}");
+    // The commit of this checkout, when it is one.
+    if let Ok(git) = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(common::root())
+        .output()
+    {
+        let head = String::from_utf8_lossy(&git.stdout).trim().to_string();
+        if git.status.success() && !head.is_empty() {
+            assert!(
+                t.contains(&format!("(commit {head},")),
+                "{t} vs HEAD {head}"
+            );
+        }
+    }
+}

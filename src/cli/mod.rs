@@ -20,13 +20,23 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `--version`: the release, the commit it was built from, and the rule
+/// language version it reads.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("EVENT_SANITIZER_COMMIT"),
+    ", rule language version ",
+    "1)"
+);
+
 /// event-sanitizer: keeps personal data out of the events sent to Customer.io.
 ///
 /// Rules are YAML files written by the data governance team (see
 /// docs/rules.md). These commands check them, test them, explain what they
 /// do to an event, and apply them to files of events.
 #[derive(Parser, Debug)]
-#[command(name = "event-sanitizer", version, about, long_about)]
+#[command(name = "event-sanitizer", version = VERSION, about, long_about)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -83,6 +83,17 @@ const CASE_KEYS: &[&str] = &[
 /// Finds test files: the files named, and below each folder every `.yaml`
 /// or `.yml` file whose top level has `cases` (rule files are skipped).
 pub fn discover(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    yaml_files(paths, is_test_file)
+}
+
+/// The rule files among `paths`: files as given, and in folders (searched
+/// recursively) every `.yaml`/`.yml` file that is not a test file.
+pub fn discover_rule_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    yaml_files(paths, |p| !is_test_file(p))
+}
+
+/// Files as given, and the YAML files of folders that `keep` accepts.
+fn yaml_files(paths: &[PathBuf], keep: impl Fn(&Path) -> bool) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
@@ -97,7 +108,7 @@ pub fn discover(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
                     } else if matches!(
                         path.extension().and_then(|x| x.to_str()),
                         Some("yaml" | "yml")
-                    ) && is_test_file(&path)
+                    ) && keep(&path)
                     {
                         out.push(path);
                     }

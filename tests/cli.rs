@@ -403,3 +403,34 @@ fn version_names_the_release_the_commit_and_the_rule_language() {
         }
     }
 }
+
+#[test]
+fn check_takes_folders_and_skips_the_test_files_in_them() {
+    let o = es(&["check", "rules/"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("rules/customerio.yaml: ok"), "{t}");
+    assert!(t.contains("rules/customerio-webhooks.yaml: ok"), "{t}");
+    assert!(
+        !t.contains("rules/tests/"),
+        "test files are not rule files: {t}"
+    );
+    let bad = es(&["check", "tests/bad_rules"]);
+    let t = text(&bad);
+    assert_eq!(bad.status.code(), Some(1), "{t}");
+    let files = std::fs::read_dir(common::root().join("tests/bad_rules"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "yaml")
+        })
+        .count();
+    assert_eq!(
+        t.matches(" errors\n").count(),
+        files,
+        "every file reported: {t}"
+    );
+}

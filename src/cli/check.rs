@@ -9,14 +9,22 @@ use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub(crate) struct CheckArgs {
-    /// Rule files to check.
-    #[arg(required = true, value_name = "RULE_FILE")]
+    /// Rule files to check, or folders: every .yaml file in them that is
+    /// not a rule test file (`cases:`).
+    #[arg(required = true, value_name = "PATH")]
     files: Vec<PathBuf>,
 }
 
 pub(crate) fn run(args: CheckArgs) -> Result<ExitCode, Failure> {
+    let files = crate::testing::discover_rule_files(&args.files)
+        .map_err(|e| Failure::usage(format!("cannot read the rules folder: {e}")))?;
+    if files.is_empty() {
+        return Err(Failure::usage(
+            "no rule files found (.yaml files without `cases:`)",
+        ));
+    }
     let mut failed = 0;
-    for path in &args.files {
+    for path in &files {
         match RuleFile::load(path) {
             Ok((file, warnings)) => {
                 print!("{warnings}");

@@ -434,3 +434,28 @@ fn check_takes_folders_and_skips_the_test_files_in_them() {
         "every file reported: {t}"
     );
 }
+
+#[test]
+fn shell_completions_cover_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = es(&["completions", shell]);
+        let t = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(o.status.success(), "{shell}: {}", text(&o));
+        for command in [
+            "check", "test", "explain", "sanitize", "config", "run", "demo",
+        ] {
+            assert!(t.contains(command), "{shell}: no `{command}` in\n{t}");
+        }
+    }
+    // The bash script is valid bash.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("event-sanitizer.bash");
+    std::fs::write(&script, es(&["completions", "bash"]).stdout).unwrap();
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(syntax.status.success(), "{}", text(&syntax));
+    assert_eq!(es(&["completions", "tcsh"]).status.code(), Some(2));
+}

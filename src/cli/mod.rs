@@ -61,6 +61,13 @@ enum Command {
     /// Service configuration: `config check FILE` validates it offline.
     #[command(subcommand)]
     Config(config_check::ConfigCommand),
+    /// Print a shell completion script: `event-sanitizer completions bash >
+    /// /etc/bash_completion.d/event-sanitizer` (or zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Print the JSON Schema of the rule language (for editors, via yaml-language-server).
     Schema,
     /// Run the service: consume raw events, sanitize, produce clean events and dead letters.
@@ -150,6 +157,16 @@ pub fn main() -> ExitCode {
         Command::Explain(a) => explain::run(a),
         Command::Sanitize(a) => sanitize::run(a),
         Command::Config(c) => config_check::run(c),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "event-sanitizer",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => schema::run(),
         Command::Run(a) => run::run(a),
         Command::Demo(a) => demo::run(a),

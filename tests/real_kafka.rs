@@ -121,6 +121,41 @@ fn id_of(payload: &[u8]) -> String {
     }
 }
 
+/// Asserts that every input of `inputs` is among the ids `seen`.
+fn assert_none_lost(
+    inputs: &[(Option<String>, Vec<u8>)],
+    seen: &std::collections::HashSet<String>,
+) {
+    let lost: Vec<String> = inputs
+        .iter()
+        .map(|(_, p)| id_of(p))
+        .filter(|id| !seen.contains(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
+
+/// Waits up to `within` for `child` to exit; fails with `what` and `log`.
+fn wait_exit(
+    child: &mut std::process::Child,
+    within: Duration,
+    what: &str,
+    log: &Path,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}; log:\n{}", log_text(log));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_across_sigkills_a_zombie_and_a_rebalance() {
     let b = broker();
@@ -157,18 +192,12 @@ async fn exactly_once_across_sigkills_a_zombie_and_a_rebalance() {
     at = wait_progress(&t, at, 1_000, &log);
     common::signal(&zombie, "-CONT");
     let mut zombie = zombie;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = zombie.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the fenced zombie did not stop; log:\n{}",
-            log_text(&log)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_exit(
+        &mut zombie,
+        Duration::from_secs(60),
+        "the fenced zombie did not stop",
+        &log,
+    );
     assert!(!status.success(), "a fenced instance exits with an error");
 
     // Kill 3, then a second instance joins and leaves while the last one runs.
@@ -413,18 +442,12 @@ async fn scram_with_only_the_documented_acls_a_password_rotated_while_running_an
     produce_to(&b.plaintext, &t.raw, &fourth).await;
     let log3 = dir.path().join("missing-acl.log");
     let mut child = common::start_service(&cfg, &log3);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running without Write on the clean topic; log:\n{}",
-            log_text(&log3)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = wait_exit(
+        &mut child,
+        Duration::from_secs(90),
+        "still running without Write on the clean topic",
+        &log3,
+    );
     let text = log_text(&log3);
     assert_eq!(status.code(), Some(1), "log:\n{text}");
     assert!(
@@ -466,7 +489,8 @@ fn privacy_request(user: &str, action: &str, n: usize) -> (Option<String>, Vec<u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_started_after_compaction_rebuilds_the_same_suppression_set() {
-    use common::http::{free_port, get, scraped};
+    use common::http::{free_port, get};
+    use common::scraped;
     let b = broker();
     let t = Topics::new("compact").await;
     let req = unique("compact-requests");
@@ -603,17 +627,9 @@ async fn at_least_once_across_sigkills_loses_nothing_and_a_graceful_restart_dupl
     wait_all_committed(&t, &log);
     common::signal(&child, "-TERM");
     assert!(child.wait().unwrap().success(), "log:\n{}", log_text(&log));
-    let seen = ids_seen(&read_all(&[&t.clean, &t.dlq], "read_committed"));
-    let lost: Vec<String> = first
-        .iter()
-        .map(|(_, p)| id_of(p))
-        .filter(|id| !seen.contains(id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
+    assert_none_lost(
+        &first,
+        &ids_seen(&read_all(&[&t.clean, &t.dlq], "read_committed")),
     );
 
     // Then SIGTERM between batches: each of these exactly once.
@@ -706,16 +722,5 @@ async fn a_broker_outage_mid_stream_loses_nothing() {
         + high_watermarks(&bs, &t.dlq, 1)[0]) as usize;
     let out = read_topics(&bs, &[&t.clean, &t.dlq], total, Duration::from_secs(60)).await;
     assert_eq!(out.len(), total, "read every output record");
-    let seen: std::collections::HashSet<String> = out.iter().map(|o| id_of(&o.payload)).collect();
-    let lost: Vec<String> = events
-        .iter()
-        .map(|(_, p)| id_of(p))
-        .filter(|id| !seen.contains(id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
+    assert_none_lost(&events, &out.iter().map(|o| id_of(&o.payload)).collect());
 }

@@ -3,8 +3,6 @@
 
 use super::Failure;
 use crate::config::Config;
-use crate::engine::{KeySupply, Limits, Sanitizer};
-use crate::rules::RuleFile;
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,32 +42,10 @@ pub(crate) fn run(command: ConfigCommand) -> Result<ExitCode, Failure> {
     if let Some(w) = &cfg.webhooks {
         rule_files.push(("webhooks.rules", &w.rules));
     }
-    let mut failed = 0;
-    for (option, path) in rule_files {
-        let files = [path.to_path_buf()];
-        for f in files {
-            match RuleFile::load(&f) {
-                Ok((file, warnings)) => {
-                    print!("{warnings}");
-                    if let Err(e) =
-                        Sanitizer::compile(&file, KeySupply::Placeholder, Limits::default())
-                    {
-                        println!("{}: error: {e} (`{option}`)", f.display());
-                        failed += 1;
-                    }
-                }
-                Err(diags) => {
-                    print!("{diags}");
-                    println!(
-                        "{}: {} errors (`{option}`)",
-                        f.display(),
-                        diags.errors().count()
-                    );
-                    failed += 1;
-                }
-            }
-        }
-    }
+    let failed = rule_files
+        .into_iter()
+        .filter(|(option, path)| !super::check::check_rule_file(path, Some(option)))
+        .count();
     if failed > 0 {
         return Ok(ExitCode::from(1));
     }

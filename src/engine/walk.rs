@@ -667,15 +667,7 @@ impl<T: Trace> Walker<'_, T> {
             let next = self.tape[vi].next as usize;
             let raw = &self.src[k.start as usize..k.end as usize];
             let class = self.classify(raw, k.escaped);
-            let stamp = self.w.classes[class as usize].stamp;
-            if stamp >> 1 == serial {
-                return Err(if stamp & 1 == 1 {
-                    DeadLetterReason::RenameCollision
-                } else {
-                    DeadLetterReason::DuplicateKey
-                });
-            }
-            self.w.classes[class as usize].stamp = serial << 1;
+            self.first_in_object(class, serial)?;
             let plen = self.path.len();
             if T::ON {
                 self.push_path_key(raw, k.escaped);
@@ -936,22 +928,37 @@ impl<T: Trace> Walker<'_, T> {
         } else {
             self.w.serial += 1;
             let serial = self.w.serial;
-            let mut seen = false;
             let mut i = idx + 1;
-            while i < end && !seen {
+            let mut seen = Ok(());
+            while i < end && seen.is_ok() {
                 let k = self.tape[i];
                 let class = self.classify(&self.src[k.start as usize..k.end as usize], k.escaped);
-                let stamp = &mut self.w.classes[class as usize].stamp;
-                seen = *stamp >> 1 == serial;
-                *stamp = serial << 1;
+                seen = self.first_in_object(class, serial);
                 i = self.tape[i + 1].next as usize;
             }
-            seen
+            seen.is_err()
         };
         self.w.keys = keys;
         if duplicate {
             return Err(DeadLetterReason::DuplicateKey);
         }
+        Ok(())
+    }
+
+    /// Marks key class `class` as seen in the object numbered `serial`;
+    /// a second sighting is a duplicate key (or, after a rename, the
+    /// renamed key's collision).
+    #[inline]
+    fn first_in_object(&mut self, class: u32, serial: u64) -> Result<(), DeadLetterReason> {
+        let stamp = &mut self.w.classes[class as usize].stamp;
+        if *stamp >> 1 == serial {
+            return Err(if *stamp & 1 == 1 {
+                DeadLetterReason::RenameCollision
+            } else {
+                DeadLetterReason::DuplicateKey
+            });
+        }
+        *stamp = serial << 1;
         Ok(())
     }
 

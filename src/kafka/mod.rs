@@ -94,7 +94,7 @@ pub(crate) fn missing_permission(
     let needs = match e.rdkafka_error_code()? {
         Code::TopicAuthorizationFailed => match (client, topic) {
             (_, Some(t)) => format!("Write on Topic:{t}"),
-            ("consumer" | "privacy-reader", None) => {
+            ("consumer", None) => {
                 format!("Read on Topic:{}", cfg.input_topics.join(", Topic:"))
             }
             _ => format!(
@@ -109,10 +109,16 @@ pub(crate) fn missing_permission(
         Code::ClusterAuthorizationFailed => "IdempotentWrite on Cluster:kafka-cluster".to_string(),
         _ => return None,
     };
-    Some(format!(
-        "the broker refused the {client} ({e}): this service's principal needs {needs} \
+    Some(refusal(client, e, &needs))
+}
+
+/// What the service says when the broker refuses `client` (`why`, the
+/// broker's words) for lack of the ACL `needs`.
+pub(crate) fn refusal(client: &str, why: impl std::fmt::Display, needs: &str) -> String {
+    format!(
+        "the broker refused the {client} ({why}): this service's principal needs {needs} \
          (docs/operations.md, Broker permissions)"
-    ))
+    )
 }
 
 /// Counts and logs an error a Kafka call returned.

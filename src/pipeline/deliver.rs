@@ -120,6 +120,22 @@ enum Mode {
     ExactlyOnce,
 }
 
+impl ProducerCallbacks {
+    /// Whether `e`, for a record to `topic`, is the broker refusing it for
+    /// lack of an ACL; then the service stops, naming it. The record is not
+    /// retried (nothing reaches the topic until an operator grants the
+    /// ACL) and its input offset is never stored: it is consumed again
+    /// after the restart.
+    fn refuse(&self, e: &KafkaError, topic: &str) -> bool {
+        if !self.common.refused("producer", e, Some(topic)) {
+            return false;
+        }
+        self.refused.store(true, Ordering::Release);
+        self.failed.store(true, Ordering::Release);
+        true
+    }
+}
+
 impl ClientContext for ProducerCallbacks {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
         crate::kafka::log("producer", level, fac, msg);
@@ -155,13 +171,7 @@ impl ProducerContext for ProducerCallbacks {
                 ),
                 _,
             )) => {}
-            Err((e, msg)) if self.common.refused("producer", e, Some(msg.topic())) => {
-                // Not retried: nothing reaches the topic until an operator
-                // grants the ACL. The input offset is not stored, so the
-                // message is consumed again after the restart.
-                self.refused.store(true, Ordering::Release);
-                self.failed.store(true, Ordering::Release);
-            }
+            Err((e, msg)) if self.refuse(e, msg.topic()) => {}
             Err((e, msg)) => match self.mode {
                 Mode::AtLeastOnce => {
                     self.common
@@ -333,11 +343,7 @@ fn send_record(
                 ) {
                     crate::kafka::report(&common.telemetry, "producer", &e);
                 }
-                if common.refused("producer", &e, Some(back.topic)) {
-                    // As for a refused delivery: not retried, the input
-                    // offset never stored (consumed again after a restart).
-                    producer.context().refused.store(true, Ordering::Release);
-                    producer.context().failed.store(true, Ordering::Release);
+                if producer.context().refuse(&e, back.topic) {
                     return;
                 }
                 rec = back;

@@ -97,9 +97,10 @@ impl Privacy {
             .iter()
             .any(|t| t.name() == topic && t.error() == Some(refused))
         {
-            return Err(fail(format!(
-                "the broker refused to describe it: this service's principal needs Read on \
-                 Topic:{topic} (docs/operations.md, Broker permissions)"
+            return Err(fail(crate::kafka::refusal(
+                "privacy reader",
+                "Topic authorization failed",
+                &format!("Read on Topic:{topic}"),
             )));
         }
         let partitions: Vec<i32> = md

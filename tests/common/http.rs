@@ -118,23 +118,3 @@ pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let status = text.split(' ').nth(1)?.parse().ok()?;
     Some((status, text.split_once("\r\n\r\n")?.1.to_string()))
 }
-
-/// The value of metric `name` (summed over its series) on the service
-/// at `port`, parsed from the Prometheus exposition format.
-pub fn scraped(port: u16, name: &str) -> Option<f64> {
-    let (_, body) = get(port, "/metrics")?;
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).ok()?;
-    let values: Vec<f64> = scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter_map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => Some(v),
-            _ => None,
-        })
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
-}

@@ -77,10 +77,15 @@ pub fn metric(
     name: &str,
     labels: &[(&str, &str)],
 ) -> f64 {
-    let text = telemetry.render();
+    metric_in(&telemetry.render(), name, labels).unwrap_or(0.0)
+}
+
+/// The sum of `name`'s samples whose labels include `labels` in `text`
+/// (the Prometheus exposition format); `None` when it has none.
+pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
-    scrape
+    let values: Vec<f64> = scrape
         .samples
         .iter()
         .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
@@ -90,7 +95,14 @@ pub fn metric(
             | prometheus_parse::Value::Untyped(v) => v,
             _ => 0.0,
         })
-        .sum()
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// The value of metric `name` (summed over its series) on the service
+/// at `port`, scraped from its `/metrics`.
+pub fn scraped(port: u16, name: &str) -> Option<f64> {
+    metric_in(&http::get(port, "/metrics")?.1, name, &[])
 }
 
 /// HMAC-SHA256 hex with the test key, computed independently of the engine.

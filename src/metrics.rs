@@ -637,6 +637,13 @@ impl Telemetry {
         tracing::error!(target: "event_sanitizer::audit", event = "webhook_signing_keys_rejected", error, "webhook signing keys not reloaded; the keys in use stay");
     }
 
+    /// A message about a suppressed person is produced nowhere. Audited
+    /// with where it came from and where the person was found (`by`:
+    /// message_key, call, envelope, batch_calls), never with the id.
+    pub fn suppressed(&self, topic: &str, partition: i32, offset: i64, by: &str) {
+        tracing::info!(target: "event_sanitizer::audit", event = "message_suppressed", topic, partition, offset, by, "message about a suppressed person not produced");
+    }
+
     /// Calls of a batch were left out (suppressed people).
     pub fn batch_calls_suppressed(&self, n: usize) {
         self.privacy.suppressed_calls.inc_by(n as u64);

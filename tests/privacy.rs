@@ -450,9 +450,11 @@ async fn restarted_replica_rebuilds_the_set_first_and_ids_never_leak() {
         Some(anon.into()),
         format!(r#"{{"type":"track","event":"Viewed","anonymousId":"{anon}"}}"#).into_bytes(),
     ));
+    // Not JSON and naming no suppressed person: a dead letter. (Keyed
+    // by or naming `user`, it would be suppressed.)
     events.push((
-        Some(user.into()),
-        format!(r#"{{"userId":"{user}","#).into_bytes(),
+        Some("ok-user".into()),
+        br#"{"userId":"ok-user","#.to_vec(),
     ));
     produce(&bs, &events).await;
 
@@ -577,6 +579,7 @@ async fn restarted_replica_rebuilds_the_set_first_and_ids_never_leak() {
         "privacy_request_applied",
         "deletion_commands_produced",
         "dead_letter",
+        "message_suppressed",
     ] {
         assert!(kinds.contains(k), "no {k} record in {kinds:?}");
     }
@@ -611,4 +614,166 @@ async fn restarted_replica_rebuilds_the_set_first_and_ids_never_leak() {
         !logs.contains("\"target\":\"event_sanitizer::audit\""),
         "audit records went to their own file"
     );
+}
+
+/// The side doors: a suppressed person's message that is too deep, too
+/// large, has their id as a duplicate, names them on a batch envelope, in a
+/// batch with someone else's malformed call, or only in its key. None of
+/// their data reaches the clean or the dead-letter topic; each is counted
+/// and audited without the id; the other people's events are unaffected
+/// and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_suppressed_persons_data_leaves_by_no_side_door() {
+    use std::process::{Command, Stdio};
+    let mock = cluster(1);
+    mock.create_topic(REQ, 1, 1).unwrap();
+    let bs = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, key) = common::rules_and_key(dir.path());
+    let (gone, gone_anon) = ("gone-person-7", "gone-anon-7");
+    produce_to(
+        &bs,
+        REQ,
+        &[request(
+            gone,
+            serde_json::json!({"requestId": "r-1", "userId": gone, "anonymousId": gone_anon, "action": "suppress"}),
+        )],
+    )
+    .await;
+    let call = |user: &str, id: &str| serde_json::json!({"type": "track", "event": "Viewed", "userId": user, "messageId": id});
+    let side_doors: Vec<(String, Vec<u8>)> = vec![
+        (
+            "k".into(),
+            format!(
+                r#"{{"type":"track","event":"E","userId":"{gone}","properties":{{"p":{}1{}}}}}"#,
+                "[".repeat(100),
+                "]".repeat(100)
+            )
+            .into_bytes(),
+        ),
+        (
+            "k".into(),
+            format!(
+                r#"{{"type":"track","event":"E","anonymousId":"{gone_anon}","properties":{{"p":"{}"}}}}"#,
+                "x".repeat(5000)
+            )
+            .into_bytes(),
+        ),
+        (
+            "k".into(),
+            format!(r#"{{"type":"track","event":"E","userId":"ok-user","userId":"{gone}"}}"#)
+                .into_bytes(),
+        ),
+        (
+            "k".into(),
+            serde_json::to_vec(&serde_json::json!({"userId": gone, "batch": [call("ok-user", "env-1")]}))
+                .unwrap(),
+        ),
+        (
+            "k".into(),
+            serde_json::to_vec(&serde_json::json!({"batch": [
+                call(gone, "theirs"),
+                {"type": "track", "event": "Viewed", "messageId": "malformed"},
+                call("ok-user", "batch-good"),
+            ]}))
+            .unwrap(),
+        ),
+        (gone.into(), format!("not json, {gone}").into_bytes()),
+    ];
+    let mut events = Vec::new();
+    let mut seq = 0;
+    for (key, payload) in side_doors {
+        for _ in 0..3 {
+            events.push(event("ok-user", seq));
+            seq += 1;
+        }
+        events.push((Some(key), payload));
+    }
+    produce(&bs, &events).await;
+
+    let port = free_port();
+    let audit = dir.path().join("audit.jsonl");
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, format!(
+        "kafka:\n  bootstrap_servers: \"{bs}\"\n  group_id: g-side\n  input_topics: [{RAW}]\n  clean_topic: {CLEAN}\n  dead_letter_topic: {DLQ}\n  allow_plaintext: true\n  consumer: {{ session.timeout.ms: '6000', auto.commit.interval.ms: '300' }}\nrules: {{ file: {}, hash_key_file: {} }}\nlimits: {{ max_message_bytes: 4096, max_depth: 32 }}\nprivacy: {{ requests_topic: {REQ} }}\nhttp: {{ listen: '127.0.0.1:{port}' }}\nlog: {{ format: json, audit_file: {} }}\n",
+        rules.display(), key.display(), audit.display()
+    )).unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(common::bin())
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    until("every event handled", || {
+        all_committed(&bs, "g-side", RAW, 1) && high_watermarks(&bs, RAW, 1)[0] > 0
+    })
+    .await;
+    let text = get(port, "/metrics").unwrap().1;
+    let count = |name: &str| common::metric_in(&text, name, &[]).unwrap_or(-1.0);
+    assert_eq!(count("event_sanitizer_messages_suppressed_total"), 5.0);
+    assert_eq!(count("event_sanitizer_batch_calls_suppressed_total"), 1.0);
+    assert!(!text.contains(gone) && !text.contains(gone_anon));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+
+    let out = read_topics(&bs, &[CLEAN, DLQ], 20, Duration::from_secs(20)).await;
+    for o in &out {
+        let raw = String::from_utf8_lossy(&o.payload);
+        assert!(
+            !raw.contains(gone) && !raw.contains(gone_anon) && !raw.contains("theirs"),
+            "their data on {}: {raw}",
+            o.topic
+        );
+        assert_ne!(o.key.as_deref(), Some(gone.as_bytes()));
+    }
+    let clean: Vec<serde_json::Value> = out
+        .iter()
+        .filter(|o| o.topic == CLEAN)
+        .map(|o| o.json())
+        .collect();
+    let seqs: Vec<u64> = clean
+        .iter()
+        .filter_map(|v| v["traits"]["seq"].as_u64())
+        .collect();
+    assert_eq!(
+        seqs,
+        (0..18).collect::<Vec<_>>(),
+        "the others' events, in order"
+    );
+    let batches: Vec<&serde_json::Value> =
+        clean.iter().filter(|v| v.get("batch").is_some()).collect();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0]["batch"].as_array().unwrap().len(), 1);
+    assert_eq!(batches[0]["batch"][0]["messageId"], "batch-good");
+    let dead: Vec<&Out> = out.iter().filter(|o| o.topic == DLQ).collect();
+    assert_eq!(dead.len(), 1, "only the malformed call is a dead letter");
+    assert_eq!(
+        dead[0].header("sanitizer-error"),
+        Some("contract.missing_identity")
+    );
+    let v = dead[0].json();
+    assert_eq!(v["batch"].as_array().unwrap().len(), 1);
+    assert_eq!(v["batch"][0]["messageId"], "malformed");
+    assert_eq!(out.len(), 18 + 1 + 1);
+
+    let audit_text = std::fs::read_to_string(&audit).unwrap();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    for id in [gone, gone_anon] {
+        assert!(!audit_text.contains(id), "{id} in the audit stream");
+        assert!(!logs.contains(id), "{id} in the logs");
+    }
+    let by: Vec<String> = audit_text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "message_suppressed")
+        .map(|r| {
+            assert!(r["offset"].is_number() && r["topic"] == RAW);
+            r["by"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(by, ["call", "call", "call", "envelope", "message_key"]);
 }

@@ -41,7 +41,7 @@ pub(crate) enum JsonError {
 }
 
 #[inline(always)]
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
+pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
         i += 1;
     }
@@ -67,7 +67,7 @@ fn stops(chunk: u64) -> u64 {
 /// closing quote, has escapes). Eight bytes per step (SWAR): the first
 /// byte needing attention is found from the stop mask's trailing zeros.
 #[inline]
-fn scan_string(b: &[u8], i: usize) -> Result<(usize, bool), JsonError> {
+pub(crate) fn scan_string(b: &[u8], i: usize) -> Result<(usize, bool), JsonError> {
     let mut j = i + 1;
     let mut escaped = false;
     loop {
@@ -130,7 +130,7 @@ fn hex4(b: &[u8], i: usize) -> Option<u32> {
     Some(v)
 }
 
-fn scan_number(b: &[u8], i: usize) -> Result<usize, JsonError> {
+pub(crate) fn scan_number(b: &[u8], i: usize) -> Result<usize, JsonError> {
     let mut j = i;
     if b[j] == b'-' {
         j += 1;

@@ -27,7 +27,7 @@ mod walk;
 pub use compile::{CompileError, KeySupply};
 pub use contract::{Limit, Records, Violation};
 pub use explain::{Decision, Explanation};
-pub use identity::{Identity, Sanitized};
+pub use identity::{Id, NamedBy, RefusedCall, Sanitized, SCAN_MAX_BYTES};
 
 use crate::rules::{Destination, HeaderPolicy, MessageKeyAction};
 use std::borrow::Cow;

@@ -49,9 +49,6 @@ pub(crate) struct Work {
     strout: Vec<u8>,
     canon: Vec<u8>,
     found: Vec<Found>,
-    /// Whether `tape` holds the last input's tokens (it was valid JSON
-    /// with an object at the root).
-    pub tokenized: bool,
     /// Whether the last input was compact (no whitespace between tokens):
     /// then an untouched container's bytes are its clean output.
     compact: bool,
@@ -111,7 +108,6 @@ pub(crate) fn run<T: Trace>(
     trace: &mut T,
 ) -> Result<(), DeadLetterReason> {
     out.clear();
-    w.tokenized = false;
     let c = &s.c;
     if input.iter().all(u8::is_ascii_whitespace) {
         return Err(DeadLetterReason::Empty);
@@ -142,7 +138,6 @@ pub(crate) fn run<T: Trace>(
         }),
         Ok(_) if tape[0].kind != Kind::Object => Err(DeadLetterReason::NotAnObject),
         Ok(compact) => {
-            w.tokenized = true;
             w.compact = compact;
             out.reserve(input.len());
             let mut walker = Walker {
@@ -1154,12 +1149,5 @@ impl<T: Trace> Walker<'_, T> {
         for (ri, name) in notes {
             self.record(None, "redact", ri, Some(format!("detector {name} matched")));
         }
-    }
-}
-
-impl Work {
-    /// The tokens of the last input, when [`Work::tokenized`].
-    pub(crate) fn tape(&self) -> Option<&[Tok]> {
-        self.tokenized.then_some(&self.tape[..])
     }
 }

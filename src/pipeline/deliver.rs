@@ -282,6 +282,7 @@ fn enqueue(
     count_remaining: bool,
 ) -> (Arc<InFlight>, bool) {
     let bytes = routed.bytes();
+    let records = routed.records();
     common.budget.take(bytes);
     input.track.begin(input.offset);
     let f = Arc::new(InFlight {
@@ -291,15 +292,20 @@ fn enqueue(
         consumed_at: input.consumed_at,
         timestamp: input.timestamp,
         bytes,
-        remaining: AtomicUsize::new(if count_remaining {
-            routed.payloads.len()
-        } else {
-            0
-        }),
+        remaining: AtomicUsize::new(if count_remaining { records } else { 0 }),
         deletion: routed.deletion,
     });
-    if routed.payloads.is_empty() {
+    if records == 0 {
         return (f, false);
+    }
+    for d in routed.dead_calls {
+        let mut rec = BaseRecord::with_opaque_to(&common.cfg.kafka.dead_letter_topic, f.clone())
+            .payload(&d.payload[..])
+            .headers(d.headers);
+        if let Some(k) = &d.key {
+            rec = rec.key(&k[..]);
+        }
+        send_record(common, producer, rec);
     }
     let topic = match routed.topic {
         Topic::Clean => &common.cfg.kafka.clean_topic,

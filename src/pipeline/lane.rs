@@ -14,7 +14,7 @@ use super::route::{DeletionAudit, Input, RequestRecord, Router};
 use super::tracker::{Budget, Track, Tracks};
 use super::{Health, PipelineError};
 use crate::config::{ClientRole, Config, DeliveryMode};
-use crate::engine::{Identity, Sanitizer, Scratch};
+use crate::engine::{Id, Sanitizer, Scratch};
 use crate::metrics::{DeliveryMetrics, Finished, Telemetry};
 use crate::privacy::reader::Privacy;
 use crate::reload::RuleSource;
@@ -482,13 +482,18 @@ impl Lane {
                 }
             },
             privacy => {
-                let set = privacy.as_ref().map(|p| &p.suppressions);
-                let suppressed = |id: &Identity| {
-                    set.is_some_and(|s| {
-                        s.contains(id.user_id.as_deref(), id.anonymous_id.as_deref())
+                // An empty set suppresses no one: no identity scan.
+                let set = privacy
+                    .as_ref()
+                    .map(|p| &p.suppressions)
+                    .filter(|s| !s.is_empty());
+                let suppressed = |id: Id<'_>| {
+                    set.is_some_and(|s| match id {
+                        Id::User(u) => s.contains(Some(u), None),
+                        Id::Anonymous(a) => s.contains(None, Some(a)),
                     })
                 };
-                let suppressed: Option<&dyn Fn(&Identity) -> bool> = set.map(|_| &suppressed as _);
+                let suppressed: Option<&dyn Fn(Id<'_>) -> bool> = set.map(|_| &suppressed as _);
                 let routed = router.event(&input, suppressed, scratch, out);
                 c.metrics.sanitized(consumed_at.elapsed().as_secs_f64());
                 routed
@@ -497,6 +502,14 @@ impl Lane {
         if let Some(d) = &routed.dead_letter {
             c.telemetry
                 .dead_letter(topic, partition, offset, d.code, &d.detail);
+        }
+        for d in &routed.dead_calls {
+            let d = &d.dead_letter;
+            c.telemetry
+                .dead_letter(topic, partition, offset, d.code, &d.detail);
+        }
+        if let Some(by) = routed.suppressed_by {
+            c.telemetry.suppressed(topic, partition, offset, by.name());
         }
         if routed.suppressed_calls > 0 {
             c.telemetry.batch_calls_suppressed(routed.suppressed_calls);

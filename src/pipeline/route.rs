@@ -3,7 +3,7 @@
 //! none out. Pure and synchronous: no broker, no clock, no metrics, so
 //! every outcome is unit-tested here; the lane produces what it returns.
 
-use crate::engine::{DeadLetterReason, Identity, Sanitized, Sanitizer, Scratch};
+use crate::engine::{DeadLetterReason, Id, NamedBy, Sanitized, Sanitizer, Scratch};
 use crate::kafka::{clean_headers, dead_letter_headers, DeadLetterOrigin, Lineage};
 use crate::privacy::Request;
 use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
@@ -93,9 +93,32 @@ pub struct Routed<'a> {
     pub suppressed_calls: usize,
     /// For deletion commands: what to audit once they are acknowledged.
     pub deletion: Option<DeletionAudit>,
+    /// Calls of a batch refused on their own: dead letters beside the
+    /// clean records (same key).
+    pub dead_calls: Vec<DeadCall>,
+    /// For [`Outcome::Suppressed`]: where the person was found.
+    pub suppressed_by: Option<NamedBy>,
+}
+
+/// A call of a batch refused on its own, as a dead letter.
+pub struct DeadCall {
+    /// The envelope with only this call.
+    pub payload: Vec<u8>,
+    /// Dead-letter headers.
+    pub headers: OwnedHeaders,
+    /// The original key.
+    pub key: Option<Vec<u8>>,
+    /// Why.
+    pub dead_letter: DeadLetter,
 }
 
 impl Routed<'_> {
+    fn suppressed(by: NamedBy) -> Self {
+        let mut r = Routed::nothing(Outcome::Suppressed);
+        r.suppressed_by = Some(by);
+        r
+    }
+
     fn nothing(outcome: Outcome) -> Self {
         Routed {
             outcome,
@@ -106,13 +129,21 @@ impl Routed<'_> {
             dead_letter: None,
             suppressed_calls: 0,
             deletion: None,
+            dead_calls: Vec::new(),
+            suppressed_by: None,
         }
     }
 
     /// Bytes this output holds in the producer until acknowledged.
     pub fn bytes(&self) -> usize {
         let key = self.key.as_ref().map_or(0, |k| k.len());
-        self.payloads.iter().map(|p| p.len() + key).sum()
+        let dead: usize = self.dead_calls.iter().map(|d| d.payload.len() + key).sum();
+        self.payloads.iter().map(|p| p.len() + key).sum::<usize>() + dead
+    }
+
+    /// Records this output produces.
+    pub fn records(&self) -> usize {
+        self.payloads.len() + self.dead_calls.len()
     }
 }
 
@@ -143,32 +174,51 @@ impl Router {
         &self.sanitizer
     }
 
-    /// An event: sanitized to clean records, a dead letter, or nothing
-    /// when `suppressed` says its person must not be processed.
+    /// An event: sanitized to clean records (and dead letters for calls of
+    /// a batch refused on their own), a dead letter, or nothing when
+    /// `suppressed` says its person must not be processed.
     pub fn event<'a>(
         &self,
         m: &Input<'a>,
-        suppressed: Option<&dyn Fn(&Identity) -> bool>,
+        suppressed: Option<&dyn Fn(Id<'_>) -> bool>,
         scratch: &mut Scratch,
         out: &'a mut Vec<u8>,
     ) -> Routed<'a> {
         let s = &*self.sanitizer;
-        let result = match (m.payload, suppressed) {
-            (None, _) => Err(DeadLetterReason::Empty),
-            (Some(p), Some(is_suppressed)) => {
-                s.sanitize_unless(p, scratch, out, &mut |id: &Identity| is_suppressed(id))
+        let Some(p) = m.payload else {
+            // A tombstone names no one but its key.
+            if let (Some(is), Some(k)) =
+                (suppressed, m.key.and_then(|k| std::str::from_utf8(k).ok()))
+            {
+                if is(Id::User(k)) || is(Id::Anonymous(k)) {
+                    return Routed::suppressed(NamedBy::MessageKey);
+                }
             }
-            (Some(p), None) => s.sanitize(p, scratch, out).map(|records| Sanitized::Clean {
-                records,
-                suppressed_calls: 0,
-            }),
+            let reason = DeadLetterReason::Empty;
+            return self.dead_letter(m, reason.code(), reason.to_string());
         };
-        match result {
-            Ok(Sanitized::Suppressed) => Routed::nothing(Outcome::Suppressed),
+        let mut is = suppressed.map(|f| move |id: Id<'_>| f(id));
+        let is = is.as_mut().map(|f| f as &mut dyn FnMut(Id<'_>) -> bool);
+        match s.judge(p, m.key, scratch, out, is) {
+            Ok(Sanitized::Suppressed(by)) => Routed::suppressed(by),
             Ok(Sanitized::Clean {
                 records,
                 suppressed_calls,
+                refused_calls,
             }) => {
+                let dead_calls = refused_calls
+                    .into_iter()
+                    .map(|c| {
+                        let detail = format!("call {} of the batch: {}", c.index, c.reason);
+                        let code = c.reason.code();
+                        DeadCall {
+                            headers: self.dead_letter_headers(m, code, &detail),
+                            payload: c.payload,
+                            key: m.key.map(<[u8]>::to_vec),
+                            dead_letter: DeadLetter { code, detail },
+                        }
+                    })
+                    .collect();
                 let out: &'a [u8] = out;
                 Routed {
                     outcome: Outcome::Clean,
@@ -183,22 +233,38 @@ impl Router {
                     dead_letter: None,
                     suppressed_calls,
                     deletion: None,
+                    dead_calls,
+                    suppressed_by: None,
                 }
+            }
+            Ok(Sanitized::RefusedRest {
+                reason,
+                rest,
+                suppressed_calls,
+            }) => {
+                let mut routed = self.dead_letter(m, reason.code(), reason.to_string());
+                routed.payloads = smallvec::smallvec![Cow::Owned(rest)];
+                routed.suppressed_calls = suppressed_calls;
+                routed
             }
             Err(reason) => self.dead_letter(m, reason.code(), reason.to_string()),
         }
     }
 
-    /// `m` itself on the dead-letter topic, with why and where from.
-    pub fn dead_letter<'a>(&self, m: &Input<'a>, code: &'static str, detail: String) -> Routed<'a> {
+    fn dead_letter_headers(&self, m: &Input<'_>, code: &'static str, detail: &str) -> OwnedHeaders {
         let origin = DeadLetterOrigin {
             code,
-            detail: &detail,
+            detail,
             topic: m.topic,
             partition: m.partition,
             offset: m.offset,
         };
-        let headers = dead_letter_headers(m.headers, &origin, &lineage(&self.sanitizer));
+        dead_letter_headers(m.headers, &origin, &lineage(&self.sanitizer))
+    }
+
+    /// `m` itself on the dead-letter topic, with why and where from.
+    pub fn dead_letter<'a>(&self, m: &Input<'a>, code: &'static str, detail: String) -> Routed<'a> {
+        let headers = self.dead_letter_headers(m, code, &detail);
         Routed {
             outcome: Outcome::DeadLetter,
             topic: Topic::DeadLetter,
@@ -208,6 +274,8 @@ impl Router {
             dead_letter: Some(DeadLetter { code, detail }),
             suppressed_calls: 0,
             deletion: None,
+            dead_calls: Vec::new(),
+            suppressed_by: None,
         }
     }
 
@@ -276,6 +344,8 @@ impl Router {
             dead_letter: None,
             suppressed_calls: 0,
             deletion: Some(audit),
+            dead_calls: Vec::new(),
+            suppressed_by: None,
         }
     }
 }
@@ -462,7 +532,7 @@ mod tests {
     #[test]
     fn suppressed_people_produce_nothing_and_leave_batches() {
         let r = router(Limits::default());
-        let is = |id: &Identity| id.user_id.as_deref() == Some("gone");
+        let is = |id: Id<'_>| id == Id::User("gone");
         let (mut scratch, mut out) = (Scratch::default(), Vec::new());
         let one = br#"{"type":"track","userId":"gone","event":"E"}"#;
         let routed = r.event(&input(Some(one), None), Some(&is), &mut scratch, &mut out);
@@ -476,6 +546,164 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&routed.payloads[0]).unwrap();
         assert_eq!(v["batch"].as_array().unwrap().len(), 1);
         assert_eq!(v["batch"][0]["userId"], "kept");
+    }
+
+    #[test]
+    fn a_suppressed_person_leaves_by_no_exit() {
+        let r = router(Limits {
+            max_bytes: 2000,
+            max_depth: 8,
+        });
+        let is = |id: Id<'_>| matches!(id, Id::User("gone") | Id::Anonymous("anon-gone"));
+        let deep = format!(
+            r#"{{"type":"track","userId":"gone","event":"E","properties":{{"a":{}1{}}}}}"#,
+            "[".repeat(20),
+            "]".repeat(20)
+        );
+        let big = format!(
+            r#"{{"type":"track","anonymousId":"anon-gone","event":"E","properties":{{"p":"{}"}}}}"#,
+            "x".repeat(3000)
+        );
+        let cases: Vec<(String, Option<&[u8]>, NamedBy)> = vec![
+            (deep, Some(b"k"), NamedBy::Call),
+            (big, Some(b"k"), NamedBy::Call),
+            (
+                r#"{"type":"track","userId":"kept","userId":"gone","event":"E"}"#.into(),
+                Some(b"k"),
+                NamedBy::Call,
+            ),
+            (
+                r#"{"userId":"gone","batch":[{"type":"track","userId":"kept","event":"E"}]}"#
+                    .into(),
+                Some(b"k"),
+                NamedBy::Envelope,
+            ),
+            (
+                r#"{"type":"alias","userId":"new","previousId":"anon-gone"}"#.into(),
+                Some(b"k"),
+                NamedBy::Call,
+            ),
+            ("not json at all".into(), Some(b"gone"), NamedBy::MessageKey),
+            (
+                r#"{"type":"track","userId":"gone","event":"E","cut"#.into(),
+                Some(b"k"),
+                NamedBy::Call,
+            ),
+            (
+                r#"{"batch":[{"type":"track","userId":"gone","event":"E"},{"#.into(),
+                Some(b"k"),
+                NamedBy::BatchCalls,
+            ),
+        ];
+        for (payload, key, by) in cases {
+            let (mut scratch, mut out) = (Scratch::default(), Vec::new());
+            let mut m = input(Some(payload.as_bytes()), None);
+            m.key = key;
+            let routed = r.event(&m, Some(&is), &mut scratch, &mut out);
+            assert_eq!(routed.outcome, Outcome::Suppressed, "{payload}");
+            assert_eq!(routed.suppressed_by, Some(by), "{payload}");
+            assert_eq!(routed.records(), 0);
+            // Without a suppression set the same message is a dead letter
+            // (or clean): the set is what keeps it in.
+            drop(routed);
+            let routed = r.event(&m, None, &mut scratch, &mut out);
+            assert_ne!(routed.outcome, Outcome::Suppressed);
+        }
+        // A tombstone keyed by the person.
+        let (mut scratch, mut out) = (Scratch::default(), Vec::new());
+        let mut m = input(None, None);
+        m.key = Some(b"gone");
+        let routed = r.event(&m, Some(&is), &mut scratch, &mut out);
+        assert_eq!(routed.suppressed_by, Some(NamedBy::MessageKey));
+    }
+
+    #[test]
+    fn a_batch_is_judged_call_by_call_with_the_suppressed_calls_removed_first() {
+        let r = router(Limits::default());
+        let is = |id: Id<'_>| id == Id::User("gone");
+        let good = |u: &str| format!(r#"{{"type":"track","userId":"{u}","event":"E"}}"#);
+        let bad = r#"{"type":"track","event":"E","properties":{"note":"no identity"}}"#;
+        let batch = format!(
+            r#"{{"sentAt":"t","batch":[{},{},{bad},{}]}}"#,
+            good("gone"),
+            good("kept-1"),
+            good("kept-2")
+        );
+        let (mut scratch, mut out) = (Scratch::default(), Vec::new());
+        let routed = r.event(
+            &input(Some(batch.as_bytes()), None),
+            Some(&is),
+            &mut scratch,
+            &mut out,
+        );
+        assert_eq!(routed.outcome, Outcome::Clean);
+        assert_eq!(routed.suppressed_calls, 1);
+        let v: serde_json::Value = serde_json::from_slice(&routed.payloads[0]).unwrap();
+        let users: Vec<&str> = v["batch"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["userId"].as_str().unwrap())
+            .collect();
+        assert_eq!(users, ["kept-1", "kept-2"], "the good calls, in order");
+        assert_eq!(v["sentAt"], "t", "the envelope is kept");
+        assert_eq!(routed.dead_calls.len(), 1);
+        let d = &routed.dead_calls[0];
+        assert_eq!(d.dead_letter.code, "contract.missing_identity");
+        assert!(
+            d.dead_letter.detail.starts_with("call 2 of the batch"),
+            "{}",
+            d.dead_letter.detail
+        );
+        assert_eq!(
+            d.payload,
+            format!(r#"{{"sentAt":"t","batch":[{bad}]}}"#).as_bytes(),
+            "only that call, in its envelope"
+        );
+        assert!(!String::from_utf8_lossy(&d.payload).contains("gone"));
+        assert_eq!(
+            header(&d.headers, "sanitizer-error"),
+            Some("contract.missing_identity")
+        );
+        assert_eq!(d.key.as_deref(), Some(&b"user-1"[..]), "the original key");
+        // Without suppression: the same per-call judgment.
+        drop(routed);
+        let routed = r.event(
+            &input(Some(batch.as_bytes()), None),
+            None,
+            &mut scratch,
+            &mut out,
+        );
+        assert_eq!(routed.outcome, Outcome::Clean);
+        assert_eq!(routed.dead_calls.len(), 1);
+        assert!(routed.dead_calls[0]
+            .dead_letter
+            .detail
+            .starts_with("call 2 "));
+        // Only bad calls left: the rest, never the original, is the dead letter.
+        let only_bad = format!(r#"{{"batch":[{},{bad}]}}"#, good("gone"));
+        drop(routed);
+        let routed = r.event(
+            &input(Some(only_bad.as_bytes()), None),
+            Some(&is),
+            &mut scratch,
+            &mut out,
+        );
+        assert_eq!(routed.outcome, Outcome::DeadLetter);
+        assert_eq!(routed.suppressed_calls, 1);
+        assert_eq!(
+            &*routed.payloads[0],
+            format!(r#"{{"batch":[{bad}]}}"#).as_bytes()
+        );
+        // Unreadable as a whole: one dead letter, as before.
+        drop(routed);
+        let routed = r.event(
+            &input(Some(b"{\"batch\":[1,"), None),
+            None,
+            &mut scratch,
+            &mut out,
+        );
+        assert_eq!(routed.dead_letter.unwrap().code, "invalid_json");
     }
 
     #[test]

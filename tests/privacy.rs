@@ -452,10 +452,7 @@ async fn restarted_replica_rebuilds_the_set_first_and_ids_never_leak() {
     ));
     // Not JSON and naming no suppressed person: a dead letter. (Keyed
     // by or naming `user`, it would be suppressed.)
-    events.push((
-        Some("ok-user".into()),
-        br#"{"userId":"ok-user","#.to_vec(),
-    ));
+    events.push((Some("ok-user".into()), br#"{"userId":"ok-user","#.to_vec()));
     produce(&bs, &events).await;
 
     let port = free_port();
@@ -776,4 +773,106 @@ async fn a_suppressed_persons_data_leaves_by_no_side_door() {
         })
         .collect();
     assert_eq!(by, ["call", "call", "call", "envelope", "message_key"]);
+}
+
+/// No window after a request: a `suppress` acknowledged by the broker,
+/// then at once 100 of that person's events (among others'), five times
+/// over while the service runs: none of them reaches the clean topic, and
+/// every other event does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_suppress_followed_at_once_by_the_persons_events_lets_none_through() {
+    // Two brokers: the requests topic's leader answers 300 ms late (set
+    // after the warm-up), the events' leader at once. The requests reader
+    // then learns of a request long after the events that follow it are
+    // consumed: only the gate keeps the person's events in.
+    let mock = rdkafka::mocking::MockCluster::new(2).unwrap();
+    for (topic, partitions) in [(RAW, 4), (CLEAN, 4), (DLQ, 1), (REQ, 2)] {
+        mock.create_topic(topic, partitions, 1).unwrap();
+        for p in 0..partitions {
+            let leader = if topic == REQ { 2 } else { 1 };
+            mock.partition_leader(topic, p, Some(leader)).unwrap();
+        }
+    }
+    mock.coordinator(
+        rdkafka::mocking::MockCoordinator::Group("g-window".into()),
+        1,
+    )
+    .unwrap();
+    let bs = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, key) = common::rules_and_key(dir.path());
+    let telemetry = Arc::new(Telemetry::new());
+    let group = "g-window";
+    let mut cfg = config(&bs, &rules, &key, group);
+    cfg.privacy = Some(PrivacyConfig {
+        requests_topic: REQ.into(),
+    });
+    let p = Pipeline::new(cfg, telemetry.clone()).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(p.run(async move {
+        let _ = rx.await;
+    }));
+    let bs2 = bs.clone();
+    let clean_count = move || sum(&high_watermarks(&bs2, CLEAN, 4));
+    // The service is up and passing events.
+    produce(
+        &bs,
+        &(0..20).map(|s| event("warm-up", s)).collect::<Vec<_>>(),
+    )
+    .await;
+    until("the warm-up", || clean_count() >= 20).await;
+    mock.broker_round_trip_time(2, Duration::from_millis(300))
+        .unwrap();
+    let mut others = 20;
+    for round in 0..5 {
+        let person = format!("person-{round}");
+        produce_to(
+            &bs,
+            REQ,
+            &[request(
+                &person,
+                serde_json::json!({"requestId": format!("r-{round}"), "userId": person, "action": "suppress"}),
+            )],
+        )
+        .await;
+        let mut events = Vec::new();
+        for s in 0..100 {
+            events.push(event(&person, s));
+            if s % 10 == 0 {
+                events.push(event("other", round * 100 + s));
+                others += 1;
+            }
+        }
+        produce(&bs, &events).await;
+    }
+    let t = telemetry.clone();
+    until("every event judged", || {
+        metric(&t, "event_sanitizer_messages_suppressed_total", &[]) + clean_count() as f64
+            >= (others + 500) as f64
+            || clean_count() > others as i64
+    })
+    .await;
+    let bs3 = bs.clone();
+    until("everything committed", || {
+        all_committed(&bs3, group, RAW, 4)
+    })
+    .await;
+    tx.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    let out = read_topics(&bs, &[CLEAN], others as usize, Duration::from_secs(20)).await;
+    let leaked: Vec<String> = out
+        .iter()
+        .map(|o| o.json()["userId"].as_str().unwrap_or_default().to_string())
+        .filter(|u| u.starts_with("person-"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "{} events of suppressed people went out: {leaked:?}",
+        leaked.len()
+    );
+    assert_eq!(out.len(), others as usize, "every other event went out");
+    assert_eq!(
+        metric(&telemetry, "event_sanitizer_messages_suppressed_total", &[]),
+        500.0
+    );
 }

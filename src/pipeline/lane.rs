@@ -24,6 +24,7 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -447,6 +448,17 @@ impl Lane {
         let c = &*self.common;
         let consumed_at = Instant::now();
         let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+        if let Some(p) = c.privacy.as_ref().filter(|p| p.topic != topic) {
+            // Every request acknowledged before this event was produced is
+            // applied before it is judged.
+            if !work.released(topic, partition, offset) {
+                match p.wait_released(topic, partition, offset, || c.stopping()) {
+                    Some(mark) => work.release(topic, partition, mark),
+                    // Stopping: not handled, so consumed again later.
+                    None => return Ok(()),
+                }
+            }
+        }
         c.metrics.consumed(topic, 1);
         c.counts.consumed.fetch_add(1, Ordering::Relaxed);
         work.follow(c);
@@ -464,6 +476,7 @@ impl Lane {
             scratch,
             out,
             since_flush,
+            ..
         } = work;
         let routed = match &c.privacy {
             Some(p) if p.topic == topic => match router.request(&input) {
@@ -535,6 +548,8 @@ struct Work {
     scratch: Scratch,
     out: Vec<u8>,
     since_flush: u32,
+    /// The privacy gate's released marks, as last read.
+    released: HashMap<String, HashMap<i32, i64>>,
 }
 
 impl Work {
@@ -544,6 +559,27 @@ impl Work {
             scratch: Scratch::default(),
             out: Vec::with_capacity(64 * 1024),
             since_flush: 0,
+            released: HashMap::new(),
+        }
+    }
+
+    /// Whether the event at `offset` is below the last released mark read.
+    fn released(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        self.released
+            .get(topic)
+            .and_then(|p| p.get(&partition))
+            .is_some_and(|&mark| offset < mark)
+    }
+
+    fn release(&mut self, topic: &str, partition: i32, mark: i64) {
+        match self.released.get_mut(topic) {
+            Some(p) => {
+                p.insert(partition, mark);
+            }
+            None => {
+                self.released
+                    .insert(topic.to_string(), HashMap::from([(partition, mark)]));
+            }
         }
     }
 

@@ -140,6 +140,9 @@ impl Pipeline {
                     ("enable.auto.offset.store", "false"),
                     ("enable.partition.eof", "true"),
                     ("auto.offset.reset", "earliest"),
+                    // A new request is fetched within milliseconds (the
+                    // events wait for it: docs/privacy.md).
+                    ("fetch.wait.max.ms", "10"),
                 ];
                 let rc = crate::kafka::client_config(
                     &cfg,

@@ -55,6 +55,37 @@ struct Progress {
     changed: std::sync::Condvar,
 }
 
+/// The gate between the requests topic and the events: an event at
+/// `offset` of an input partition is handled only once `offset` is below
+/// that partition's released mark. A round ([`Run::round`]) reads the
+/// input partitions' end offsets, *then* the requests topic's, and
+/// releases the first ones once every request below the second has been
+/// applied. A request acknowledged before an event was produced is below
+/// the requests' end, because the event (already consumed, so below the
+/// input's end) was appended after it: the set holds the request before
+/// the event is judged, on every replica.
+#[derive(Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    /// Per input partition, the offset below which events may be handled
+    /// (`i64::MIN` until a round has read it).
+    released: HashMap<(String, i32), i64>,
+    /// A lane waits: run a round.
+    wanted: bool,
+}
+
+/// A round in progress: what it will release, once the requests below
+/// `requests` are applied.
+struct Round {
+    events: Vec<((String, i32), i64)>,
+    requests: HashMap<i32, i64>,
+}
+
 /// The privacy side of a running service: the suppression set and the
 /// thread that keeps it current.
 pub struct Privacy {
@@ -63,6 +94,7 @@ pub struct Privacy {
     /// The requests topic.
     pub topic: String,
     progress: Arc<Progress>,
+    gate: Arc<Gate>,
     ready: Arc<AtomicBool>,
     rebuild: Arc<Mutex<Option<ActiveKey>>>,
     stop: Arc<AtomicBool>,
@@ -119,6 +151,7 @@ impl Privacy {
             suppressions: Arc::new(Suppressions::new(&key.id, &key.key)),
             topic: topic.to_string(),
             progress: Arc::default(),
+            gate: Arc::default(),
             ready: Arc::default(),
             rebuild: Arc::default(),
             stop: Arc::default(),
@@ -131,6 +164,7 @@ impl Privacy {
             partitions,
             suppressions: p.suppressions.clone(),
             progress: p.progress.clone(),
+            gate: p.gate.clone(),
             ready: p.ready.clone(),
             rebuild: p.rebuild.clone(),
             stop: p.stop.clone(),
@@ -175,6 +209,45 @@ impl Privacy {
                 if waited % 100 == 0 {
                     tracing::warn!(partition, offset, "waiting for the privacy reader to apply a request before producing its commands");
                 }
+            }
+        }
+    }
+
+    /// Blocks until the event at `offset` of `topic`/`partition` may be
+    /// judged: every privacy request acknowledged before it was produced
+    /// is applied here ([`Gate`]). Returns the partition's released mark
+    /// (offsets below it need no wait), or `None` when `stop` says to give
+    /// up (the event is then not handled: it is consumed again later).
+    pub fn wait_released(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        stop: impl Fn() -> bool,
+    ) -> Option<i64> {
+        let since = std::time::Instant::now();
+        let mut warned = 0u64;
+        let key = (topic.to_string(), partition);
+        let mut st = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let released = *st.released.entry(key.clone()).or_insert(i64::MIN);
+            if offset < released {
+                return Some(released);
+            }
+            if stop() {
+                return None;
+            }
+            st.wanted = true;
+            st = self
+                .gate
+                .changed
+                .wait_timeout(st, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            let secs = since.elapsed().as_secs();
+            if secs >= 10 * (warned + 1) {
+                warned = secs / 10;
+                tracing::warn!(topic, partition, offset, waited_s = secs, "events wait for the privacy reader: it cannot read the end offsets of the requests topic (broker unreachable?)");
             }
         }
     }
@@ -230,6 +303,7 @@ struct Run {
     partitions: Vec<i32>,
     suppressions: Arc<Suppressions>,
     progress: Arc<Progress>,
+    gate: Arc<Gate>,
     ready: Arc<AtomicBool>,
     rebuild: Arc<Mutex<Option<ActiveKey>>>,
     stop: Arc<AtomicBool>,
@@ -275,12 +349,108 @@ impl Run {
         }
     }
 
+    /// Starts a round when a lane waits: the input partitions' end
+    /// offsets first, then the requests topic's (in that order: see
+    /// [`Gate`]).
+    fn round(&self) -> Option<Round> {
+        let parts: Vec<(String, i32)> = {
+            let mut st = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !std::mem::take(&mut st.wanted) {
+                return None;
+            }
+            st.released.keys().cloned().collect()
+        };
+        let ends = |parts: &[(&str, i32)]| -> Option<Vec<((String, i32), i64)>> {
+            let mut tpl = TopicPartitionList::new();
+            for &(t, p) in parts {
+                tpl.add_partition_offset(t, p, Offset::End).ok()?;
+            }
+            match self
+                .consumer
+                .offsets_for_times(tpl, Duration::from_secs(10))
+            {
+                Ok(tpl) => Some(
+                    tpl.elements()
+                        .iter()
+                        .filter(|e| e.error().is_ok())
+                        .filter_map(|e| {
+                            Some(((e.topic().to_string(), e.partition()), e.offset().to_raw()?))
+                        })
+                        .filter(|(_, o)| *o >= 0)
+                        .collect(),
+                ),
+                Err(e) => {
+                    crate::kafka::report(&self.telemetry, "privacy-reader", &e);
+                    None
+                }
+            }
+        };
+        let retry = || {
+            self.gate
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .wanted = true;
+        };
+        let inputs: Vec<(&str, i32)> = parts.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+        let Some(events) = ends(&inputs) else {
+            retry();
+            return None;
+        };
+        let own: Vec<(&str, i32)> = self
+            .partitions
+            .iter()
+            .map(|&p| (self.topic.as_str(), p))
+            .collect();
+        let Some(requests) = ends(&own) else {
+            retry();
+            return None;
+        };
+        Some(Round {
+            events,
+            requests: requests.into_iter().map(|((_, p), o)| (p, o)).collect(),
+        })
+    }
+
+    /// Whether every request below the round's ends is applied.
+    fn applied(&self, round: &Round, next: &HashMap<i32, i64>) -> bool {
+        let position = self.consumer.position().ok();
+        round.requests.iter().all(|(p, end)| {
+            next.get(p).is_some_and(|n| n >= end)
+                || position.as_ref().is_some_and(|tpl| {
+                    tpl.find_partition(&self.topic, *p)
+                        .and_then(|e| e.offset().to_raw())
+                        .is_some_and(|o| o >= *end)
+                })
+        })
+    }
+
+    fn release(&self, round: Round) {
+        let mut st = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, end) in round.events {
+            let r = st.released.entry(k).or_insert(i64::MIN);
+            *r = (*r).max(end);
+        }
+        drop(st);
+        self.gate.changed.notify_all();
+    }
+
     fn run(&mut self) {
         let mut startup = Some(self.pass());
+        let mut round: Option<Round> = None;
         // A rebuild: the new table and its pass.
         let mut rebuild: Option<(Table, Pass)> = None;
-        let mut live_next: HashMap<i32, i64> = HashMap::new();
+        // Where reading starts: an empty partition is applied to its end.
+        let mut live_next: HashMap<i32, i64> =
+            startup.as_ref().map(|p| p.next.clone()).unwrap_or_default();
         while !self.stop.load(Ordering::Acquire) {
+            if round.is_none() && startup.is_none() {
+                round = self.round();
+            }
+            if round.as_ref().is_some_and(|r| self.applied(r, &live_next)) {
+                self.release(round.take().expect("checked"));
+                continue;
+            }
             if rebuild.is_none() {
                 if let Some(key) = self
                     .rebuild
@@ -295,7 +465,9 @@ impl Run {
                     rebuild = Some((Table::new(&key.id, &key.key), pass));
                 }
             }
-            match self.consumer.poll(Duration::from_millis(100)) {
+            // Short: a lane waiting for a round is noticed within 5 ms.
+            let wait = if round.is_some() { 1 } else { 5 };
+            match self.consumer.poll(Duration::from_millis(wait)) {
                 None => {}
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     for pass in startup.iter_mut().chain(rebuild.as_mut().map(|r| &mut r.1)) {

@@ -312,6 +312,19 @@ fn config(
         shutdown: ShutdownConfig::default(),
         webhooks: None,
         privacy: None,
+        // Sealed, as in production: a ring next to the hash key.
+        dead_letters: DeadLettersConfig {
+            encrypt: true,
+            keys_file: Some({
+                let ring = key.with_file_name("dead-letter-keys.yaml");
+                std::fs::write(
+                    &ring,
+                    "active: bench\nkeys: { bench: bench-dead-letter-key-0123456789abcdef }\n",
+                )
+                .expect("write the dead-letter key ring");
+                ring
+            }),
+        },
     }
 }
 

@@ -39,6 +39,36 @@ pub struct Config {
     /// Privacy requests (deletion, suppression): off unless set.
     #[serde(default)]
     pub privacy: Option<PrivacyConfig>,
+    /// How the dead-letter topic keeps the raw messages it holds.
+    #[serde(default)]
+    pub dead_letters: DeadLettersConfig,
+}
+
+/// `dead_letters`: dead letters are sealed at rest (`docs/privacy.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLettersConfig {
+    /// Seal payloads, keys and header values. On unless turned off here,
+    /// explicitly.
+    #[serde(default = "default_true")]
+    pub encrypt: bool,
+    /// The dead-letter key ring (the hash key ring's format: `active` and
+    /// `keys`), a mounted Secret; re-read every `rules.reload_interval`.
+    #[serde(default)]
+    pub keys_file: Option<PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for DeadLettersConfig {
+    fn default() -> Self {
+        DeadLettersConfig {
+            encrypt: true,
+            keys_file: None,
+        }
+    }
 }
 
 /// `privacy`: the requests topic every replica reads as a table.
@@ -649,6 +679,16 @@ impl Config {
                 p.push(format!("`rules.hash_keys_file`: {e}"));
             }
         }
+        match (&self.dead_letters.keys_file, self.dead_letters.encrypt) {
+            (None, true) => p.push("`dead_letters.keys_file` is missing: dead letters hold raw messages and are sealed at rest; give a key ring (docs/privacy.md, Dead letters), or set `dead_letters.encrypt: false` to keep them in the clear".into()),
+            (Some(f), true) => {
+                if let Err(e) = crate::deadletter::Sealer::load(f) {
+                    p.push(format!("`dead_letters.keys_file`: {e}"));
+                }
+            }
+            (Some(_), false) => p.push("`dead_letters.keys_file` is set but `dead_letters.encrypt` is false: remove one".into()),
+            (None, false) => {}
+        }
         if let Some(pc) = &self.privacy {
             let t = &pc.requests_topic;
             if t.trim().is_empty() {
@@ -921,7 +961,12 @@ mod tests {
         let rules = dir.join("rules.yaml");
         std::fs::write(&rules, "version: 1\nname: t\nrules: []\n").unwrap();
         let p = dir.join("c.yaml");
-        std::fs::write(&p, text.replace("RULES", &rules.display().to_string())).unwrap();
+        let mut text = text.replace("RULES", &rules.display().to_string());
+        if !text.contains("dead_letters") {
+            // Not what these tests are about: said explicitly.
+            text.push_str("dead_letters: { encrypt: false }\n");
+        }
+        std::fs::write(&p, text).unwrap();
         p
     }
 
@@ -977,6 +1022,55 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle}: {text}");
         }
+    }
+
+    #[test]
+    fn dead_letters_are_sealed_unless_turned_off_explicitly() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "kafka: { bootstrap_servers: 'a:1', input_topics: [r], clean_topic: c, dead_letter_topic: d, allow_plaintext: true }\nrules: { file: RULES }\n";
+        let err = |extra: &str| {
+            let p = write(dir.path(), &format!("{base}{extra}"));
+            Config::load_with_env(Some(&p), vec![])
+                .err()
+                .map(|e| e.to_string())
+        };
+        let e = err("dead_letters: {}\n").unwrap();
+        assert!(
+            e.contains("`dead_letters.keys_file` is missing")
+                && e.contains("`dead_letters.encrypt: false`"),
+            "{e}"
+        );
+        let short = dir.path().join("short.yaml");
+        std::fs::write(&short, "active: a\nkeys: { a: too-short-secret }\n").unwrap();
+        let e = err(&format!(
+            "dead_letters: {{ keys_file: {} }}\n",
+            short.display()
+        ))
+        .unwrap();
+        assert!(
+            e.contains("shorter than 32 bytes") && !e.contains("too-short-secret"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "dead_letters: {{ encrypt: false, keys_file: {} }}\n",
+            short.display()
+        ))
+        .unwrap();
+        assert!(e.contains("remove one"), "{e}");
+        let ring = dir.path().join("ring.yaml");
+        std::fs::write(
+            &ring,
+            "active: a\nkeys: { a: 0123456789abcdef0123456789abcdef }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            err(&format!(
+                "dead_letters: {{ keys_file: {} }}\n",
+                ring.display()
+            )),
+            None
+        );
+        assert_eq!(err("dead_letters: { encrypt: false }\n"), None);
     }
 
     #[test]
@@ -1124,6 +1218,15 @@ mod chart {
         });
         cfg["privacy"] =
             serde_json::json!({ "requests_topic": values["privacy"]["requestsTopic"] });
+        // Dead letters sealed (the default), as `es.config` sets it.
+        assert_eq!(values["deadLetters"]["encrypt"], true);
+        let dl = dir.path().join("dead-letter-keys");
+        std::fs::write(
+            &dl,
+            "active: d1\nkeys: { d1: 0123456789abcdef0123456789abcdef }\n",
+        )
+        .unwrap();
+        cfg["dead_letters"] = serde_json::json!({ "keys_file": dl });
         // With webhooks enabled, as `es.config` adds them.
         let w = &values["webhooks"];
         let signing = dir.path().join("signing-keys");
@@ -1148,6 +1251,7 @@ mod chart {
             "privacy.requests"
         );
         assert!(c.rules.hash_keys_file.is_some());
+        assert!(c.dead_letters.encrypt && c.dead_letters.keys_file.is_some());
         let wc = c.webhooks.as_ref().expect("webhooks section loads");
         assert_eq!(wc.max_age, None, "maxAge off by default");
         assert_eq!(super::Config::webhook_signing_keys(wc).unwrap().len(), 2);

@@ -55,6 +55,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod deadletter;
 pub mod engine;
 pub mod kafka;
 pub mod metrics;

@@ -245,7 +245,7 @@ fn run_refuses_bad_configuration_with_exit_2() {
     }
     // Rules that do not compile stop startup too (no key).
     let cfg = dir.path().join("nokey.yaml");
-    std::fs::write(&cfg, format!("kafka: {{ bootstrap_servers: 'b:9092', input_topics: [r], clean_topic: c, dead_letter_topic: d, allow_plaintext: true }}\nrules: {{ file: {} }}\nhttp: {{ listen: '127.0.0.1:0' }}\n", rules.display())).unwrap();
+    std::fs::write(&cfg, format!("kafka: {{ bootstrap_servers: 'b:9092', input_topics: [r], clean_topic: c, dead_letter_topic: d, allow_plaintext: true }}\nrules: {{ file: {} }}\nhttp: {{ listen: '127.0.0.1:0' }}\ndead_letters: {{ encrypt: false }}\n", rules.display())).unwrap();
     let o = es(&["run", "-c", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("SANITIZER_HASH_KEY"), "{}", text(&o));
@@ -351,7 +351,8 @@ fn config_check_validates_a_service_config_offline_with_every_problem() {
         "an output topic is also an input topic",
         "`rules.file` /nonexistent/rules.yaml is not a readable file",
         "unencrypted",
-        "6 problems",
+        "`dead_letters.keys_file` is missing",
+        "7 problems",
     ] {
         assert!(t.contains(want), "{want:?} in {t}");
     }
@@ -361,7 +362,7 @@ fn config_check_validates_a_service_config_offline_with_every_problem() {
     std::fs::write(
         &cfg,
         format!(
-            "kafka:\n  bootstrap_servers: \"b:9092\"\n  group_id: g\n  input_topics: [raw]\n  clean_topic: clean\n  dead_letter_topic: dlq\n  allow_plaintext: true\nrules: {{ file: {} }}\n",
+            "kafka:\n  bootstrap_servers: \"b:9092\"\n  group_id: g\n  input_topics: [raw]\n  clean_topic: clean\n  dead_letter_topic: dlq\n  allow_plaintext: true\nrules: {{ file: {} }}\ndead_letters: {{ encrypt: false }}\n",
             rules.display()
         ),
     )

@@ -18,7 +18,7 @@ fn write_config(dir: &Path, bootstrap: &str) -> std::path::PathBuf {
     std::fs::write(
         &cfg,
         format!(
-            "kafka:\n  bootstrap_servers: \"{bootstrap}\"\n  group_id: {GROUP}\n  input_topics: [{RAW}]\n  clean_topic: {CLEAN}\n  dead_letter_topic: {DLQ}\n  allow_plaintext: true\n  consumer: {{ session.timeout.ms: '6000', auto.commit.interval.ms: '300' }}\nrules: {{ file: {}, hash_key_file: {} }}\nlimits: {{ max_in_flight: 2000 }}\nhttp: {{ listen: '127.0.0.1:0' }}\nlog: {{ format: json, level: warn }}\nshutdown: {{ timeout: 20s }}\n",
+            "kafka:\n  bootstrap_servers: \"{bootstrap}\"\n  group_id: {GROUP}\n  input_topics: [{RAW}]\n  clean_topic: {CLEAN}\n  dead_letter_topic: {DLQ}\n  allow_plaintext: true\n  consumer: {{ session.timeout.ms: '6000', auto.commit.interval.ms: '300' }}\nrules: {{ file: {}, hash_key_file: {} }}\nlimits: {{ max_in_flight: 2000 }}\nhttp: {{ listen: '127.0.0.1:0' }}\nlog: {{ format: json, level: warn }}\nshutdown: {{ timeout: 20s }}\ndead_letters: {{ encrypt: false }}\n",
             rules.display(),
             key.display()
         ),

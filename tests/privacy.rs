@@ -459,7 +459,7 @@ async fn restarted_replica_rebuilds_the_set_first_and_ids_never_leak() {
     let audit = dir.path().join("audit.jsonl");
     let cfg = dir.path().join("config.yaml");
     std::fs::write(&cfg, format!(
-        "kafka:\n  bootstrap_servers: \"{bs}\"\n  group_id: g-restart\n  input_topics: [{RAW}]\n  clean_topic: {CLEAN}\n  dead_letter_topic: {DLQ}\n  allow_plaintext: true\n  consumer: {{ session.timeout.ms: '6000', auto.commit.interval.ms: '300' }}\nrules: {{ file: {}, hash_key_file: {}, reload_interval: 1s }}\nprivacy: {{ requests_topic: {REQ} }}\nhttp: {{ listen: '127.0.0.1:{port}' }}\nlog: {{ format: json, level: debug, audit_file: {} }}\nshutdown: {{ timeout: 20s }}\n",
+        "kafka:\n  bootstrap_servers: \"{bs}\"\n  group_id: g-restart\n  input_topics: [{RAW}]\n  clean_topic: {CLEAN}\n  dead_letter_topic: {DLQ}\n  allow_plaintext: true\n  consumer: {{ session.timeout.ms: '6000', auto.commit.interval.ms: '300' }}\nrules: {{ file: {}, hash_key_file: {}, reload_interval: 1s }}\nprivacy: {{ requests_topic: {REQ} }}\nhttp: {{ listen: '127.0.0.1:{port}' }}\nlog: {{ format: json, level: debug, audit_file: {} }}\nshutdown: {{ timeout: 20s }}\ndead_letters: {{ encrypt: false }}\n",
         rules.display(), key.display(), audit.display()
     )).unwrap();
     let log = dir.path().join("stderr.log");
@@ -692,7 +692,7 @@ async fn a_suppressed_persons_data_leaves_by_no_side_door() {
     let audit = dir.path().join("audit.jsonl");
     let cfg = dir.path().join("config.yaml");
     std::fs::write(&cfg, format!(
-        "kafka:\n  bootstrap_servers: \"{bs}\"\n  group_id: g-side\n  input_topics: [{RAW}]\n  clean_topic: {CLEAN}\n  dead_letter_topic: {DLQ}\n  allow_plaintext: true\n  consumer: {{ session.timeout.ms: '6000', auto.commit.interval.ms: '300' }}\nrules: {{ file: {}, hash_key_file: {} }}\nlimits: {{ max_message_bytes: 4096, max_depth: 32 }}\nprivacy: {{ requests_topic: {REQ} }}\nhttp: {{ listen: '127.0.0.1:{port}' }}\nlog: {{ format: json, audit_file: {} }}\n",
+        "kafka:\n  bootstrap_servers: \"{bs}\"\n  group_id: g-side\n  input_topics: [{RAW}]\n  clean_topic: {CLEAN}\n  dead_letter_topic: {DLQ}\n  allow_plaintext: true\n  consumer: {{ session.timeout.ms: '6000', auto.commit.interval.ms: '300' }}\nrules: {{ file: {}, hash_key_file: {} }}\nlimits: {{ max_message_bytes: 4096, max_depth: 32 }}\nprivacy: {{ requests_topic: {REQ} }}\nhttp: {{ listen: '127.0.0.1:{port}' }}\nlog: {{ format: json, audit_file: {} }}\ndead_letters: {{ encrypt: false }}\n",
         rules.display(), key.display(), audit.display()
     )).unwrap();
     let log = dir.path().join("stderr.log");

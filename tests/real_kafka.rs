@@ -44,7 +44,7 @@ fn write_config(dir: &Path, name: &str, t: &Topics, bootstrap: &str, kafka_extra
     std::fs::write(
         &cfg,
         format!(
-            "kafka:\n  bootstrap_servers: \"{bootstrap}\"\n  group_id: {}\n  input_topics: [{}]\n  clean_topic: {}\n  dead_letter_topic: {}\n  consumer: {{ session.timeout.ms: '6000' }}\n{kafka_extra}rules: {{ file: {}, hash_key_file: {} }}\nlimits: {{ max_in_flight: 2000 }}\nhttp: {{ listen: '127.0.0.1:0' }}\nlog: {{ format: json, level: warn }}\nshutdown: {{ timeout: 20s }}\n",
+            "kafka:\n  bootstrap_servers: \"{bootstrap}\"\n  group_id: {}\n  input_topics: [{}]\n  clean_topic: {}\n  dead_letter_topic: {}\n  consumer: {{ session.timeout.ms: '6000' }}\n{kafka_extra}rules: {{ file: {}, hash_key_file: {} }}\nlimits: {{ max_in_flight: 2000 }}\nhttp: {{ listen: '127.0.0.1:0' }}\nlog: {{ format: json, level: warn }}\nshutdown: {{ timeout: 20s }}\ndead_letters: {{ encrypt: false }}\n",
             t.group,
             t.raw,
             t.clean,

@@ -54,6 +54,10 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
         let key = dir.join("hash-key");
         std::fs::write(&rules, RULES).map_err(|e| fail(e.to_string()))?;
         std::fs::write(&key, "demo-hash-key\n").map_err(|e| fail(e.to_string()))?;
+        // Dead letters are sealed at rest with a key ring of their own.
+        let dead_letter_keys = dir.join("dead-letter-keys.yaml");
+        std::fs::write(&dead_letter_keys, "active: demo\nkeys:\n  demo: demo-dead-letter-key-not-for-production\n").map_err(|e| fail(e.to_string()))?;
+        let sealer = crate::deadletter::Sealer::load(&dead_letter_keys).map_err(fail)?;
 
         // The raw events: the samples, plus three that cannot be sanitized.
         let mut raw: Vec<(Option<String>, Vec<u8>)> = EVENTS
@@ -99,6 +103,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             shutdown: ShutdownConfig::default(),
             webhooks: None,
             privacy: None,
+            dead_letters: crate::config::DeadLettersConfig { encrypt: true, keys_file: Some(dead_letter_keys.clone()) },
         };
         let telemetry = Arc::new(Telemetry::new());
         let started = Instant::now();
@@ -131,8 +136,12 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
                 clean.insert(id, m.payload().unwrap_or_default().to_vec());
             } else {
                 use rdkafka::message::Headers;
-                let reason = m.headers().and_then(|h| h.iter().find(|h| h.key == "sanitizer-error").and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned())));
-                dead.push((reason.unwrap_or_default(), String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()));
+                let header = |name: &str| m.headers().and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))).unwrap_or_default();
+                let sealed = m.payload().unwrap_or_default();
+                let opened = sealer
+                    .open(&header(crate::deadletter::KEY_ID_HEADER), crate::deadletter::Part::Payload, sealed)
+                    .map_err(|e| fail(e.to_string()))?;
+                dead.push((header("sanitizer-error"), sealed.len(), String::from_utf8_lossy(&opened).into_owned()));
             }
         }
         let elapsed = started.elapsed();
@@ -153,9 +162,9 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             println!("clean event:\n{}", super::explain::pretty(out));
             shown += 1;
         }
-        println!("\ndead letters:");
-        for (reason, payload) in &dead {
-            println!("  {reason}: {payload}");
+        println!("\ndead letters (sealed on the topic; opened here with the demo's key, as `replay` does):");
+        for (reason, sealed, payload) in &dead {
+            println!("  {reason}: {payload}  [{sealed} sealed bytes on the topic]");
         }
         println!(
             "\n{} events in: {} clean, {} dead letters, in {:.2}s through the real pipeline (consumer group, at-least-once commits)",

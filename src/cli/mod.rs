@@ -8,6 +8,7 @@ mod check;
 mod config_check;
 mod demo;
 mod explain;
+mod replay;
 mod run;
 mod sanitize;
 mod schema;
@@ -74,6 +75,13 @@ enum Command {
     Run(run::RunArgs),
     /// Run the service against an in-process mock Kafka cluster with the sample events.
     Demo(demo::DemoArgs),
+    /// Open dead letters and send them through again (once what refused
+    /// them is fixed): back to their source topic, or judged with the
+    /// current rules to the clean topic.
+    ///
+    /// Reads the dead-letter topic to the end it sees at the start. Exits 1
+    /// when some are still refused or do not open (they stay on the topic).
+    Replay(replay::ReplayArgs),
 }
 
 /// Where the hash key comes from, for commands that hash.
@@ -170,6 +178,7 @@ pub fn main() -> ExitCode {
         Command::Schema => schema::run(),
         Command::Run(a) => run::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Replay(a) => replay::run(a),
     };
     match result {
         Ok(code) => code,

@@ -264,7 +264,7 @@ mod tests {
         };
         let dir = std::env::temp_dir();
         let yaml = format!(
-            "kafka: {{ bootstrap_servers: 'a:1', input_topics: [r], clean_topic: c, dead_letter_topic: d, allow_plaintext: true }}\nrules: {{ file: {} }}\n",
+            "kafka: {{ bootstrap_servers: 'a:1', input_topics: [r], clean_topic: c, dead_letter_topic: d, allow_plaintext: true }}\nrules: {{ file: {} }}\ndead_letters: {{ encrypt: false }}\n",
             concat!(env!("CARGO_MANIFEST_DIR"), "/rules/customerio.yaml")
         );
         let p = dir.join(format!("es-kafka-test-{}.yaml", std::process::id()));

@@ -14,6 +14,7 @@ use super::route::{DeletionAudit, Input, RequestRecord, Router};
 use super::tracker::{Budget, Track, Tracks};
 use super::{Health, PipelineError};
 use crate::config::{ClientRole, Config, DeliveryMode};
+use crate::deadletter::Sealer;
 use crate::engine::{Id, Sanitizer, Scratch};
 use crate::metrics::{DeliveryMetrics, Finished, Telemetry};
 use crate::privacy::reader::Privacy;
@@ -42,6 +43,8 @@ pub struct Common {
     pub rules: Arc<RuleSource>,
     /// The suppression set and its reader, when `privacy` is configured.
     pub privacy: Option<Arc<Privacy>>,
+    /// The dead-letter key ring (`None`: `dead_letters.encrypt: false`).
+    pub sealer: Option<Arc<Sealer>>,
     /// Messages and bytes in flight, over every lane.
     pub budget: Budget,
     /// Outcome counts for the summary.
@@ -73,6 +76,7 @@ impl Common {
         telemetry: Arc<Telemetry>,
         rules: Arc<RuleSource>,
         privacy: Option<Arc<Privacy>>,
+        sealer: Option<Arc<Sealer>>,
         health: Arc<Health>,
         password: Option<Secret>,
     ) -> Common {
@@ -89,6 +93,7 @@ impl Common {
             metrics,
             rules,
             privacy,
+            sealer,
             counts: Counts::default(),
             health,
             password,
@@ -371,7 +376,7 @@ impl Lane {
     /// messages left unfinished.
     pub fn run(&self) -> usize {
         let c = &*self.common;
-        let mut work = Work::new(c.rules.current());
+        let mut work = Work::new(c.rules.current(), c.sealer.clone());
         // Since when the budget is spent, and whether the lane paused its
         // partitions for it.
         let mut full_since: Option<Instant> = None;
@@ -553,9 +558,9 @@ struct Work {
 }
 
 impl Work {
-    fn new(s: Arc<Sanitizer>) -> Work {
+    fn new(s: Arc<Sanitizer>, seal: Option<Arc<Sealer>>) -> Work {
         Work {
-            router: Router::new(s),
+            router: Router::new(s, seal),
             scratch: Scratch::default(),
             out: Vec::with_capacity(64 * 1024),
             since_flush: 0,
@@ -587,7 +592,7 @@ impl Work {
     fn follow(&mut self, c: &Common) {
         if !c.rules.is_current(self.router.sanitizer()) {
             flush_counts(&mut self.scratch, self.router.sanitizer(), &c.telemetry);
-            self.router = Router::new(c.rules.current());
+            self.router = Router::new(c.rules.current(), c.sealer.clone());
         }
     }
 

@@ -22,7 +22,7 @@ pub mod lane;
 pub mod route;
 pub mod tracker;
 
-use crate::config::{ClientRole, Config};
+use crate::config::Config;
 use crate::metrics::Telemetry;
 use crate::privacy::reader::Privacy;
 use crate::reload::RuleSource;
@@ -133,23 +133,7 @@ impl Pipeline {
                 let key = rules.active_key().ok_or_else(|| PipelineError::Privacy(
                     "the suppression set holds keyed digests, and the rules have no hash key: set `rules.hash_keys_file`, `rules.hash_key_file` or `hash.key` in the rule file".into(),
                 ))?;
-                let group = format!("{}-privacy-reader", cfg.kafka.group_id);
-                let base = [
-                    ("group.id", group.as_str()),
-                    ("enable.auto.commit", "false"),
-                    ("enable.auto.offset.store", "false"),
-                    ("enable.partition.eof", "true"),
-                    ("auto.offset.reset", "earliest"),
-                    // A new request is fetched within milliseconds (the
-                    // events wait for it: docs/privacy.md).
-                    ("fetch.wait.max.ms", "10"),
-                ];
-                let rc = crate::kafka::client_config(
-                    &cfg,
-                    ClientRole::PrivacyReader,
-                    &base,
-                    password.as_ref(),
-                )?;
+                let rc = crate::privacy::reader::client_config(&cfg, password.as_ref())?;
                 let p = Privacy::start(rc, &pc.requests_topic, &key, telemetry.clone())
                     .map_err(|e| PipelineError::Privacy(e.to_string()))?;
                 Some(Arc::new(p))
@@ -181,8 +165,15 @@ impl Pipeline {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let sealer = match (&cfg.dead_letters.keys_file, cfg.dead_letters.encrypt) {
+            (Some(f), true) => Some(Arc::new(
+                crate::deadletter::Sealer::load(f)
+                    .map_err(|e| PipelineError::Fatal(format!("`dead_letters.keys_file`: {e}")))?,
+            )),
+            _ => None,
+        };
         let common = Arc::new(Common::new(
-            cfg, telemetry, rules, privacy, health, password,
+            cfg, telemetry, rules, privacy, sealer, health, password,
         ));
         let lanes = (0..lanes)
             .map(|i| Lane::new(&common, i).map(Arc::new))
@@ -243,7 +234,25 @@ impl Pipeline {
         ));
         let reload_task = {
             let c = common.clone();
+            let ring_problem = std::sync::Mutex::new(None::<String>);
             crate::reload::every(cfg.rules.reload_interval, stop_side_rx.clone(), move || {
+                if let Some(s) = &c.sealer {
+                    let mut last = ring_problem.lock().unwrap_or_else(|e| e.into_inner());
+                    match s.reload() {
+                        Ok(rotated) => {
+                            if let Some(id) = rotated {
+                                tracing::info!(target: "event_sanitizer::audit", event = "dead_letter_key_rotated", key_id = %id, "dead letters are sealed with a new key");
+                            }
+                            *last = None;
+                        }
+                        // Once per problem: the ring in use stays.
+                        Err(e) if last.as_deref() != Some(e.as_str()) => {
+                            tracing::error!(problem = %e, "the dead-letter key ring file was not applied; the ring in use stays");
+                            *last = Some(e);
+                        }
+                        Err(_) => {}
+                    }
+                }
                 if c.rules.check(&c.telemetry) {
                     // A new active key: the suppression set is rebuilt with
                     // it; the old set (and its key) serves until then.

@@ -3,10 +3,11 @@
 //! none out. Pure and synchronous: no broker, no clock, no metrics, so
 //! every outcome is unit-tested here; the lane produces what it returns.
 
+use crate::deadletter::{Sealer, KEY_ID_HEADER, SCHEME, SCHEME_HEADER};
 use crate::engine::{DeadLetterReason, Id, NamedBy, Sanitized, Sanitizer, Scratch};
 use crate::kafka::{clean_headers, dead_letter_headers, DeadLetterOrigin, Lineage};
 use crate::privacy::Request;
-use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, Headers, OwnedHeaders};
 use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -100,6 +101,9 @@ pub struct Routed<'a> {
     pub suppressed_by: Option<NamedBy>,
 }
 
+/// A dead letter's value, key and headers.
+type DeadLetterRecord<'a> = (Cow<'a, [u8]>, Option<Cow<'a, [u8]>>, OwnedHeaders);
+
 /// A call of a batch refused on its own, as a dead letter.
 pub struct DeadCall {
     /// The envelope with only this call.
@@ -160,13 +164,19 @@ pub enum RequestRecord<'a> {
 pub struct Router {
     sanitizer: Arc<Sanitizer>,
     lineage: OwnedHeaders,
+    seal: Option<Arc<Sealer>>,
 }
 
 impl Router {
-    /// Prepares routing with `sanitizer`.
-    pub fn new(sanitizer: Arc<Sanitizer>) -> Router {
+    /// Prepares routing with `sanitizer`; dead letters are sealed with
+    /// `seal` (`None`: `dead_letters.encrypt: false`).
+    pub fn new(sanitizer: Arc<Sanitizer>, seal: Option<Arc<Sealer>>) -> Router {
         let lineage = lineage(&sanitizer).headers(&[]);
-        Router { sanitizer, lineage }
+        Router {
+            sanitizer,
+            lineage,
+            seal,
+        }
     }
 
     /// The rules this router applies.
@@ -211,10 +221,12 @@ impl Router {
                     .map(|c| {
                         let detail = format!("call {} of the batch: {}", c.index, c.reason);
                         let code = c.reason.code();
+                        let (payload, key, headers) =
+                            self.dead_letter_record(m, code, &detail, Cow::Owned(c.payload));
                         DeadCall {
-                            headers: self.dead_letter_headers(m, code, &detail),
-                            payload: c.payload,
-                            key: m.key.map(<[u8]>::to_vec),
+                            payload: payload.into_owned(),
+                            key: key.map(Cow::into_owned),
+                            headers,
                             dead_letter: DeadLetter { code, detail },
                         }
                     })
@@ -242,8 +254,8 @@ impl Router {
                 rest,
                 suppressed_calls,
             }) => {
-                let mut routed = self.dead_letter(m, reason.code(), reason.to_string());
-                routed.payloads = smallvec::smallvec![Cow::Owned(rest)];
+                let mut routed =
+                    self.dead_letter_with(m, reason.code(), reason.to_string(), Cow::Owned(rest));
                 routed.suppressed_calls = suppressed_calls;
                 routed
             }
@@ -251,7 +263,16 @@ impl Router {
         }
     }
 
-    fn dead_letter_headers(&self, m: &Input<'_>, code: &'static str, detail: &str) -> OwnedHeaders {
+    /// A dead letter's value, key and headers: `payload` and the input's
+    /// key and header values sealed (when dead letters are encrypted),
+    /// then why, where from, and which rules refused it.
+    fn dead_letter_record<'a>(
+        &self,
+        m: &Input<'a>,
+        code: &'static str,
+        detail: &str,
+        payload: Cow<'a, [u8]>,
+    ) -> DeadLetterRecord<'a> {
         let origin = DeadLetterOrigin {
             code,
             detail,
@@ -259,17 +280,63 @@ impl Router {
             partition: m.partition,
             offset: m.offset,
         };
-        dead_letter_headers(m.headers, &origin, &lineage(&self.sanitizer))
+        let lineage = lineage(&self.sanitizer);
+        let Some(seal) = &self.seal else {
+            let headers = dead_letter_headers(m.headers, &origin, &lineage);
+            return (payload, m.key.map(Cow::Borrowed), headers);
+        };
+        let input = m
+            .headers
+            .into_iter()
+            .flat_map(|hs| hs.iter())
+            .map(|h| (h.key, h.value));
+        let sealed = seal.seal(&payload, m.key, input);
+        let mut headers = OwnedHeaders::new_with_capacity(sealed.headers.len() + 9);
+        for (name, value) in &sealed.headers {
+            headers = headers.insert(rdkafka::message::Header {
+                key: name,
+                value: value.as_deref(),
+            });
+        }
+        for h in dead_letter_headers(None, &origin, &lineage).iter() {
+            headers = headers.insert(h);
+        }
+        headers = headers
+            .insert(rdkafka::message::Header {
+                key: SCHEME_HEADER,
+                value: Some(SCHEME),
+            })
+            .insert(rdkafka::message::Header {
+                key: KEY_ID_HEADER,
+                value: Some(&sealed.key_id),
+            });
+        (
+            Cow::Owned(sealed.payload),
+            sealed.key.map(Cow::Owned),
+            headers,
+        )
     }
 
     /// `m` itself on the dead-letter topic, with why and where from.
     pub fn dead_letter<'a>(&self, m: &Input<'a>, code: &'static str, detail: String) -> Routed<'a> {
-        let headers = self.dead_letter_headers(m, code, &detail);
+        let payload = Cow::Borrowed(m.payload.unwrap_or_default());
+        self.dead_letter_with(m, code, detail, payload)
+    }
+
+    /// `payload` (`m`, or what of it may be kept) on the dead-letter topic.
+    fn dead_letter_with<'a>(
+        &self,
+        m: &Input<'a>,
+        code: &'static str,
+        detail: String,
+        payload: Cow<'a, [u8]>,
+    ) -> Routed<'a> {
+        let (payload, key, headers) = self.dead_letter_record(m, code, &detail, payload);
         Routed {
             outcome: Outcome::DeadLetter,
             topic: Topic::DeadLetter,
-            payloads: smallvec::smallvec![Cow::Borrowed(m.payload.unwrap_or_default())],
-            key: m.key.map(Cow::Borrowed),
+            payloads: smallvec::smallvec![payload],
+            key,
             headers: Some(headers),
             dead_letter: Some(DeadLetter { code, detail }),
             suppressed_calls: 0,
@@ -369,9 +436,10 @@ mod tests {
 
     fn router(limits: Limits) -> Router {
         let (file, _) = RuleFile::parse("t.yaml", RULES).unwrap();
-        Router::new(Arc::new(
-            Sanitizer::compile(&file, KeySupply::FromSource, limits).unwrap(),
-        ))
+        Router::new(
+            Arc::new(Sanitizer::compile(&file, KeySupply::FromSource, limits).unwrap()),
+            None,
+        )
     }
 
     fn input<'a>(payload: Option<&'a [u8]>, headers: Option<&'a BorrowedHeaders>) -> Input<'a> {

@@ -47,6 +47,31 @@ impl ConsumerContext for ReaderCtx {}
 /// The reader's client.
 pub(crate) type ReaderConsumer = BaseConsumer<ReaderCtx>;
 
+/// The reader's client settings: `kafka.common` and `kafka.consumer`, its
+/// own group id (never joined: partitions are assigned), no commits.
+pub(crate) fn client_config(
+    cfg: &crate::config::Config,
+    password: Option<&crate::secret::Secret>,
+) -> Result<ClientConfig, crate::kafka::ClientError> {
+    let group = format!("{}-privacy-reader", cfg.kafka.group_id);
+    let base = [
+        ("group.id", group.as_str()),
+        ("enable.auto.commit", "false"),
+        ("enable.auto.offset.store", "false"),
+        ("enable.partition.eof", "true"),
+        ("auto.offset.reset", "earliest"),
+        // A new request is fetched within milliseconds (the events wait
+        // for it: docs/privacy.md).
+        ("fetch.wait.max.ms", "10"),
+    ];
+    crate::kafka::client_config(
+        cfg,
+        crate::config::ClientRole::PrivacyReader,
+        &base,
+        password,
+    )
+}
+
 /// How far the reader has applied each partition (the next offset), so the
 /// group member handling a request can wait until this replica suppresses.
 #[derive(Default)]

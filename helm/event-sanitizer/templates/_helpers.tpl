@@ -31,6 +31,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.secrets.saslPasswordKey -}}
 {{- $_ := set $cfg.kafka "sasl_password_file" "/var/run/secrets/event-sanitizer/sasl-password" -}}
 {{- end -}}
+{{- if .Values.deadLetters.encrypt -}}
+{{- $_ := set $cfg "dead_letters" (dict "keys_file" "/var/run/secrets/event-sanitizer/dead-letter-keys") -}}
+{{- else -}}
+{{- $_ := set $cfg "dead_letters" (dict "encrypt" false) -}}
+{{- end -}}
 {{- if .Values.privacy.enabled -}}
 {{- $_ := set $cfg "privacy" (dict "requests_topic" .Values.privacy.requestsTopic) -}}
 {{- end -}}

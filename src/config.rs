@@ -118,6 +118,30 @@ pub struct WebhooksConfig {
     /// is answered 503 (so Customer.io retries).
     #[serde(default = "default_webhook_ack", with = "humantime_secs")]
     pub ack_timeout: Duration,
+    /// Open connections at most; more are closed at once (counted).
+    #[serde(default = "default_webhook_connections")]
+    pub max_connections: usize,
+    /// Request bodies held in memory at once, over all requests, at most;
+    /// a request that does not fit is answered 503 before its body is read.
+    #[serde(default = "default_webhook_buffered")]
+    pub max_buffered_bytes: usize,
+    /// A request's headers must arrive within this; it is also how long an
+    /// idle connection stays open.
+    #[serde(default = "default_webhook_read", with = "humantime_secs")]
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this (answered 408 otherwise).
+    #[serde(default = "default_webhook_read", with = "humantime_secs")]
+    pub body_timeout: Duration,
+}
+
+fn default_webhook_connections() -> usize {
+    256
+}
+fn default_webhook_buffered() -> usize {
+    32 << 20
+}
+fn default_webhook_read() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_webhook_path() -> String {
@@ -496,6 +520,17 @@ impl WebhooksConfig {
                 "`webhooks.rules` {} is not a readable file",
                 self.rules.display()
             ));
+        }
+        if self.max_connections == 0 {
+            p.push("`webhooks.max_connections` must be above 0".into());
+        }
+        if self.max_buffered_bytes < self.max_body_bytes
+            || self.max_buffered_bytes > u32::MAX as usize
+        {
+            p.push("`webhooks.max_buffered_bytes` must be at least `webhooks.max_body_bytes` (one largest body must fit) and at most 4 GiB".into());
+        }
+        if self.header_timeout.is_zero() || self.body_timeout.is_zero() {
+            p.push("`webhooks.header_timeout` and `webhooks.body_timeout` must be above 0".into());
         }
         if self.signing_key_files.is_empty() && self.signing_key_env.is_empty() {
             p.push("`webhooks` needs a signing key: `signing_key_files` (a mounted Secret) or `signing_key_env`; an unverified webhook listener would accept anyone's data".into());

@@ -37,6 +37,10 @@ pub struct Telemetry {
     webhooks_rejected: IntCounterVec,
     webhooks_produced: IntCounterVec,
     webhooks_unavailable: IntCounter,
+    webhook_connections_refused: IntCounter,
+    /// Rejections since the last summary line (the audit stream gets one
+    /// line per window, never one per request).
+    webhook_window: std::sync::Mutex<RejectionWindow>,
     webhook_seconds: HistogramVec,
     key_rotations: IntCounter,
     privacy: PrivacyMetrics,
@@ -119,6 +123,18 @@ impl DeliveryMetrics {
         self.in_flight.set(messages as i64);
         self.in_flight_bytes.set(bytes as i64);
     }
+}
+
+/// How long webhook rejections are summed before one audit line.
+pub const REJECTION_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Webhook rejections not yet written to the audit stream.
+#[derive(Default)]
+struct RejectionWindow {
+    since: Option<std::time::Instant>,
+    counts: std::collections::BTreeMap<&'static str, u64>,
+    peers: Vec<std::net::IpAddr>,
+    path: String,
 }
 
 /// Privacy requests, suppression and credentials.
@@ -352,7 +368,12 @@ impl Telemetry {
         let webhooks_unavailable = counter1(
             &r,
             "event_sanitizer_webhooks_unavailable_total",
-            "Verified webhooks answered 503 because the broker did not acknowledge them in time.",
+            "Verified webhooks answered 503 because the broker did not acknowledge them in time (the record may still have been written: deduplicate on sanitizer-webhook-body-sha256).",
+        );
+        let webhook_connections_refused = counter1(
+            &r,
+            "event_sanitizer_webhook_connections_refused_total",
+            "Webhook connections closed at once because webhooks.max_connections were open.",
         );
         let webhook_seconds = HistogramVec::new(
             HistogramOpts::new(
@@ -406,6 +427,8 @@ impl Telemetry {
             webhooks_rejected,
             webhooks_produced,
             webhooks_unavailable,
+            webhook_connections_refused,
+            webhook_window: Default::default(),
             webhook_seconds,
             key_rotations,
             privacy,
@@ -587,9 +610,43 @@ impl Telemetry {
 
     /// A webhook request was refused (401/413). Audited with the reason and
     /// the peer address; never the body or the signature.
-    pub fn webhook_rejected(&self, reason: &str, path: &str, peer: std::net::SocketAddr) {
+    pub fn webhook_rejected(&self, reason: &'static str, path: &str, peer: std::net::SocketAddr) {
         self.webhooks_rejected.with_label_values(&[reason]).inc();
-        tracing::warn!(target: "event_sanitizer::audit", event = "webhook_rejected", reason, path, peer = %peer, "webhook request rejected");
+        let mut w = self
+            .webhook_window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if w.counts.is_empty() {
+            w.since = Some(std::time::Instant::now());
+            w.path = path.to_string();
+        }
+        *w.counts.entry(reason).or_default() += 1;
+        if w.peers.len() < 5 && !w.peers.contains(&peer.ip()) {
+            w.peers.push(peer.ip());
+        }
+    }
+
+    /// One audit line for the rejections of the last window (at least
+    /// [`REJECTION_WINDOW`], or all that remain when `last`).
+    pub fn webhook_rejections_summary(&self, last: bool) {
+        let mut w = self
+            .webhook_window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(since) = w.since else { return };
+        if !last && since.elapsed() < REJECTION_WINDOW {
+            return;
+        }
+        let w = std::mem::take(&mut *w);
+        let counts: Vec<String> = w.counts.iter().map(|(r, n)| format!("{r}={n}")).collect();
+        let peers: Vec<String> = w.peers.iter().map(|p| p.to_string()).collect();
+        let total: u64 = w.counts.values().sum();
+        tracing::warn!(target: "event_sanitizer::audit", event = "webhook_rejections", total, reasons = %counts.join(","), sample_peers = %peers.join(","), path = %w.path, window_s = since.elapsed().as_secs(), "webhook requests rejected");
+    }
+
+    /// A webhook connection was closed at once: too many open.
+    pub fn webhook_connection_refused(&self) {
+        self.webhook_connections_refused.inc();
     }
 
     /// A webhook's signature verified.

@@ -145,10 +145,23 @@ impl Pipeline {
                 addr: cfg.http.listen.clone(),
                 error,
             })?;
+        let sealer = match (&cfg.dead_letters.keys_file, cfg.dead_letters.encrypt) {
+            (Some(f), true) => Some(Arc::new(
+                crate::deadletter::Sealer::load(f)
+                    .map_err(|e| PipelineError::Fatal(format!("`dead_letters.keys_file`: {e}")))?,
+            )),
+            _ => None,
+        };
         let webhooks = match &cfg.webhooks {
             Some(w) => Some(
-                crate::webhooks::Listener::bind(&cfg, w, password.as_ref(), telemetry.clone())
-                    .await?,
+                crate::webhooks::Listener::bind(
+                    &cfg,
+                    w,
+                    password.as_ref(),
+                    sealer.clone(),
+                    telemetry.clone(),
+                )
+                .await?,
             ),
             None => None,
         };
@@ -164,13 +177,6 @@ impl Pipeline {
         let lanes = match cfg.limits.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
-        };
-        let sealer = match (&cfg.dead_letters.keys_file, cfg.dead_letters.encrypt) {
-            (Some(f), true) => Some(Arc::new(
-                crate::deadletter::Sealer::load(f)
-                    .map_err(|e| PipelineError::Fatal(format!("`dead_letters.keys_file`: {e}")))?,
-            )),
-            _ => None,
         };
         let common = Arc::new(Common::new(
             cfg, telemetry, rules, privacy, sealer, health, password,
@@ -224,8 +230,15 @@ impl Pipeline {
             targets.push(w.credentials_target());
         }
         let sasl = crate::kafka::sasl::Watch::new(cfg, targets);
-        let webhook_task =
-            webhooks.map(|w| tokio::spawn(w.serve(cfg.rules.reload_interval, stop_webhooks_rx)));
+        // At shutdown, requests in progress get a slice of the bound (one
+        // acknowledgement wait, at most a quarter); the lanes drain meanwhile.
+        let grace = cfg
+            .webhooks
+            .as_ref()
+            .map_or(Duration::ZERO, |w| w.ack_timeout)
+            .min(cfg.shutdown.timeout / 4);
+        let webhook_task = webhooks
+            .map(|w| tokio::spawn(w.serve(cfg.rules.reload_interval, grace, stop_webhooks_rx)));
         let http_task = tokio::spawn(http::serve(
             http,
             common.telemetry.clone(),
@@ -325,14 +338,13 @@ impl Pipeline {
         tracing::info!(consumed, "stopping: finishing in-flight messages");
         let started = Instant::now();
         let deadline = started + cfg.shutdown.timeout;
-        // The webhook listener stops accepting and answers what it holds,
-        // within half the bound, leaving the rest for the event pipeline.
+        // The webhook listener stops accepting and answers what it holds
+        // within its slice (`grace`) while the lanes drain.
         let _ = stop_webhooks.send(true);
-        if let Some(t) = webhook_task {
-            let half = tokio::time::Instant::now() + cfg.shutdown.timeout / 2;
-            let _ = tokio::time::timeout_at(half, t).await;
-        }
         common.shut_down(deadline);
+        if let Some(t) = webhook_task {
+            let _ = tokio::time::timeout(grace + Duration::from_secs(1), t).await;
+        }
         let mut unfinished = 0;
         for h in running {
             // Lanes respect the deadline themselves; the margin covers a

@@ -7,9 +7,19 @@
 //! |---|---|
 //! | 200 `{"status":"accepted"}` | verified, sanitized, acknowledged by the broker |
 //! | 200 `{"status":"dead_letter"}` | verified but not sanitizable (malformed JSON...): the original is on the dead-letter topic, acknowledged; a retry would not help |
-//! | 401 | signature or timestamp header missing, signature wrong, or (with `max_age`) timestamp stale; nothing produced |
+//! | 400 | the body could not be read (cut off, malformed chunking); nothing produced |
+//! | 401 | signature or timestamp header missing or malformed (the signature is 64 lowercase hex digits, the timestamp a number of seconds), signature wrong, or (with `max_age`) timestamp stale; nothing produced |
+//! | 408 | the body did not arrive within `body_timeout`; nothing produced |
 //! | 413 | body over `max_body_bytes`; nothing produced |
-//! | 503 | the broker did not acknowledge within `ack_timeout`: Customer.io retries (at least once, nothing lost) |
+//! | 503 `busy` | `max_buffered_bytes` of bodies already held: retry later; nothing produced |
+//! | 503 `broker_unavailable` | the broker did not acknowledge within `ack_timeout`: Customer.io retries. The record may still have been written (the broker can append it while its acknowledgement is late or lost), so a retry can be a duplicate: every record carries `sanitizer-webhook-body-sha256` to deduplicate on |
+//!
+//! What it holds is bounded before a byte of body is read: the headers are
+//! checked first (signature and timestamp present and well-formed,
+//! `Content-Length` within `max_body_bytes`), the body's bytes are reserved
+//! from `max_buffered_bytes`, connections are capped at `max_connections`,
+//! and hyper closes a connection whose request headers do not arrive within
+//! `header_timeout` (an idle keep-alive connection included).
 
 pub mod signature;
 
@@ -50,17 +60,26 @@ pub enum Rejection {
     StaleTimestamp,
     /// The body is over `max_body_bytes`.
     TooLarge,
+    /// The body could not be read.
+    BadBody,
+    /// The body did not arrive within `body_timeout`.
+    SlowBody,
+    /// `max_buffered_bytes` is spent.
+    Busy,
 }
 
 impl Rejection {
     /// Every rejection, for pre-registering metrics.
-    pub const ALL: [Rejection; 6] = [
+    pub const ALL: [Rejection; 9] = [
         Rejection::MissingSignature,
         Rejection::MissingTimestamp,
         Rejection::InvalidSignature,
         Rejection::BadTimestamp,
         Rejection::StaleTimestamp,
         Rejection::TooLarge,
+        Rejection::BadBody,
+        Rejection::SlowBody,
+        Rejection::Busy,
     ];
 
     /// The label.
@@ -72,12 +91,18 @@ impl Rejection {
             Rejection::BadTimestamp => "bad_timestamp",
             Rejection::StaleTimestamp => "stale_timestamp",
             Rejection::TooLarge => "too_large",
+            Rejection::BadBody => "bad_body",
+            Rejection::SlowBody => "slow_body",
+            Rejection::Busy => "busy",
         }
     }
 
     fn status(self) -> StatusCode {
         match self {
             Rejection::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::BadBody => StatusCode::BAD_REQUEST,
+            Rejection::SlowBody => StatusCode::REQUEST_TIMEOUT,
+            Rejection::Busy => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -146,6 +171,10 @@ impl KeyRing {
 struct Shared {
     cfg: WebhooksConfig,
     dead_letter_topic: String,
+    /// Dead letters are sealed with it (`None`: `dead_letters.encrypt: false`).
+    sealer: Option<Arc<crate::deadletter::Sealer>>,
+    /// Bytes of request bodies that may be held at once.
+    buffered: Arc<tokio::sync::Semaphore>,
     rules: RuleSource,
     keys: KeyRing,
     producer: FutureProducer,
@@ -165,6 +194,7 @@ impl Listener {
         cfg: &Config,
         w: &WebhooksConfig,
         password: Option<&Secret>,
+        sealer: Option<Arc<crate::deadletter::Sealer>>,
         telemetry: Arc<Telemetry>,
     ) -> Result<Listener, ListenerError> {
         let limits = Limits {
@@ -181,8 +211,9 @@ impl Listener {
         let rules = RuleSource::load(&w.rules, key_file, limits, &telemetry)?;
         let keys = KeyRing::load(w, &telemetry).map_err(ListenerError::Keys)?;
         telemetry.webhook_rejections(&Rejection::ALL.map(Rejection::code));
-        // Give up on a record when the request gives up on it, so a 503 is
-        // not followed by a late delivery of the same record.
+        // Give up on a record when the request gives up on it. (A record
+        // already sent can still be appended by the broker after that: the
+        // 503 contract in the module docs.)
         let timeout = w.ack_timeout.as_millis().max(1).to_string();
         let base = [
             ("enable.idempotence", "true"),
@@ -204,6 +235,8 @@ impl Listener {
             shared: Arc::new(Shared {
                 cfg: w.clone(),
                 dead_letter_topic: cfg.kafka.dead_letter_topic.clone(),
+                sealer,
+                buffered: Arc::new(tokio::sync::Semaphore::new(w.max_buffered_bytes)),
                 rules,
                 keys,
                 producer,
@@ -228,32 +261,84 @@ impl Listener {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// Serves until `stop` changes; requests in progress finish first.
-    /// Rules and key files are checked for changes every `reload`.
-    pub async fn serve(self, reload: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// Serves until `stop` changes; then stops accepting and gives the
+    /// requests in progress `grace` to finish (the rest are cut: their
+    /// senders retry). Rules and key files are checked every `reload`.
+    pub async fn serve(
+        self,
+        reload: Duration,
+        grace: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use hyper_util::rt::{TokioIo, TokioTimer};
         let shared = self.shared;
         let watcher = {
             let s = shared.clone();
             reload::every(reload, stop.clone(), move || {
                 s.rules.check(&s.telemetry);
                 s.keys.check(&s.telemetry);
+                s.telemetry.webhook_rejections_summary(false);
             })
         };
         let app = Router::new()
             .route(&shared.cfg.path, post(receive))
             .with_state(shared.clone());
-        let _ = axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.changed().await;
-        })
-        .await;
+        let connections = Arc::new(tokio::sync::Semaphore::new(shared.cfg.max_connections));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = stop.changed() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    // Out of file descriptors and the like: wait, go on.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                shared.telemetry.webhook_connection_refused();
+                drop(stream);
+                continue;
+            };
+            let app = app.clone();
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    let mut app = app.clone();
+                    async move {
+                        use tower_service::Service;
+                        app.call(req.map(Body::new)).await
+                    }
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(shared.cfg.header_timeout)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(permit);
+            });
+        }
+        drop(self.listener);
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_s = grace.as_secs_f64(),
+                "webhook requests still in progress at shutdown were cut; their senders retry"
+            );
+        }
+        shared.telemetry.webhook_rejections_summary(true);
         let _ = watcher.await;
         let _ = tokio::task::spawn_blocking(move || {
             use rdkafka::producer::Producer;
-            let _ = shared.producer.flush(Duration::from_secs(5));
+            let _ = shared.producer.flush(grace);
         })
         .await;
     }
@@ -300,19 +385,23 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .filter(|v| !v.is_empty())
 }
 
+/// Whether `s` is a signature in the documented form: 64 lowercase hex
+/// digits.
+fn well_formed_signature(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 async fn handle(s: &Shared, headers: &HeaderMap, body: Body) -> Result<Response, Rejection> {
-    let max = s.cfg.max_body_bytes;
-    let declared = header(headers, "content-length").and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(Rejection::TooLarge);
-    }
-    let body: Bytes = axum::body::to_bytes(body, max)
-        .await
-        .map_err(|_| Rejection::TooLarge)?;
+    // Everything that can be judged from the headers, before a byte of
+    // body is read.
     let signature = header(headers, "x-cio-signature").ok_or(Rejection::MissingSignature)?;
     let timestamp = header(headers, "x-cio-timestamp").ok_or(Rejection::MissingTimestamp)?;
+    if !well_formed_signature(signature) {
+        // Not even the form of a signature: no key is tried, no body read.
+        return Err(Rejection::InvalidSignature);
+    }
+    let ts: i64 = timestamp.parse().map_err(|_| Rejection::BadTimestamp)?;
     if let Some(max_age) = s.cfg.max_age {
-        let ts: i64 = timestamp.parse().map_err(|_| Rejection::BadTimestamp)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -320,6 +409,35 @@ async fn handle(s: &Shared, headers: &HeaderMap, body: Body) -> Result<Response,
             return Err(Rejection::StaleTimestamp);
         }
     }
+    let max = s.cfg.max_body_bytes;
+    let declared = header(headers, "content-length").and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(Rejection::TooLarge);
+    }
+    // The body's bytes, reserved from what all requests may hold together.
+    let reserve = declared.unwrap_or(max).max(1);
+    let _held = s
+        .buffered
+        .clone()
+        .try_acquire_many_owned(reserve as u32)
+        .map_err(|_| Rejection::Busy)?;
+    let limited = http_body_util::Limited::new(body, max);
+    let read = tokio::time::timeout(
+        s.cfg.body_timeout,
+        http_body_util::BodyExt::collect(limited),
+    )
+    .await
+    .map_err(|_| Rejection::SlowBody)?;
+    let body: Bytes = match read {
+        Ok(collected) => collected.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(Rejection::TooLarge)
+        }
+        Err(_) => return Err(Rejection::BadBody),
+    };
     if !signature::verify(&s.keys.current.load(), timestamp, &body, signature) {
         return Err(Rejection::InvalidSignature);
     }
@@ -356,10 +474,15 @@ async fn produce(s: &Shared, body: &[u8], timestamp: &str) -> Response {
         hash: rules.content_hash(),
         key_id: rules.key_id(),
     };
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(body))
+    };
     let headers = |extra: &[(&str, &str)]| -> OwnedHeaders {
         let mut all = vec![
             ("sanitizer-source", "customerio-webhook"),
             ("sanitizer-webhook-timestamp", timestamp),
+            ("sanitizer-webhook-body-sha256", digest.as_str()),
         ];
         all.extend_from_slice(extra);
         lineage.headers(&all)
@@ -373,17 +496,22 @@ async fn produce(s: &Shared, body: &[u8], timestamp: &str) -> Response {
         }
         Err(reason) => {
             let detail = reason.to_string();
-            let h = headers(&[
+            let mut extra = vec![
                 ("sanitizer-error", reason.code()),
-                ("sanitizer-error-detail", &detail),
-            ]);
-            (
-                vec![body.to_vec()],
-                &s.dead_letter_topic,
-                None,
-                h,
-                Some(reason),
-            )
+                ("sanitizer-error-detail", detail.as_str()),
+            ];
+            // Sealed at rest like every dead letter.
+            let sealed = s
+                .sealer
+                .as_ref()
+                .map(|k| k.seal(body, None, std::iter::empty()));
+            if let Some(sl) = &sealed {
+                extra.push((crate::deadletter::SCHEME_HEADER, crate::deadletter::SCHEME));
+                extra.push((crate::deadletter::KEY_ID_HEADER, sl.key_id.as_str()));
+            }
+            let h = headers(&extra);
+            let payload = sealed.map_or_else(|| body.to_vec(), |sl| sl.payload);
+            (vec![payload], &s.dead_letter_topic, None, h, Some(reason))
         }
     };
     for payload in &records {
@@ -393,11 +521,8 @@ async fn produce(s: &Shared, body: &[u8], timestamp: &str) -> Response {
         if let Some(k) = &key {
             rec = rec.key(k);
         }
-        let sent = tokio::time::timeout(
-            timeout + Duration::from_secs(1),
-            s.producer.send(rec, Timeout::After(timeout)),
-        )
-        .await;
+        let sent =
+            tokio::time::timeout(timeout, s.producer.send(rec, Timeout::After(timeout))).await;
         let error = match sent {
             Ok(Ok(_)) => continue,
             Ok(Err((e, _))) => e.to_string(),

@@ -27,10 +27,14 @@ pub fn sign(key: &[u8], timestamp: &str, body: &[u8]) -> String {
 
 /// Whether `signature` (hex) is the signature of `body` at `timestamp`
 /// under one of `keys`. Every comparison is constant-time; a signature
-/// that is not 64 hex digits fails without touching a key.
+/// that is not 64 lowercase hex digits (the documented form) fails without
+/// touching a key.
 pub fn verify(keys: &[Secret], timestamp: &str, body: &[u8], signature: &str) -> bool {
     let mut raw = [0u8; 32];
-    if hex::decode_to_slice(signature.trim(), &mut raw).is_err() {
+    let lowercase = signature
+        .bytes()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !lowercase || hex::decode_to_slice(signature, &mut raw).is_err() {
         return false;
     }
     // Try every key (no early exit), so timing does not say which matched.
@@ -53,7 +57,10 @@ mod tests {
         let keys = [Secret::new("old"), Secret::new("new")];
         let sig = sign(b"new", "1", b"body");
         assert!(verify(&keys, "1", b"body", &sig));
-        assert!(verify(&keys, "1", b"body", &sig.to_uppercase()));
+        assert!(
+            !verify(&keys, "1", b"body", &sig.to_uppercase()),
+            "lowercase hex, as documented"
+        );
         assert!(!verify(&keys, "2", b"body", &sig));
         assert!(!verify(&keys, "1", b"body!", &sig));
         assert!(!verify(&keys[..1], "1", b"body", &sig));

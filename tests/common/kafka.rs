@@ -84,6 +84,10 @@ pub fn webhooks(topic: &str, key: &Path, signing: &Path, max_body_bytes: usize) 
         max_body_bytes,
         max_age: None,
         ack_timeout: Duration::from_secs(10),
+        max_connections: 256,
+        max_buffered_bytes: 32 << 20,
+        header_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(10),
     }
 }
 

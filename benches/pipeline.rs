@@ -17,7 +17,9 @@
 //! For experiments: `BENCH_ONLY=ab` (runs only those), `BENCH_TRACE=1`
 //! (progress every 10 ms and librdkafka logs per `RUST_LOG`),
 //! `BENCH_CONSUMER` / `BENCH_PRODUCER` (`k=v,k=v` librdkafka properties),
-//! `BENCH_IN_FLIGHT`, `BENCH_WORKERS`, `BENCH_TXN_MS`, `BENCH_TXN_MAX`.
+//! `BENCH_IN_FLIGHT`, `BENCH_WORKERS`, `BENCH_TXN_MS`, `BENCH_TXN_MAX`,
+//! `BENCH_PRIVACY=1` (privacy requests on, one person suppressed: the gate
+//! and the identity scan on every event).
 //!
 //! `BENCH_BROKER=kafka`: the same runs against a real Apache Kafka broker
 //! (`scripts/kafka start`, fresh topics per run): no 5 MB-per-partition
@@ -54,6 +56,9 @@ struct Cluster {
     raw: String,
     clean: String,
     dlq: String,
+    /// A privacy-requests topic holding one `suppress` (used with
+    /// `BENCH_PRIVACY=1`).
+    requests: String,
     group: String,
     _mock: Option<Mock>,
 }
@@ -100,6 +105,7 @@ fn cluster(events: &[Vec<u8>]) -> Cluster {
             raw: format!("bench-raw-{run}"),
             clean: format!("bench-clean-{run}"),
             dlq: format!("bench-dlq-{run}"),
+            requests: format!("bench-requests-{run}"),
             group: format!("bench-{run}"),
             _mock: None,
         };
@@ -108,14 +114,11 @@ fn cluster(events: &[Vec<u8>]) -> Cluster {
                 .set("bootstrap.servers", &c.bootstrap)
                 .create()
                 .unwrap();
-        let topics: Vec<rdkafka::admin::NewTopic> = [&c.raw, &c.clean, &c.dlq]
+        let topics: Vec<rdkafka::admin::NewTopic> = [&c.raw, &c.clean, &c.dlq, &c.requests]
             .iter()
             .map(|t| {
-                rdkafka::admin::NewTopic::new(
-                    t,
-                    PARTITIONS,
-                    rdkafka::admin::TopicReplication::Fixed(1),
-                )
+                let n = if *t == &c.requests { 1 } else { PARTITIONS };
+                rdkafka::admin::NewTopic::new(t, n, rdkafka::admin::TopicReplication::Fixed(1))
             })
             .collect();
         let opts =
@@ -135,11 +138,13 @@ fn cluster(events: &[Vec<u8>]) -> Cluster {
         for t in ["raw", "clean", "dlq"] {
             mock.create_topic(t, PARTITIONS, 1).unwrap();
         }
+        mock.create_topic("requests", 1, 1).unwrap();
         Cluster {
             bootstrap: mock.bootstrap_servers(),
             raw: "raw".into(),
             clean: "clean".into(),
             dlq: "dlq".into(),
+            requests: "requests".into(),
             group: format!("bench-{run}"),
             _mock: Some(mock),
         }
@@ -155,6 +160,14 @@ fn cluster(events: &[Vec<u8>]) -> Cluster {
         while let Err((_, _)) = p.send(BaseRecord::to(&c.raw).payload(e).key(&key)) {
             p.poll(Duration::from_millis(5));
         }
+    }
+    let request = br#"{"requestId":"bench-1","userId":"not-in-the-corpus","action":"suppress"}"#;
+    while let Err((_, _)) = p.send(
+        BaseRecord::to(&c.requests)
+            .payload(&request[..])
+            .key("not-in-the-corpus"),
+    ) {
+        p.poll(Duration::from_millis(5));
     }
     p.flush(Duration::from_secs(60)).unwrap();
     c
@@ -311,7 +324,13 @@ fn config(
         log: LogConfig::default(),
         shutdown: ShutdownConfig::default(),
         webhooks: None,
-        privacy: None,
+        // `BENCH_PRIVACY=1`: every event passes the privacy gate and the
+        // identity scan (the set is not empty).
+        privacy: std::env::var("BENCH_PRIVACY")
+            .is_ok()
+            .then(|| PrivacyConfig {
+                requests_topic: c.requests.clone(),
+            }),
         // Sealed, as in production: a ring next to the hash key.
         dead_letters: DeadLettersConfig {
             encrypt: true,

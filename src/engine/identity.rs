@@ -223,7 +223,10 @@ fn scan_into<'a>(b: &'a [u8], n: &mut Named<'a>) -> Result<(), JsonError> {
         let slot = match (role, id_key(b, i + 1, end, escaped)) {
             (Role::Root, Some(k)) => Slot::RootId(k),
             (Role::Call, Some(k)) => Slot::CallId(k),
-            (Role::Root, None) if text(b, i + 1, end, escaped).as_deref() == Some("batch") => {
+            (Role::Root, None)
+                if (!escaped && &b[i + 1..end] == b"batch")
+                    || (escaped && text(b, i + 1, end, true).as_deref() == Some("batch")) =>
+            {
                 Slot::Batch
             }
             _ => Slot::Other,
@@ -282,12 +285,16 @@ fn scan_into<'a>(b: &'a [u8], n: &mut Named<'a>) -> Result<(), JsonError> {
             }
             b'"' => {
                 let (end, escaped) = scan_string(b, i)?;
-                found(n, slot, text(b, i + 1, end, escaped));
+                if matches!(slot, Slot::RootId(_) | Slot::CallId(_)) {
+                    found(n, slot, text(b, i + 1, end, escaped));
+                }
                 i = end + 1;
             }
             b'-' | b'0'..=b'9' => {
                 let end = scan_number(b, i)?;
-                found(n, slot, text(b, i, end, false));
+                if matches!(slot, Slot::RootId(_) | Slot::CallId(_)) {
+                    found(n, slot, text(b, i, end, false));
+                }
                 i = end;
             }
             _ => {
@@ -424,13 +431,24 @@ impl Sanitizer {
     ) -> Result<Sanitized, DeadLetterReason> {
         out.clear();
         if let Some(is) = suppressed {
-            if let Some(k) = key.and_then(|k| std::str::from_utf8(k).ok()) {
+            let key = key.and_then(|k| std::str::from_utf8(k).ok());
+            let named = (input.len() <= SCAN_MAX_BYTES).then(|| scan(input));
+            // The key, unless it is the text of an id the message carries
+            // (then it is that id, checked in its own namespace below).
+            let known = |k: &str| {
+                named.as_ref().is_some_and(|n| {
+                    n.root
+                        .iter()
+                        .chain(n.calls.iter().flat_map(|c| c.ids.iter()))
+                        .any(|f| f.value == k)
+                })
+            };
+            if let Some(k) = key.filter(|k| !known(k)) {
                 if is(Id::User(k)) || is(Id::Anonymous(k)) {
                     return Ok(Sanitized::Suppressed(NamedBy::MessageKey));
                 }
             }
-            if input.len() <= SCAN_MAX_BYTES {
-                let named = scan(input);
+            if let Some(named) = named {
                 if named.root.iter().any(|f| names(f, is)) {
                     let by = if named.batches > 0 {
                         NamedBy::Envelope

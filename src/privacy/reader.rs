@@ -187,6 +187,7 @@ impl Privacy {
             consumer,
             topic: topic.to_string(),
             partitions,
+            partition_counts: Mutex::default(),
             suppressions: p.suppressions.clone(),
             progress: p.progress.clone(),
             gate: p.gate.clone(),
@@ -326,6 +327,8 @@ struct Run {
     consumer: Arc<ReaderConsumer>,
     topic: String,
     partitions: Vec<i32>,
+    /// Partition counts of the input topics the gate was asked about.
+    partition_counts: Mutex<HashMap<String, i32>>,
     suppressions: Arc<Suppressions>,
     progress: Arc<Progress>,
     gate: Arc<Gate>,
@@ -378,13 +381,48 @@ impl Run {
     /// offsets first, then the requests topic's (in that order: see
     /// [`Gate`]).
     fn round(&self) -> Option<Round> {
-        let parts: Vec<(String, i32)> = {
+        let asked: Vec<(String, i32)> = {
             let mut st = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
             if !std::mem::take(&mut st.wanted) {
                 return None;
             }
             st.released.keys().cloned().collect()
         };
+        // Every partition of the topics asked about, so one round releases
+        // a lane's other partitions too (their counts described once, and
+        // again when a partition beyond them is asked about).
+        let mut parts: Vec<(String, i32)> = Vec::new();
+        {
+            let mut counts = self
+                .partition_counts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (t, p) in &asked {
+                if counts.get(t).is_none_or(|n| *p >= *n) {
+                    if let Ok(md) = self
+                        .consumer
+                        .fetch_metadata(Some(t), Duration::from_secs(10))
+                    {
+                        let n = md
+                            .topics()
+                            .iter()
+                            .filter(|x| x.name() == t && x.error().is_none())
+                            .map(|x| x.partitions().len() as i32)
+                            .next()
+                            .unwrap_or(0);
+                        counts.insert(t.clone(), n.max(*p + 1));
+                    }
+                }
+            }
+            for (t, n) in counts.iter() {
+                parts.extend((0..*n).map(|p| (t.clone(), p)));
+            }
+            for a in asked {
+                if !parts.contains(&a) {
+                    parts.push(a);
+                }
+            }
+        }
         let ends = |parts: &[(&str, i32)]| -> Option<Vec<((String, i32), i64)>> {
             let mut tpl = TopicPartitionList::new();
             for &(t, p) in parts {
@@ -490,8 +528,8 @@ impl Run {
                     rebuild = Some((Table::new(&key.id, &key.key), pass));
                 }
             }
-            // Short: a lane waiting for a round is noticed within 5 ms.
-            let wait = if round.is_some() { 1 } else { 5 };
+            // Short: a lane waiting for a round is noticed within 2 ms.
+            let wait = if round.is_some() { 1 } else { 2 };
             match self.consumer.poll(Duration::from_millis(wait)) {
                 None => {}
                 Some(Err(KafkaError::PartitionEOF(p))) => {

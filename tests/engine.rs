@@ -263,6 +263,29 @@ fn dead_letter_reasons() {
         Err("too_large")
     );
     assert_eq!(run(&s, "{\"a\":"), Err("invalid_json"));
+    // Numbers no downstream parser reads as written fail closed; a number
+    // that only underflows (to 0) is valid JSON that serde_json reads.
+    for n in ["1e400", "-1e400", "1E+309", "0.5e309"] {
+        let doc = format!("{{\"n\":{n}}}");
+        assert_eq!(run(&s, &doc), Err("number_out_of_range"), "{n}");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&doc).is_err(),
+            "{n}"
+        );
+    }
+    for n in [
+        "1e-400",
+        "1.7976931348623157e308",
+        "-0.0e5",
+        "12345678901234567890",
+    ] {
+        let doc = format!("{{\"n\":{n}}}");
+        assert!(run(&s, &doc).is_ok(), "{n}");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&doc).is_ok(),
+            "{n}"
+        );
+    }
     assert_eq!(run(&s, r#"{"a":{"b":{"c":{}}}}"#), Err("too_deep"));
     assert_eq!(run(&s, "[1]"), Err("not_an_object"));
     assert_eq!(run(&s, r#"{"batch":{}}"#), Err("batch_not_array"));

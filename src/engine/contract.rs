@@ -174,7 +174,7 @@ pub(crate) fn check(
         // Cannot happen (the sanitizer writes JSON); fail closed if it does.
         DeadLetterReason::InvalidJson {
             offset: match e {
-                json::JsonError::Syntax(o) => o,
+                json::JsonError::Syntax(o) | json::JsonError::NumberOutOfRange(o) => o,
                 json::JsonError::TooDeep => 0,
             },
         }

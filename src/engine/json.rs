@@ -38,6 +38,23 @@ pub(crate) enum JsonError {
     Syntax(usize),
     /// Nested deeper than the limit.
     TooDeep,
+    /// A number beyond the range of a double (`1e400`), at this byte
+    /// offset: serde_json and Go refuse it, Python reads `inf`.
+    NumberOutOfRange(usize),
+}
+
+/// Whether the number `num` (valid JSON) is beyond the range of a double.
+/// Only a number with an exponent or over 300 digits can be: the others
+/// are decided without parsing.
+#[inline]
+fn overflows(num: &[u8]) -> bool {
+    if num.len() < 300 && !num.iter().any(|&c| c | 0x20 == b'e') {
+        return false;
+    }
+    std::str::from_utf8(num)
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .is_none_or(f64::is_infinite)
 }
 
 #[inline(always)]
@@ -232,6 +249,9 @@ pub(crate) fn tokenize(
             }
             b'-' | b'0'..=b'9' => {
                 let end = scan_number(b, i)?;
+                if overflows(&b[i..end]) {
+                    return Err(JsonError::NumberOutOfRange(i));
+                }
                 tape.push(Tok {
                     kind: Kind::Number,
                     escaped: false,
@@ -415,6 +435,25 @@ mod tests {
         let mut tape = Vec::new();
         let mut stack = Vec::new();
         tokenize(s.as_bytes(), 64, &mut tape, &mut stack).is_ok()
+    }
+
+    #[test]
+    fn numbers_beyond_a_double_are_refused_like_serde_json_does() {
+        let long = "9".repeat(400);
+        for (n, refused) in [
+            ("1e400", true),
+            ("-1e400", true),
+            (long.as_str(), true),
+            ("1e-400", false),
+            ("1e308", false),
+            ("123", false),
+        ] {
+            let (mut tape, mut stack) = (Vec::new(), Vec::new());
+            let ours = tokenize(n.as_bytes(), 64, &mut tape, &mut stack);
+            assert_eq!(matches!(ours, Err(JsonError::NumberOutOfRange(0))), refused, "{n}");
+            let serde = serde_json::from_str::<serde_json::Value>(n);
+            assert_eq!(serde.is_err(), refused, "{n}: serde_json agrees");
+        }
     }
 
     #[test]

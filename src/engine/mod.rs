@@ -78,6 +78,13 @@ pub enum DeadLetterReason {
         /// Where parsing failed.
         offset: usize,
     },
+    /// A number beyond the range of a double (`1e400`): no downstream
+    /// parser reads it as written.
+    #[error("the message has a number beyond the range of a double (at byte {offset})")]
+    NumberOutOfRange {
+        /// Where the number starts.
+        offset: usize,
+    },
     /// Nested deeper than [`Limits::max_depth`].
     #[error("the message is nested deeper than {limit} levels")]
     TooDeep {
@@ -117,6 +124,7 @@ impl DeadLetterReason {
             Self::TooLarge { .. } => "too_large",
             Self::InvalidUtf8 { .. } => "invalid_utf8",
             Self::InvalidJson { .. } => "invalid_json",
+            Self::NumberOutOfRange { .. } => "number_out_of_range",
             Self::TooDeep { .. } => "too_deep",
             Self::NotAnObject => "not_an_object",
             Self::BatchNotArray => "batch_not_array",
@@ -133,6 +141,7 @@ impl DeadLetterReason {
         "too_large",
         "invalid_utf8",
         "invalid_json",
+        "number_out_of_range",
         "too_deep",
         "not_an_object",
         "batch_not_array",

@@ -133,6 +133,9 @@ pub(crate) fn run<T: Trace>(
     let mut tape = std::mem::take(&mut w.tape);
     let result = match json::tokenize(input, c.limits.max_depth, &mut tape, &mut w.stack) {
         Err(JsonError::Syntax(offset)) => Err(DeadLetterReason::InvalidJson { offset }),
+        Err(JsonError::NumberOutOfRange(offset)) => {
+            Err(DeadLetterReason::NumberOutOfRange { offset })
+        }
         Err(JsonError::TooDeep) => Err(DeadLetterReason::TooDeep {
             limit: c.limits.max_depth,
         }),

@@ -644,6 +644,15 @@ async fn the_webhook_port_holds_its_bounds_against_hostile_clients() {
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
 
+    // A body cut off mid-stream is unreadable (400), not too large.
+    let mut cut = TcpStream::connect(&addr).unwrap();
+    cut.write_all(format!("POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nX-CIO-Timestamp: {ts}\r\nX-CIO-Signature: {good}\r\n\r\n{{\"data\":").as_bytes()).unwrap();
+    cut.shutdown(std::net::Shutdown::Write).unwrap();
+    cut.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut cut, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
     // A client stalled mid-body, then SIGTERM: the pipeline still ends
     // within shutdown.timeout (8 s), and cleanly.
     let mut stalled = TcpStream::connect(&addr).unwrap();

@@ -450,7 +450,11 @@ mod tests {
         ] {
             let (mut tape, mut stack) = (Vec::new(), Vec::new());
             let ours = tokenize(n.as_bytes(), 64, &mut tape, &mut stack);
-            assert_eq!(matches!(ours, Err(JsonError::NumberOutOfRange(0))), refused, "{n}");
+            assert_eq!(
+                matches!(ours, Err(JsonError::NumberOutOfRange(0))),
+                refused,
+                "{n}"
+            );
             let serde = serde_json::from_str::<serde_json::Value>(n);
             assert_eq!(serde.is_err(), refused, "{n}: serde_json agrees");
         }

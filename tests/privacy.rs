@@ -826,16 +826,33 @@ async fn a_suppress_followed_at_once_by_the_persons_events_lets_none_through() {
     };
     let bs2 = bs.clone();
     let clean_count = move || sum(&high_watermarks(&bs2, CLEAN, 4));
-    // The service is up and passing events.
-    produce(
-        &bs,
-        &(0..20).map(|s| event("warm-up", s)).collect::<Vec<_>>(),
-    )
+    // Both replicas are up, each with partitions of its own (the group is
+    // stable: no rebalance replays events during the rounds below).
+    let consumed: Vec<Arc<Telemetry>> = replicas.iter().map(|r| r.0.clone()).collect();
+    let mut warm = 0;
+    until("both replicas consuming", || {
+        let batch: Vec<_> = (0..8)
+            .map(|s| event(&format!("warm-{s}"), warm + s))
+            .collect();
+        warm += 8;
+        let bs = bs.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(produce(&bs, &batch))
+        })
+        .join()
+        .unwrap();
+        consumed
+            .iter()
+            .all(|t| metric(t, "event_sanitizer_messages_in_total", &[]) > 0.0)
+    })
     .await;
-    until("the warm-up", || clean_count() >= 20).await;
+    let warm = warm as i64;
+    until("the warm-up", || clean_count() >= warm).await;
     mock.broker_round_trip_time(2, Duration::from_millis(300))
         .unwrap();
-    let mut others = 20;
+    let mut others = warm as u64;
     for round in 0..5 {
         let person = format!("person-{round}");
         produce_to(

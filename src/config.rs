@@ -716,9 +716,9 @@ impl Config {
         }
         match (&self.dead_letters.keys_file, self.dead_letters.encrypt) {
             (None, true) => p.push("`dead_letters.keys_file` is missing: dead letters hold raw messages and are sealed at rest; give a key ring (docs/privacy.md, Dead letters), or set `dead_letters.encrypt: false` to keep them in the clear".into()),
-            (Some(f), true) => {
-                if let Err(e) = crate::deadletter::Sealer::load(f) {
-                    p.push(format!("`dead_letters.keys_file`: {e}"));
+            (Some(_), true) => {
+                if let Err(e) = crate::deadletter::Sealer::from_config(&self.dead_letters) {
+                    p.push(e);
                 }
             }
             (Some(_), false) => p.push("`dead_letters.keys_file` is set but `dead_letters.encrypt` is false: remove one".into()),

@@ -126,6 +126,7 @@ impl Ring {
 pub struct Sealer {
     file: PathBuf,
     ring: ArcSwap<Ring>,
+    watched: crate::reload::Watched,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -156,7 +157,30 @@ impl Sealer {
         Ok(Sealer {
             file: file.to_path_buf(),
             ring: ArcSwap::from_pointee(Ring::load(file)?),
+            watched: crate::reload::Watched::new(vec![file.to_path_buf()]),
         })
+    }
+
+    /// The ring `dead_letters` asks for: `None` when encryption is off.
+    pub fn from_config(cfg: &crate::config::DeadLettersConfig) -> Result<Option<Sealer>, String> {
+        match (&cfg.keys_file, cfg.encrypt) {
+            (Some(f), true) => Sealer::load(f)
+                .map(Some)
+                .map_err(|e| format!("`dead_letters.keys_file`: {e}")),
+            _ => Ok(None),
+        }
+    }
+
+    /// Re-reads the file when it changed ([`Sealer::reload`]), audited.
+    pub fn check(&self, telemetry: &crate::metrics::Telemetry) {
+        if !self.watched.changed() {
+            return;
+        }
+        match self.reload() {
+            Ok(Some(id)) => telemetry.dead_letter_key_rotated(&id),
+            Ok(None) => {}
+            Err(e) => telemetry.dead_letter_keys_rejected(&e),
+        }
     }
 
     /// Re-reads the file: `Ok(Some(id))` when the active key changed. A

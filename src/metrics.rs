@@ -689,6 +689,17 @@ impl Telemetry {
         tracing::info!(target: "event_sanitizer::audit", event = "webhook_signing_keys_loaded", keys = count, reload, "webhook signing keys loaded");
     }
 
+    /// Dead letters are sealed with a new active key.
+    pub fn dead_letter_key_rotated(&self, key_id: &str) {
+        tracing::info!(target: "event_sanitizer::audit", event = "dead_letter_key_rotated", key_id, "dead letters are sealed with a new key");
+    }
+
+    /// A changed dead-letter key ring file could not be used; the ring in
+    /// use stays. The message names the file and key ids, never a key.
+    pub fn dead_letter_keys_rejected(&self, error: &str) {
+        tracing::error!(target: "event_sanitizer::audit", event = "dead_letter_keys_rejected", error, "the dead-letter key ring file was not applied; the ring in use stays");
+    }
+
     /// Changed webhook key files could not be used; the keys in use stay.
     pub fn webhook_keys_failed(&self, error: &str) {
         tracing::error!(target: "event_sanitizer::audit", event = "webhook_signing_keys_rejected", error, "webhook signing keys not reloaded; the keys in use stay");

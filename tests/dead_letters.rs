@@ -6,7 +6,7 @@
 
 mod common;
 use common::kafka::*;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 const KEY_A: &str = "dead-letter-key-a-0123456789abcdef0123";
@@ -36,13 +36,7 @@ fn replay(cfg: &std::path::Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn stdout(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::output_text as stdout;
 
 /// An identify too large for a 400-byte limit, with a phone number and
 /// an email header (the test producer adds `x-user-email`).
@@ -74,13 +68,7 @@ async fn dead_letters_are_sealed_rotated_without_restart_and_replayed() {
 
     let first = big_event("person-1", 1);
     produce(&bs, std::slice::from_ref(&first)).await;
-    let mut child = Command::new(common::bin())
-        .args(["run", "-c"])
-        .arg(&strict)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = common::start_service(&strict, &dir.path().join("stderr.log"));
     until("the first dead letter", || {
         high_watermarks(&bs, DLQ, 1)[0] >= 1
     })
@@ -103,9 +91,7 @@ async fn dead_letters_are_sealed_rotated_without_restart_and_replayed() {
         high_watermarks(&bs, DLQ, 1)[0] >= 2
     })
     .await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    common::signal(&child, "-TERM");
     assert!(child.wait().unwrap().success());
 
     // On the topic: nothing readable.

@@ -621,7 +621,6 @@ async fn restarted_replica_rebuilds_the_set_first_and_ids_never_leak() {
 /// and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_suppressed_persons_data_leaves_by_no_side_door() {
-    use std::process::{Command, Stdio};
     let mock = cluster(1);
     mock.create_topic(REQ, 1, 1).unwrap();
     let bs = mock.bootstrap_servers();
@@ -696,13 +695,7 @@ async fn a_suppressed_persons_data_leaves_by_no_side_door() {
         rules.display(), key.display(), audit.display()
     )).unwrap();
     let log = dir.path().join("stderr.log");
-    let mut child = Command::new(common::bin())
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = common::start_service(&cfg, &log);
     until("every event handled", || {
         all_committed(&bs, "g-side", RAW, 1) && high_watermarks(&bs, RAW, 1)[0] > 0
     })
@@ -712,9 +705,7 @@ async fn a_suppressed_persons_data_leaves_by_no_side_door() {
     assert_eq!(count("event_sanitizer_messages_suppressed_total"), 5.0);
     assert_eq!(count("event_sanitizer_batch_calls_suppressed_total"), 1.0);
     assert!(!text.contains(gone) && !text.contains(gone_anon));
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    common::signal(&child, "-TERM");
     assert!(child.wait().unwrap().success());
 
     let out = read_topics(&bs, &[CLEAN, DLQ], 20, Duration::from_secs(20)).await;

@@ -470,7 +470,6 @@ fn closed_within(s: &mut std::net::TcpStream, within: Duration) -> bool {
 async fn the_webhook_port_holds_its_bounds_against_hostile_clients() {
     use std::io::Write;
     use std::net::TcpStream;
-    use std::process::{Command, Stdio};
     let mock = cluster(1);
     mock.create_topic(TOPIC, 1, 1).unwrap();
     let bs = mock.bootstrap_servers();
@@ -487,13 +486,7 @@ async fn the_webhook_port_holds_its_bounds_against_hostile_clients() {
         rules.display(), key.display(), audit.display(),
         common::root().join("rules/customerio-webhooks.yaml").display(), key.display(), signing.display()
     )).unwrap();
-    let mut child = Command::new(common::bin())
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = common::start_service(&cfg, &dir.path().join("stderr.log"));
     let addr = format!("127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(&addr).is_err() {
@@ -659,9 +652,7 @@ async fn the_webhook_port_holds_its_bounds_against_hostile_clients() {
     let _ = stalled.write_all(format!("POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nX-CIO-Timestamp: {ts}\r\nX-CIO-Signature: {good}\r\n\r\n{{\"data\":").as_bytes());
     std::thread::sleep(Duration::from_millis(200));
     let t = std::time::Instant::now();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    common::signal(&child, "-TERM");
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(

@@ -37,8 +37,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(first, second, "deterministic");
     assert_eq!(first_out, out, "deterministic output");
     // Suppressed: "fz" as a userId, in any shape the message takes.
-    let mut is = |id: Id<'_>| id == Id::User("fz");
-    let judged = s.judge(data, Some(b"k"), &mut scratch, &mut out, Some(&mut is));
+    let is = |id: Id<'_>| id == Id::User("fz");
+    let judged = s.judge(data, Some(b"k"), &mut scratch, &mut out, Some(&is));
     if let Ok(Sanitized::Clean { records, .. }) = &judged {
         for r in records.iter(&out) {
             let v: serde_json::Value = serde_json::from_slice(r).expect("clean output is JSON");

@@ -185,10 +185,7 @@ pub(crate) fn run(args: ReplayArgs) -> Result<ExitCode, Failure> {
         code: 1,
     };
     let telemetry = Arc::new(Telemetry::new());
-    let sealer = match (&cfg.dead_letters.keys_file, cfg.dead_letters.encrypt) {
-        (Some(f), true) => Some(Sealer::load(f).map_err(Failure::usage)?),
-        _ => None,
-    };
+    let sealer = Sealer::from_config(&cfg.dead_letters).map_err(Failure::usage)?;
     let password = cfg
         .sasl_password()
         .map_err(|e| Failure::usage(e.to_string()))?;
@@ -255,25 +252,19 @@ pub(crate) fn run(args: ReplayArgs) -> Result<ExitCode, Failure> {
     let (router, privacy) = if args.to == Destination::Clean {
         let rules = RuleSource::load(&cfg.rules.file, cfg.rules.key_file(), limits, &telemetry)
             .map_err(|e| Failure::usage(e.to_string()))?;
-        let privacy = match &cfg.privacy {
-            None => None,
-            Some(pc) => {
-                let key = rules.active_key().ok_or_else(|| {
-                    Failure::usage("privacy: the rules have no hash key for the suppression set")
-                })?;
-                let rc = crate::privacy::reader::client_config(&cfg, password.as_ref())
-                    .map_err(|e| Failure::usage(e.to_string()))?;
-                let p = crate::privacy::reader::Privacy::start(
-                    rc,
-                    &pc.requests_topic,
-                    &key,
-                    telemetry.clone(),
-                )
-                .map_err(|e| fail(e.to_string()))?;
-                rt.block_on(p.wait_ready());
-                Some(p)
-            }
-        };
+        let privacy = crate::privacy::reader::Privacy::from_config(
+            &cfg,
+            &rules,
+            password.as_ref(),
+            telemetry.clone(),
+        )
+        .map_err(|e| match e {
+            crate::privacy::reader::ReaderError::Kafka { .. } => fail(e.to_string()),
+            _ => Failure::usage(format!("privacy: {e}")),
+        })?;
+        if let Some(p) = &privacy {
+            rt.block_on(p.wait_ready());
+        }
         (Some(Router::new(rules.current(), None)), privacy)
     } else {
         (None, None)
@@ -385,12 +376,7 @@ pub(crate) fn run(args: ReplayArgs) -> Result<ExitCode, Failure> {
                     headers: Some(opened.headers.as_borrowed()),
                 };
                 let set = privacy.as_ref().map(|p| &p.suppressions);
-                let suppressed = |id: Id<'_>| {
-                    set.is_some_and(|s| match id {
-                        Id::User(u) => s.contains(Some(u), None),
-                        Id::Anonymous(a) => s.contains(None, Some(a)),
-                    })
-                };
+                let suppressed = |id: Id<'_>| set.is_some_and(|s| s.holds(id));
                 let is: Option<&dyn Fn(Id<'_>) -> bool> = set.map(|_| &suppressed as _);
                 let routed = router.event(&input, is, &mut scratch, &mut out);
                 match routed.outcome {

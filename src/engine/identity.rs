@@ -374,7 +374,7 @@ fn found<'a>(n: &mut Named<'a>, slot: Slot, value: Option<Cow<'a, str>>) {
 }
 
 /// Whether `f` names a suppressed person.
-fn names(f: &Found<'_>, is: &mut dyn FnMut(Id<'_>) -> bool) -> bool {
+fn names(f: &Found<'_>, is: &dyn Fn(Id<'_>) -> bool) -> bool {
     let v = &*f.value;
     match f.key {
         IdKey::User => is(Id::User(v)),
@@ -427,7 +427,7 @@ impl Sanitizer {
         key: Option<&[u8]>,
         scratch: &mut Scratch,
         out: &mut Vec<u8>,
-        suppressed: Option<&mut dyn FnMut(Id<'_>) -> bool>,
+        suppressed: Option<&dyn Fn(Id<'_>) -> bool>,
     ) -> Result<Sanitized, DeadLetterReason> {
         out.clear();
         if let Some(is) = suppressed {

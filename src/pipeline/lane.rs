@@ -505,12 +505,7 @@ impl Lane {
                     .as_ref()
                     .map(|p| &p.suppressions)
                     .filter(|s| !s.is_empty());
-                let suppressed = |id: Id<'_>| {
-                    set.is_some_and(|s| match id {
-                        Id::User(u) => s.contains(Some(u), None),
-                        Id::Anonymous(a) => s.contains(None, Some(a)),
-                    })
-                };
+                let suppressed = |id: Id<'_>| set.is_some_and(|s| s.holds(id));
                 let suppressed: Option<&dyn Fn(Id<'_>) -> bool> = set.map(|_| &suppressed as _);
                 let routed = router.event(&input, suppressed, scratch, out);
                 c.metrics.sanitized(consumed_at.elapsed().as_secs_f64());

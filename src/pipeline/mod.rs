@@ -127,31 +127,18 @@ impl Pipeline {
         let password = cfg
             .sasl_password()
             .map_err(|e| PipelineError::Fatal(e.to_string()))?;
-        let privacy = match &cfg.privacy {
-            None => None,
-            Some(pc) => {
-                let key = rules.active_key().ok_or_else(|| PipelineError::Privacy(
-                    "the suppression set holds keyed digests, and the rules have no hash key: set `rules.hash_keys_file`, `rules.hash_key_file` or `hash.key` in the rule file".into(),
-                ))?;
-                let rc = crate::privacy::reader::client_config(&cfg, password.as_ref())?;
-                let p = Privacy::start(rc, &pc.requests_topic, &key, telemetry.clone())
-                    .map_err(|e| PipelineError::Privacy(e.to_string()))?;
-                Some(Arc::new(p))
-            }
-        };
+        let privacy = Privacy::from_config(&cfg, &rules, password.as_ref(), telemetry.clone())
+            .map_err(|e| PipelineError::Privacy(e.to_string()))?
+            .map(Arc::new);
         let http = tokio::net::TcpListener::bind(&cfg.http.listen)
             .await
             .map_err(|error| PipelineError::Listen {
                 addr: cfg.http.listen.clone(),
                 error,
             })?;
-        let sealer = match (&cfg.dead_letters.keys_file, cfg.dead_letters.encrypt) {
-            (Some(f), true) => Some(Arc::new(
-                crate::deadletter::Sealer::load(f)
-                    .map_err(|e| PipelineError::Fatal(format!("`dead_letters.keys_file`: {e}")))?,
-            )),
-            _ => None,
-        };
+        let sealer = crate::deadletter::Sealer::from_config(&cfg.dead_letters)
+            .map_err(PipelineError::Fatal)?
+            .map(Arc::new);
         let webhooks = match &cfg.webhooks {
             Some(w) => Some(
                 crate::webhooks::Listener::bind(
@@ -247,24 +234,9 @@ impl Pipeline {
         ));
         let reload_task = {
             let c = common.clone();
-            let ring_problem = std::sync::Mutex::new(None::<String>);
             crate::reload::every(cfg.rules.reload_interval, stop_side_rx.clone(), move || {
                 if let Some(s) = &c.sealer {
-                    let mut last = ring_problem.lock().unwrap_or_else(|e| e.into_inner());
-                    match s.reload() {
-                        Ok(rotated) => {
-                            if let Some(id) = rotated {
-                                tracing::info!(target: "event_sanitizer::audit", event = "dead_letter_key_rotated", key_id = %id, "dead letters are sealed with a new key");
-                            }
-                            *last = None;
-                        }
-                        // Once per problem: the ring in use stays.
-                        Err(e) if last.as_deref() != Some(e.as_str()) => {
-                            tracing::error!(problem = %e, "the dead-letter key ring file was not applied; the ring in use stays");
-                            *last = Some(e);
-                        }
-                        Err(_) => {}
-                    }
+                    s.check(&c.telemetry);
                 }
                 if c.rules.check(&c.telemetry) {
                     // A new active key: the suppression set is rebuilt with

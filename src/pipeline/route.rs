@@ -4,7 +4,7 @@
 //! every outcome is unit-tested here; the lane produces what it returns.
 
 use crate::deadletter::{Sealer, KEY_ID_HEADER, SCHEME, SCHEME_HEADER};
-use crate::engine::{DeadLetterReason, Id, NamedBy, Sanitized, Sanitizer, Scratch};
+use crate::engine::{Id, NamedBy, Sanitized, Sanitizer, Scratch};
 use crate::kafka::{clean_headers, dead_letter_headers, DeadLetterOrigin, Lineage};
 use crate::privacy::Request;
 use rdkafka::message::{BorrowedHeaders, Headers, OwnedHeaders};
@@ -195,21 +195,9 @@ impl Router {
         out: &'a mut Vec<u8>,
     ) -> Routed<'a> {
         let s = &*self.sanitizer;
-        let Some(p) = m.payload else {
-            // A tombstone names no one but its key.
-            if let (Some(is), Some(k)) =
-                (suppressed, m.key.and_then(|k| std::str::from_utf8(k).ok()))
-            {
-                if is(Id::User(k)) || is(Id::Anonymous(k)) {
-                    return Routed::suppressed(NamedBy::MessageKey);
-                }
-            }
-            let reason = DeadLetterReason::Empty;
-            return self.dead_letter(m, reason.code(), reason.to_string());
-        };
-        let mut is = suppressed.map(|f| move |id: Id<'_>| f(id));
-        let is = is.as_mut().map(|f| f as &mut dyn FnMut(Id<'_>) -> bool);
-        match s.judge(p, m.key, scratch, out, is) {
+        // A tombstone is an empty value: named by its key only, else `empty`.
+        let payload = m.payload.unwrap_or_default();
+        match s.judge(payload, m.key, scratch, out, suppressed) {
             Ok(Sanitized::Suppressed(by)) => Routed::suppressed(by),
             Ok(Sanitized::Clean {
                 records,

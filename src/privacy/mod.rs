@@ -299,6 +299,15 @@ impl Suppressions {
             .contains(user_id, anonymous_id)
     }
 
+    /// Whether this one identifier is suppressed (for
+    /// [`crate::engine::Sanitizer::judge`]).
+    pub fn holds(&self, id: crate::engine::Id<'_>) -> bool {
+        match id {
+            crate::engine::Id::User(u) => self.contains(Some(u), None),
+            crate::engine::Id::Anonymous(a) => self.contains(None, Some(a)),
+        }
+    }
+
     /// Applies a request; returns (audit digest, key id, set size).
     pub(crate) fn apply(&self, r: &Request) -> (String, String, usize) {
         let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());

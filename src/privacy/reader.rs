@@ -26,6 +26,12 @@ pub enum ReaderError {
         /// What failed.
         error: String,
     },
+    /// The set holds keyed digests, and the rules have no key.
+    #[error("the suppression set holds keyed digests, and the rules have no hash key: set `rules.hash_keys_file`, `rules.hash_key_file` or `hash.key` in the rule file")]
+    NoHashKey,
+    /// The reader would not be created as configured.
+    #[error("{0}")]
+    Client(#[from] crate::kafka::ClientError),
 }
 
 pub(crate) struct ReaderCtx {
@@ -49,7 +55,7 @@ pub(crate) type ReaderConsumer = BaseConsumer<ReaderCtx>;
 
 /// The reader's client settings: `kafka.common` and `kafka.consumer`, its
 /// own group id (never joined: partitions are assigned), no commits.
-pub(crate) fn client_config(
+fn client_config(
     cfg: &crate::config::Config,
     password: Option<&crate::secret::Secret>,
 ) -> Result<ClientConfig, crate::kafka::ClientError> {
@@ -128,6 +134,22 @@ pub struct Privacy {
 }
 
 impl Privacy {
+    /// The reader `cfg.privacy` asks for (`None` without it), its set keyed
+    /// with the rules' active key.
+    pub fn from_config(
+        cfg: &crate::config::Config,
+        rules: &crate::reload::RuleSource,
+        password: Option<&crate::secret::Secret>,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Option<Privacy>, ReaderError> {
+        let Some(pc) = &cfg.privacy else {
+            return Ok(None);
+        };
+        let key = rules.active_key().ok_or(ReaderError::NoHashKey)?;
+        let client = client_config(cfg, password)?;
+        Privacy::start(client, &pc.requests_topic, &key, telemetry).map(Some)
+    }
+
     /// Creates the reader's client, finds the topic's partitions and starts
     /// reading from the beginning, with digests made with `key`.
     pub fn start(
@@ -187,7 +209,7 @@ impl Privacy {
             consumer,
             topic: topic.to_string(),
             partitions,
-            partition_counts: Mutex::default(),
+            partition_counts: HashMap::new(),
             suppressions: p.suppressions.clone(),
             progress: p.progress.clone(),
             gate: p.gate.clone(),
@@ -328,7 +350,7 @@ struct Run {
     topic: String,
     partitions: Vec<i32>,
     /// Partition counts of the input topics the gate was asked about.
-    partition_counts: Mutex<HashMap<String, i32>>,
+    partition_counts: HashMap<String, i32>,
     suppressions: Arc<Suppressions>,
     progress: Arc<Progress>,
     gate: Arc<Gate>,
@@ -380,7 +402,7 @@ impl Run {
     /// Starts a round when a lane waits: the input partitions' end
     /// offsets first, then the requests topic's (in that order: see
     /// [`Gate`]).
-    fn round(&self) -> Option<Round> {
+    fn round(&mut self) -> Option<Round> {
         let asked: Vec<(String, i32)> = {
             let mut st = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
             if !std::mem::take(&mut st.wanted) {
@@ -393,10 +415,7 @@ impl Run {
         // again when a partition beyond them is asked about).
         let mut parts: Vec<(String, i32)> = Vec::new();
         {
-            let mut counts = self
-                .partition_counts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let counts = &mut self.partition_counts;
             for (t, p) in &asked {
                 if counts.get(t).is_none_or(|n| *p >= *n) {
                     if let Ok(md) = self

@@ -138,6 +138,15 @@ pub fn start_service(cfg: &std::path::Path, log: &std::path::Path) -> std::proce
         .unwrap()
 }
 
+/// A finished command's stdout and stderr, as text.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Sends `sig` (`-KILL`, `-TERM`, `-STOP`...) to `child`.
 pub fn signal(child: &std::process::Child, sig: &str) {
     assert!(std::process::Command::new("kill")

@@ -724,3 +724,141 @@ async fn a_broker_outage_mid_stream_loses_nothing() {
     assert_eq!(out.len(), total, "read every output record");
     assert_none_lost(&events, &out.iter().map(|o| id_of(&o.payload)).collect());
 }
+
+/// Posts a signed reporting webhook for person `n` to `port`; its status
+/// (`None`: the port does not answer).
+async fn post_webhook(port: u16, signing_key: &str, n: usize) -> Option<u16> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut c = common::http::Client::connect(addr).await.ok()?;
+    let (ts, body) = (common::http::now(), common::http::reporting_webhook(n));
+    let sig = event_sanitizer::webhooks::signature::sign(signing_key.as_bytes(), &ts, &body);
+    let headers = [("X-CIO-Signature", sig.as_str()), ("X-CIO-Timestamp", &ts)];
+    let r = c.post("/webhooks/customerio", &headers, &body).await.ok()?;
+    Some(r.status)
+}
+
+/// Posts webhooks (person `n` upwards) until one is answered `want`.
+async fn post_until(port: u16, key: &str, n: &mut usize, want: u16, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        *n += 1;
+        if post_webhook(port, key, *n).await == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no webhook answered {want}; log:\n{}",
+            log_text(log)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The two rows of docs/operations.md the ACL test above leaves out at run
+/// time: `Write` on `webhooks.topic` and `Read` on `privacy.requests_topic`.
+/// With only the documented ACLs a signed webhook is produced and events
+/// flow; each ACL removed while the service runs stops it (exit code 1),
+/// naming the permission, with nothing more committed; and without the
+/// webhook topic's row the service does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_and_requests_topic_rows_each_removed_while_running_stop_the_service() {
+    let b = broker();
+    let t = Topics::new("acl-wh").await;
+    let (wh, req) = (unique("acl-wh-reporting"), unique("acl-wh-requests"));
+    create_topics(&[(&wh, 1, false), (&req, 1, true)]).await;
+    let user = unique("es-wh-user");
+    scram_password(&user, "wh-secret");
+    grant_documented(&user, &t);
+    acl(true, &user, &["Read"], &["--topic", &req]);
+    acl(true, &user, &["Write"], &["--topic", &wh]);
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("sasl-password");
+    std::fs::write(&password, "wh-secret").unwrap();
+    let signing = dir.path().join("signing-keys");
+    std::fs::write(&signing, "wh-signing-key\n").unwrap();
+    let sasl = format!(
+        "  common: {{ security.protocol: sasl_ssl, sasl.mechanism: SCRAM-SHA-512, sasl.username: {user}, ssl.ca.location: '{}' }}\n  sasl_password_file: {}\n",
+        b.ca,
+        password.display()
+    );
+    let port = common::http::free_port();
+    let cfg = write_config(dir.path(), "wh", &t, &b.sasl_ssl, &sasl);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "http: { listen: '127.0.0.1:0' }",
+        &format!(
+            "http: {{ listen: '127.0.0.1:0' }}\nprivacy: {{ requests_topic: {req} }}\nwebhooks:\n  listen: '127.0.0.1:{port}'\n  topic: {wh}\n  rules: {}\n  signing_key_files: [{}]\n",
+            common::root().join("rules/customerio-webhooks.yaml").display(),
+            signing.display()
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut n = 0;
+
+    // Everything documented granted: webhooks are produced, events flow.
+    let log = dir.path().join("service.log");
+    let mut child = common::start_service(&cfg, &log);
+    post_until(port, "wh-signing-key", &mut n, 200, &log).await;
+    produce_to(&b.plaintext, &t.raw, &inputs("wh-1", 4, 5)).await;
+    wait_all_committed(&t, &log);
+    let produced = read_all(&[&wh], "read_committed");
+    assert_eq!(produced.len(), 1, "the accepted webhook is on its topic");
+
+    // Write on the webhook topic removed: the next webhooks are answered
+    // 503 (Customer.io retries them), and the service stops, naming it.
+    acl(false, &user, &["Write"], &["--topic", &wh]);
+    post_until(port, "wh-signing-key", &mut n, 503, &log).await;
+    let status = wait_exit(
+        &mut child,
+        Duration::from_secs(60),
+        "still running without Write on the webhook topic",
+        &log,
+    );
+    let text = log_text(&log);
+    assert_eq!(status.code(), Some(1), "log:\n{text}");
+    assert!(
+        text.contains(&format!("needs Write on Topic:{wh}")),
+        "the missing permission is named; log:\n{text}"
+    );
+    assert_eq!(read_all(&[&wh], "read_committed").len(), 1);
+
+    // Restored; then Read on the requests topic removed while running:
+    // events wait (they are judged only once the requests before them are
+    // read), nothing more is committed, and the service stops, naming it.
+    acl(true, &user, &["Write"], &["--topic", &wh]);
+    let log2 = dir.path().join("requests.log");
+    let mut child = common::start_service(&cfg, &log2);
+    post_until(port, "wh-signing-key", &mut n, 200, &log2).await;
+    produce_to(&b.plaintext, &t.raw, &inputs("wh-2", 4, 5)).await;
+    wait_all_committed(&t, &log2);
+    let committed_before = committed(&t.group, &t.raw, PARTITIONS);
+    acl(false, &user, &["Read"], &["--topic", &req]);
+    produce_to(&b.plaintext, &t.raw, &inputs("wh-3", 4, 5)).await;
+    let status = wait_exit(
+        &mut child,
+        Duration::from_secs(60),
+        "still running without Read on the requests topic",
+        &log2,
+    );
+    let text = log_text(&log2);
+    assert_eq!(status.code(), Some(1), "log:\n{text}");
+    assert!(
+        text.contains(&format!("needs Read on Topic:{req}")),
+        "the missing permission is named; log:\n{text}"
+    );
+    assert_eq!(committed(&t.group, &t.raw, PARTITIONS), committed_before);
+
+    // No row at all for the webhook topic: it does not start, and says why.
+    acl(true, &user, &["Read"], &["--topic", &req]);
+    acl(false, &user, &["Write"], &["--topic", &wh]);
+    let out = Command::new(common::bin())
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("needs Write on Topic:{wh}")),
+        "the missing permission is named: {err}"
+    );
+}

@@ -166,14 +166,19 @@ async fn verified_webhooks_are_sanitized_and_everything_else_is_refused() {
             good.clone(),
         ),
     ];
+    // Each on a connection of its own: a request refused on its headers is
+    // answered without its body being read, and that connection is closed
+    // (a client sends the next one on a new connection).
     for (what, headers, b) in &cases {
         let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut c = Client::connect(addr).await.unwrap();
         let r = c.post(PATH, &h, b).await.unwrap();
         assert_eq!(r.status, 401, "{what}: {}", r.body);
     }
     // Stale (the window is on in this test: 300 s).
     let old_ts = (ts.parse::<u64>().unwrap() - 3600).to_string();
-    let (status, text) = post(&mut c, "new-signing-key", &old_ts, &good).await;
+    let mut stale = Client::connect(addr).await.unwrap();
+    let (status, text) = post(&mut stale, "new-signing-key", &old_ts, &good).await;
     assert_eq!(
         (status, text.as_str()),
         (401, r#"{"error":"stale_timestamp"}"#)
@@ -211,6 +216,7 @@ async fn verified_webhooks_are_sanitized_and_everything_else_is_refused() {
         rotated,
         "the old key still verifies after the key file changed"
     );
+    let mut c = Client::connect(addr).await.unwrap();
     assert_eq!(
         post(&mut c, "new-signing-key", &ts, &reporting_webhook(5))
             .await

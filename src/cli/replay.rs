@@ -257,13 +257,14 @@ pub(crate) fn run(args: ReplayArgs) -> Result<ExitCode, Failure> {
             &rules,
             password.as_ref(),
             telemetry.clone(),
+            Arc::default(),
         )
         .map_err(|e| match e {
             crate::privacy::reader::ReaderError::Kafka { .. } => fail(e.to_string()),
             _ => Failure::usage(format!("privacy: {e}")),
         })?;
         if let Some(p) = &privacy {
-            rt.block_on(p.wait_ready());
+            rt.block_on(p.wait_ready()).map_err(fail)?;
         }
         (Some(Router::new(rules.current(), None)), privacy)
     } else {

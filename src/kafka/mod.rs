@@ -13,6 +13,65 @@ use crate::secret::Secret;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// The first fatal error of the service, shared by every part that can
+/// meet one (the lanes, the privacy reader, the webhook listener): the
+/// first is kept, and the service stops with it (exit code 1).
+#[derive(Default)]
+pub struct Fatal {
+    first: Mutex<Option<String>>,
+    set: AtomicBool,
+}
+
+impl Fatal {
+    /// Records `error` (the first one is kept) and logs it once.
+    pub fn fail(&self, error: String) {
+        let mut f = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            tracing::error!(error = %error, "stopping: fatal error");
+
+            *f = Some(error);
+        }
+        self.set.store(true, Ordering::Release);
+    }
+
+    /// Whether a fatal error was met.
+    pub fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    /// The first fatal error, if any.
+    pub fn error(&self) -> Option<String> {
+        self.first.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records the broker refusing `client` for lack of the ACL `needs`
+    /// when `e` is an authorization error (a permanent misconfiguration:
+    /// nothing gets through until an operator grants it). Whether it was.
+    pub(crate) fn refused_for(&self, client: &str, e: &KafkaError, needs: &str) -> bool {
+        if !is_authorization(e) {
+            return false;
+        }
+        self.fail(refusal(client, e, needs));
+        true
+    }
+}
+
+/// Whether `e` is the broker refusing for lack of an ACL.
+pub(crate) fn is_authorization(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            Code::TopicAuthorizationFailed
+                | Code::GroupAuthorizationFailed
+                | Code::TransactionalIdAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+        )
+    )
+}
 
 /// Why a client was not created.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +152,7 @@ pub(crate) fn missing_permission(
     use rdkafka::types::RDKafkaErrorCode as Code;
     let needs = match e.rdkafka_error_code()? {
         Code::TopicAuthorizationFailed => match (client, topic) {
+            ("consumer", Some(t)) => format!("Read on Topic:{t}"),
             (_, Some(t)) => format!("Write on Topic:{t}"),
             ("consumer", None) => {
                 format!("Read on Topic:{}", cfg.input_topics.join(", Topic:"))
@@ -110,6 +170,25 @@ pub(crate) fn missing_permission(
         _ => return None,
     };
     Some(refusal(client, e, &needs))
+}
+
+/// The first of `topics` the broker refuses to describe to `client`'s
+/// principal (a consumer error names no topic). Asked one topic at a time:
+/// a request for every topic would leave the refused ones out silently.
+pub(crate) fn refused_topic<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topics: &[String],
+) -> Option<String> {
+    let refused = rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED;
+    topics.iter().find_map(|t| {
+        let md = client
+            .fetch_metadata(Some(t), std::time::Duration::from_secs(5))
+            .ok()?;
+        md.topics()
+            .iter()
+            .any(|x| x.error() == Some(refused))
+            .then(|| t.clone())
+    })
 }
 
 /// What the service says when the broker refuses `client` (`why`, the
@@ -333,6 +412,11 @@ mod tests {
         has(
             why("consumer", Code::TopicAuthorizationFailed, None),
             "needs Read on Topic:r",
+        );
+        // A topic the broker named as refused to the consumer: Read on it.
+        has(
+            why("consumer", Code::TopicAuthorizationFailed, Some("req")),
+            "needs Read on Topic:req",
         );
         has(
             why("consumer", Code::GroupAuthorizationFailed, None),

@@ -53,11 +53,14 @@ pub struct Common {
     pub health: Arc<Health>,
     /// The SASL password the clients start with.
     pub password: Option<Secret>,
+    /// The topics the lanes read: the inputs, and the privacy requests
+    /// topic when configured (for its deletion commands).
+    pub reads: Vec<String>,
     /// Set by shutdown: lanes stop consuming.
     stop: AtomicBool,
-    /// The first fatal error; every lane stops.
-    failure: Mutex<Option<String>>,
-    failed: AtomicBool,
+    /// The first fatal error (of a lane, the privacy reader or the webhook
+    /// listener); every lane stops.
+    pub fatal: Arc<crate::kafka::Fatal>,
     /// When shutdown must be over (set with `stop`).
     deadline: Mutex<Option<Instant>>,
 }
@@ -69,17 +72,33 @@ const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// How long a revoke waits for the revoked partitions' messages in flight.
 const REVOKE_DRAIN: Duration = Duration::from_secs(10);
 
+/// What the service starts before its lanes, which they share.
+pub struct Started {
+    /// The rules in use.
+    pub rules: Arc<RuleSource>,
+    /// The suppression set and its reader, when `privacy` is configured.
+    pub privacy: Option<Arc<Privacy>>,
+    /// The dead-letter key ring (`None`: `dead_letters.encrypt: false`).
+    pub sealer: Option<Arc<Sealer>>,
+    /// Readiness.
+    pub health: Arc<Health>,
+    /// The SASL password the clients start with.
+    pub password: Option<Secret>,
+    /// Where any part records the error that stops the service.
+    pub fatal: Arc<crate::kafka::Fatal>,
+}
+
 impl Common {
     /// Everything lanes share.
-    pub fn new(
-        cfg: Config,
-        telemetry: Arc<Telemetry>,
-        rules: Arc<RuleSource>,
-        privacy: Option<Arc<Privacy>>,
-        sealer: Option<Arc<Sealer>>,
-        health: Arc<Health>,
-        password: Option<Secret>,
-    ) -> Common {
+    pub fn new(cfg: Config, telemetry: Arc<Telemetry>, started: Started) -> Common {
+        let Started {
+            rules,
+            privacy,
+            sealer,
+            health,
+            password,
+            fatal,
+        } = started;
         let k = &cfg.kafka;
         let mut inputs = k.input_topics.clone();
         if let Some(p) = &cfg.privacy {
@@ -87,6 +106,7 @@ impl Common {
         }
         let metrics = telemetry.delivery(&inputs, &k.clean_topic, &k.dead_letter_topic);
         Common {
+            reads: inputs,
             budget: Budget::new(cfg.limits.max_in_flight, cfg.limits.max_in_flight_bytes),
             cfg,
             telemetry,
@@ -98,20 +118,14 @@ impl Common {
             health,
             password,
             stop: AtomicBool::new(false),
-            failure: Mutex::new(None),
-            failed: AtomicBool::new(false),
+            fatal,
             deadline: Mutex::new(None),
         }
     }
 
     /// Stops every lane with `error` (the first one is kept).
     pub fn fail(&self, error: String) {
-        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        if f.is_none() {
-            tracing::error!(error = %error, "stopping: fatal error");
-            *f = Some(error);
-        }
-        self.failed.store(true, Ordering::Release);
+        self.fatal.fail(error);
     }
 
     /// Stops the service when `e` is the broker refusing `client` for lack
@@ -129,10 +143,7 @@ impl Common {
 
     /// The fatal error that stopped the lanes, if any.
     pub fn failure(&self) -> Option<String> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.fatal.error()
     }
 
     /// Asks every lane to stop consuming and finish by `deadline`.
@@ -142,7 +153,7 @@ impl Common {
     }
 
     fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Acquire) || self.failed.load(Ordering::Acquire)
+        self.stop.load(Ordering::Acquire) || self.fatal.is_set()
     }
 
     /// When shutdown must be over, if it has begun.
@@ -429,7 +440,12 @@ impl Lane {
                     if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
                         c.fail(e.to_string());
                     }
-                    c.refused("consumer", &e, None);
+                    // Which topic: the error does not say; the broker does.
+                    let topic = (e.rdkafka_error_code()
+                        == Some(RDKafkaErrorCode::TopicAuthorizationFailed))
+                    .then(|| crate::kafka::refused_topic(self.consumer.client(), &c.reads))
+                    .flatten();
+                    c.refused("consumer", &e, topic.as_deref());
                 }
                 Some(Ok(m)) => {
                     if let Err(e) = self.handle(&mut work, &m) {

@@ -127,9 +127,18 @@ impl Pipeline {
         let password = cfg
             .sasl_password()
             .map_err(|e| PipelineError::Fatal(e.to_string()))?;
-        let privacy = Privacy::from_config(&cfg, &rules, password.as_ref(), telemetry.clone())
-            .map_err(|e| PipelineError::Privacy(e.to_string()))?
-            .map(Arc::new);
+        // Where a lane, the privacy reader or the webhook listener records
+        // the error that stops the service.
+        let fatal = Arc::new(crate::kafka::Fatal::default());
+        let privacy = Privacy::from_config(
+            &cfg,
+            &rules,
+            password.as_ref(),
+            telemetry.clone(),
+            fatal.clone(),
+        )
+        .map_err(|e| PipelineError::Privacy(e.to_string()))?
+        .map(Arc::new);
         let http = tokio::net::TcpListener::bind(&cfg.http.listen)
             .await
             .map_err(|error| PipelineError::Listen {
@@ -147,6 +156,7 @@ impl Pipeline {
                     password.as_ref(),
                     sealer.clone(),
                     telemetry.clone(),
+                    fatal.clone(),
                 )
                 .await?,
             ),
@@ -165,9 +175,15 @@ impl Pipeline {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let common = Arc::new(Common::new(
-            cfg, telemetry, rules, privacy, sealer, health, password,
-        ));
+        let started = lane::Started {
+            rules,
+            privacy,
+            sealer,
+            health,
+            password,
+            fatal,
+        };
+        let common = Arc::new(Common::new(cfg, telemetry, started));
         let lanes = (0..lanes)
             .map(|i| Lane::new(&common, i).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
@@ -271,9 +287,20 @@ impl Pipeline {
         let mut stopped_early = false;
         if let Some(p) = &common.privacy {
             tracing::info!(topic = %p.topic, "reading the privacy requests topic to its end before consuming events");
+            // The webhook listener, already serving, can fail meanwhile.
+            let failed = async {
+                while !common.fatal.is_set() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            };
             tokio::select! {
                 _ = &mut shutdown => stopped_early = true,
-                _ = p.wait_ready() => common.health.privacy.store(true, Ordering::Relaxed),
+                _ = failed => stopped_early = true,
+                ready = p.wait_ready() => match ready {
+                    Ok(()) => common.health.privacy.store(true, Ordering::Relaxed),
+                    // Recorded in `common.fatal`: reported below.
+                    Err(_) => stopped_early = true,
+                },
             }
         }
         let mut topics: Vec<&str> = cfg.kafka.input_topics.iter().map(String::as_str).collect();

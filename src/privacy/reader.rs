@@ -7,7 +7,7 @@ use crate::metrics::Telemetry;
 use crate::reload::ActiveKey;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -43,6 +43,10 @@ impl ClientContext for ReaderCtx {
         crate::kafka::log("privacy-reader", level, fac, msg);
     }
     fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition is news the run loop reads, not an error.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
         self.telemetry
             .kafka_error("privacy-reader", &crate::kafka::error_kind(&error), reason);
     }
@@ -53,15 +57,18 @@ impl ConsumerContext for ReaderCtx {}
 /// The reader's client.
 pub(crate) type ReaderConsumer = BaseConsumer<ReaderCtx>;
 
-/// The reader's client settings: `kafka.common` and `kafka.consumer`, its
-/// own group id (never joined: partitions are assigned), no commits.
+/// The reader's client settings: `kafka.common` and `kafka.consumer`, no
+/// commits. Partitions are assigned: it never joins a group, and commits
+/// nothing. librdkafka still wants a group id to assign and looks up its
+/// coordinator, so it carries the service's own `kafka.group_id`, which
+/// the principal may already describe (a group of its own would need an
+/// ACL of its own, refused and logged on every lookup).
 fn client_config(
     cfg: &crate::config::Config,
     password: Option<&crate::secret::Secret>,
 ) -> Result<ClientConfig, crate::kafka::ClientError> {
-    let group = format!("{}-privacy-reader", cfg.kafka.group_id);
     let base = [
-        ("group.id", group.as_str()),
+        ("group.id", cfg.kafka.group_id.as_str()),
         ("enable.auto.commit", "false"),
         ("enable.auto.offset.store", "false"),
         ("enable.partition.eof", "true"),
@@ -131,6 +138,8 @@ pub struct Privacy {
     stop: Arc<AtomicBool>,
     consumer: Arc<ReaderConsumer>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Where the reader records the refusal that stops it.
+    fatal: Arc<crate::kafka::Fatal>,
 }
 
 impl Privacy {
@@ -141,22 +150,26 @@ impl Privacy {
         rules: &crate::reload::RuleSource,
         password: Option<&crate::secret::Secret>,
         telemetry: Arc<Telemetry>,
+        fatal: Arc<crate::kafka::Fatal>,
     ) -> Result<Option<Privacy>, ReaderError> {
         let Some(pc) = &cfg.privacy else {
             return Ok(None);
         };
         let key = rules.active_key().ok_or(ReaderError::NoHashKey)?;
         let client = client_config(cfg, password)?;
-        Privacy::start(client, &pc.requests_topic, &key, telemetry).map(Some)
+        Privacy::start(client, &pc.requests_topic, &key, telemetry, fatal).map(Some)
     }
 
     /// Creates the reader's client, finds the topic's partitions and starts
-    /// reading from the beginning, with digests made with `key`.
+    /// reading from the beginning, with digests made with `key`. A refusal
+    /// it meets later (its ACL removed) is recorded in `fatal`: the service
+    /// stops rather than wait for requests it can no longer read.
     pub fn start(
         client: ClientConfig,
         topic: &str,
         key: &ActiveKey,
         telemetry: Arc<Telemetry>,
+        fatal: Arc<crate::kafka::Fatal>,
     ) -> Result<Privacy, ReaderError> {
         let fail = |error: String| ReaderError::Kafka {
             topic: topic.to_string(),
@@ -204,6 +217,7 @@ impl Privacy {
             stop: Arc::default(),
             consumer: consumer.clone(),
             thread: Mutex::new(None),
+            fatal: fatal.clone(),
         };
         let mut run = Run {
             consumer,
@@ -217,6 +231,7 @@ impl Privacy {
             rebuild: p.rebuild.clone(),
             stop: p.stop.clone(),
             telemetry,
+            fatal,
         };
         run.assign_from_start().map_err(fail)?;
         let handle = std::thread::Builder::new()
@@ -232,11 +247,16 @@ impl Privacy {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Resolves once [`Privacy::ready`].
-    pub async fn wait_ready(&self) {
+    /// Resolves once [`Privacy::ready`], or with the error that stopped
+    /// the reader (its ACL refused).
+    pub async fn wait_ready(&self) -> Result<(), String> {
         while !self.ready() {
+            if let Some(e) = self.fatal.error() {
+                return Err(e);
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok(())
     }
 
     /// Blocks until this replica has applied the request at `offset` of
@@ -358,9 +378,24 @@ struct Run {
     rebuild: Arc<Mutex<Option<ActiveKey>>>,
     stop: Arc<AtomicBool>,
     telemetry: Arc<Telemetry>,
+    fatal: Arc<crate::kafka::Fatal>,
 }
 
 impl Run {
+    /// Counts and logs `e`, met on `topic` (the requests topic unless
+    /// said); when it is the broker refusing the reader for lack of its
+    /// ACL, the service stops, naming it. Whether it did.
+    fn report(&self, e: &KafkaError) -> bool {
+        self.report_on(e, &self.topic)
+    }
+
+    fn report_on(&self, e: &KafkaError, topic: &str) -> bool {
+        crate::kafka::report(&self.telemetry, "privacy-reader", e);
+        let refused = e.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAuthorizationFailed);
+        let needs = format!("Read on Topic:{topic}");
+        refused && self.fatal.refused_for("privacy reader", e, &needs)
+    }
+
     fn assign_from_start(&self) -> Result<(), String> {
         let mut tpl = TopicPartitionList::new();
         for &p in &self.partitions {
@@ -380,8 +415,7 @@ impl Run {
                 {
                     Ok(w) => break w,
                     Err(e) => {
-                        crate::kafka::report(&self.telemetry, "privacy-reader", &e);
-                        if self.stop.load(Ordering::Acquire) {
+                        if self.report(&e) || self.stop.load(Ordering::Acquire) {
                             break (0, 0);
                         }
                         std::thread::sleep(Duration::from_millis(500));
@@ -454,7 +488,13 @@ impl Run {
                 Ok(tpl) => Some(
                     tpl.elements()
                         .iter()
-                        .filter(|e| e.error().is_ok())
+                        .filter(|e| match e.error() {
+                            Ok(()) => true,
+                            Err(err) => {
+                                self.report_on(&err, e.topic());
+                                false
+                            }
+                        })
                         .filter_map(|e| {
                             Some(((e.topic().to_string(), e.partition()), e.offset().to_raw()?))
                         })
@@ -462,7 +502,7 @@ impl Run {
                         .collect(),
                 ),
                 Err(e) => {
-                    crate::kafka::report(&self.telemetry, "privacy-reader", &e);
+                    self.report(&e);
                     None
                 }
             }
@@ -484,7 +524,9 @@ impl Run {
             .iter()
             .map(|&p| (self.topic.as_str(), p))
             .collect();
-        let Some(requests) = ends(&own) else {
+        // Every partition of the requests topic, or no round: a round
+        // without one would release events before its requests are read.
+        let Some(requests) = ends(&own).filter(|r| r.len() == own.len()) else {
             retry();
             return None;
         };
@@ -525,7 +567,7 @@ impl Run {
         // Where reading starts: an empty partition is applied to its end.
         let mut live_next: HashMap<i32, i64> =
             startup.as_ref().map(|p| p.next.clone()).unwrap_or_default();
-        while !self.stop.load(Ordering::Acquire) {
+        while !self.stop.load(Ordering::Acquire) && !self.fatal.is_set() {
             if round.is_none() && startup.is_none() {
                 round = self.round();
             }
@@ -558,7 +600,9 @@ impl Run {
                         }
                     }
                 }
-                Some(Err(e)) => crate::kafka::report(&self.telemetry, "privacy-reader", &e),
+                Some(Err(e)) => {
+                    self.report(&e);
+                }
                 Some(Ok(m)) => {
                     let (p, off) = (m.partition(), m.offset());
                     let request = match m.payload() {

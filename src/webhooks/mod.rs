@@ -123,6 +123,9 @@ pub enum ListenerError {
     /// Its producer would not be created as configured.
     #[error("kafka: {0}")]
     Client(#[from] crate::kafka::ClientError),
+    /// The broker refuses its principal the webhook topic.
+    #[error("{0}")]
+    Refused(String),
     /// The port cannot be bound.
     #[error("cannot listen on {addr}: {error}")]
     Listen {
@@ -179,6 +182,8 @@ struct Shared {
     keys: KeyRing,
     producer: FutureProducer,
     telemetry: Arc<Telemetry>,
+    /// Where a refusal for lack of an ACL is recorded: the service stops.
+    fatal: Arc<crate::kafka::Fatal>,
 }
 
 /// The webhook listener: bound, rules and keys loaded, producer created.
@@ -196,6 +201,7 @@ impl Listener {
         password: Option<&Secret>,
         sealer: Option<Arc<crate::deadletter::Sealer>>,
         telemetry: Arc<Telemetry>,
+        fatal: Arc<crate::kafka::Fatal>,
     ) -> Result<Listener, ListenerError> {
         let limits = Limits {
             max_bytes: w.max_body_bytes,
@@ -223,6 +229,7 @@ impl Listener {
         ];
         let pc = crate::kafka::client_config(cfg, ClientRole::WebhookProducer, &base, password)?;
         let producer: FutureProducer = pc.create()?;
+        refused_the_topic(&producer, &w.topic)?;
         let listener = tokio::net::TcpListener::bind(&w.listen)
             .await
             .map_err(|error| ListenerError::Listen {
@@ -241,6 +248,7 @@ impl Listener {
                 keys,
                 producer,
                 telemetry,
+                fatal,
             }),
         })
     }
@@ -341,6 +349,21 @@ impl Listener {
             let _ = shared.producer.flush(grace);
         })
         .await;
+    }
+}
+
+/// Stops startup when the broker refuses the principal `topic` (no
+/// `Write`, which implies `Describe`). Other answers wait for the first
+/// request: a broker unreachable now may be back by then.
+fn refused_the_topic(producer: &FutureProducer, topic: &str) -> Result<(), ListenerError> {
+    use rdkafka::producer::Producer;
+    match crate::kafka::refused_topic(producer.client(), &[topic.to_string()]) {
+        Some(t) => Err(ListenerError::Refused(crate::kafka::refusal(
+            "webhook producer",
+            "Topic authorization failed",
+            &format!("Write on Topic:{t}"),
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -525,7 +548,12 @@ async fn produce(s: &Shared, body: &[u8], timestamp: &str) -> Response {
             tokio::time::timeout(timeout, s.producer.send(rec, Timeout::After(timeout))).await;
         let error = match sent {
             Ok(Ok(_)) => continue,
-            Ok(Err((e, _))) => e.to_string(),
+            Ok(Err((e, _))) => {
+                // Not retried: Customer.io's retries would meet it too.
+                let needs = format!("Write on Topic:{topic}");
+                s.fatal.refused_for("webhook producer", &e, &needs);
+                e.to_string()
+            }
             Err(_) => "no acknowledgement in time".to_string(),
         };
         s.telemetry.webhook_unavailable(topic, &error);

@@ -149,3 +149,109 @@ async fn sigkill_loses_nothing_and_sigterm_duplicates_nothing() {
         );
     }
 }
+
+/// SIGTERM with the output broker slow (3 s per request) or down ends
+/// within `shutdown.timeout`, says in its exit code that not everything was
+/// committed, logs what is left for replay once with its count (not a line
+/// per record), and a restart once the broker is back loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_within_the_shutdown_bound_with_the_output_broker_slow_or_down() {
+    use rdkafka::mocking::{MockCluster, MockCoordinator};
+    for case in ["slow", "down"] {
+        // Inputs and the group on broker 1, outputs on broker 2.
+        let mock = MockCluster::new(2).unwrap();
+        for (t, n) in [(RAW, PARTITIONS), (CLEAN, PARTITIONS), (DLQ, 1)] {
+            mock.create_topic(t, n, 1).unwrap();
+            for p in 0..n {
+                let leader = if t == RAW { 1 } else { 2 };
+                mock.partition_leader(t, p, Some(leader)).unwrap();
+            }
+        }
+        mock.coordinator(MockCoordinator::Group(GROUP.into()), 1)
+            .unwrap();
+        let bs = mock.bootstrap_servers();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), &bs);
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(&cfg, text.replace("timeout: 20s", "timeout: 5s")).unwrap();
+        let log = dir.path().join("service.log");
+        let first = sequenced(20, 25, &format!("{case}-a"));
+        produce(&bs, &first).await;
+        let mut child = common::start_service(&cfg, &log);
+        wait_all_committed(&bs, Duration::from_secs(60));
+
+        // The output broker goes bad; events keep arriving and wait in
+        // flight for it.
+        match case {
+            "slow" => mock
+                .broker_round_trip_time(2, Duration::from_secs(3))
+                .unwrap(),
+            _ => mock.broker_down(2).unwrap(),
+        }
+        let second = sequenced(20, 50, &format!("{case}-b"));
+        produce(&bs, &second).await;
+        std::thread::sleep(Duration::from_secs(2));
+        let bound = Duration::from_secs(5);
+        let asked = Instant::now();
+        common::signal(&child, "-TERM");
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            // The bound (and a second for the signal and this poll): the
+            // chart's grace period is the bound plus 5 s, beyond which
+            // Kubernetes kills the pod mid-commit.
+            assert!(
+                asked.elapsed() < bound + Duration::from_secs(1),
+                "{case}: still running {:?} after SIGTERM; log:\n{}",
+                asked.elapsed(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        eprintln!("{case}: exited {status} after {:?}", asked.elapsed());
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{case}: not all committed; log:\n{text}"
+        );
+        let left = text
+            .lines()
+            .filter(|l| l.contains("left for replay"))
+            .count();
+        assert_eq!(left, 1, "{case}: said once, with a count; log:\n{text}");
+        let retries = text
+            .lines()
+            .filter(|l| l.contains("producing the record again"))
+            .count();
+        assert!(
+            retries < 20,
+            "{case}: {retries} retry lines for records that shutdown gave up on"
+        );
+
+        // Back: a restart delivers everything (consumed again), none lost.
+        match case {
+            "slow" => mock.broker_round_trip_time(2, Duration::ZERO).unwrap(),
+            _ => mock.broker_up(2).unwrap(),
+        }
+        std::fs::write(&cfg, text_of(&cfg).replace("timeout: 5s", "timeout: 20s")).unwrap();
+        let mut child = common::start_service(&cfg, &log);
+        wait_all_committed(&bs, Duration::from_secs(90));
+        common::signal(&child, "-TERM");
+        assert!(child.wait().unwrap().success());
+        let ids = ids_on_clean(&bs).await;
+        let lost: Vec<String> = first
+            .iter()
+            .chain(&second)
+            .map(|(_, p)| serde_json::from_slice::<serde_json::Value>(p).unwrap())
+            .map(|v| v["messageId"].as_str().unwrap().to_string())
+            .filter(|id| !ids.contains_key(id))
+            .collect();
+        assert!(lost.is_empty(), "{case}: {} lost", lost.len());
+    }
+}
+
+fn text_of(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}

@@ -9,6 +9,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub(crate) struct RunArgs {
@@ -115,7 +116,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::usage(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let telemetry = Arc::new(Telemetry::new());
         let pipeline = match Pipeline::new(cfg, telemetry).await {
             Ok(p) => p,
@@ -130,5 +131,9 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode, Failure> {
                 message: e.to_string(),
                 code: 1,
             })
-    })
+    });
+    // A client close still blocked on a broker past the shutdown bound is
+    // not waited for: what it held is consumed again after the restart.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    result
 }

@@ -501,6 +501,13 @@ impl Delivery for AtLeastOnce {
         let _ = self
             .producer
             .flush(deadline.saturating_duration_since(Instant::now()));
+        // What the broker has not acknowledged by the deadline is given
+        // up (its offset is not stored: consumed again after the restart),
+        // so closing the producer does not wait on a slow broker.
+        if tracks.iter().any(|t| t.pending() > 0) {
+            self.producer
+                .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        }
         self.store(consumer, &tracks);
         match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
@@ -533,6 +540,14 @@ struct Txn {
 
 /// How long one transaction call may take before it is given up on.
 const TXN_CALL: Duration = Duration::from_secs(30);
+
+/// How long a transaction call may take to end by `deadline` (at least a
+/// moment, so a call at the deadline can still report how it ended).
+fn until(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .clamp(Duration::from_millis(100), TXN_CALL)
+}
 
 impl ExactlyOnce {
     /// Creates the lane's transactional producer and fences any earlier
@@ -574,20 +589,22 @@ impl ExactlyOnce {
 
     /// Commits the open transaction with the input offsets of its
     /// messages; on failure aborts it and rewinds the consumer to where it
-    /// began, so its input is consumed again.
+    /// began, so its input is consumed again. Whether it was committed
+    /// (`false`: aborted, or nothing was open).
     fn commit(
         &self,
         common: &Common,
         consumer: &LaneConsumer,
         txn: &mut Txn,
-    ) -> Result<(), DeliveryError> {
+        within: Duration,
+    ) -> Result<bool, DeliveryError> {
         if !txn.open {
-            return Ok(());
+            return Ok(false);
         }
         let messages = std::mem::take(&mut txn.messages);
         txn.open = false;
         txn.opened_at = None;
-        let result = self.commit_messages(consumer, &messages);
+        let result = self.commit_messages(consumer, &messages, within);
         match result {
             Ok(()) => {
                 for f in &messages {
@@ -596,7 +613,7 @@ impl ExactlyOnce {
                 common
                     .telemetry
                     .transaction("committed", messages.len(), None);
-                Ok(())
+                Ok(true)
             }
             Err(e) => {
                 let text = e.to_string();
@@ -606,7 +623,7 @@ impl ExactlyOnce {
                         .transaction("aborted", messages.len(), Some(&text));
                     return Err(DeliveryError::Fatal(text));
                 }
-                if let Err(a) = self.producer.abort_transaction(TXN_CALL) {
+                if let Err(a) = self.producer.abort_transaction(within) {
                     common
                         .telemetry
                         .transaction("aborted", messages.len(), Some(&text));
@@ -618,7 +635,7 @@ impl ExactlyOnce {
                     .telemetry
                     .transaction("aborted", messages.len(), Some(&text));
                 self.rewind(common, consumer, &messages);
-                Ok(())
+                Ok(false)
             }
         }
     }
@@ -627,8 +644,9 @@ impl ExactlyOnce {
         &self,
         consumer: &LaneConsumer,
         messages: &[Arc<InFlight>],
+        within: Duration,
     ) -> Result<(), KafkaError> {
-        self.producer.flush(TXN_CALL)?;
+        self.producer.flush(within)?;
         if self.producer.context().failed.swap(false, Ordering::AcqRel) {
             return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
         }
@@ -646,9 +664,9 @@ impl ExactlyOnce {
             .ok_or(KafkaError::Global(RDKafkaErrorCode::State))?;
         if tpl.count() > 0 {
             self.producer
-                .send_offsets_to_transaction(&tpl, &group, TXN_CALL)?;
+                .send_offsets_to_transaction(&tpl, &group, within)?;
         }
-        self.producer.commit_transaction(TXN_CALL)
+        self.producer.commit_transaction(within)
     }
 
     /// After an abort: consume each partition again from the first offset
@@ -710,27 +728,39 @@ impl Delivery for ExactlyOnce {
                     .opened_at
                     .is_some_and(|t| t.elapsed() >= self.cfg.interval));
         if due {
-            self.commit(common, consumer, &mut txn)?;
+            let within = common.deadline().map_or(TXN_CALL, until);
+            self.commit(common, consumer, &mut txn, within)?;
         }
         Ok(())
     }
 
-    fn revoking(&self, common: &Common, consumer: &LaneConsumer, _: &[Arc<Track>], _: Instant) {
+    fn revoking(
+        &self,
+        common: &Common,
+        consumer: &LaneConsumer,
+        _: &[Arc<Track>],
+        deadline: Instant,
+    ) {
         // Commit what was done for the partitions before they go; if that
         // fails the transaction is aborted and their next owner consumes
         // them from the last commit.
         let mut txn = self.lock();
-        if let Err(e) = self.commit(common, consumer, &mut txn) {
+        if let Err(e) = self.commit(common, consumer, &mut txn, until(deadline)) {
             common.fail(e.to_string());
         }
     }
 
-    fn close(&self, common: &Common, consumer: &LaneConsumer, _deadline: Instant) -> usize {
+    /// The last commit, within what is left of the shutdown bound. One
+    /// that does not finish in time is left open: the broker aborts it
+    /// (or the successor's `init_transactions` fences it) and its input is
+    /// consumed again; it is counted as unfinished, not as a failure.
+    fn close(&self, common: &Common, consumer: &LaneConsumer, deadline: Instant) -> usize {
         let mut txn = self.lock();
-        let n = txn.messages.len();
-        match self.commit(common, consumer, &mut txn) {
-            Ok(()) if !txn.open => 0,
-            Ok(()) => n,
+        let (open, n) = (txn.open, txn.messages.len());
+        match self.commit(common, consumer, &mut txn, until(deadline)) {
+            Ok(committed) if committed || !open => 0,
+            Ok(_) => n,
+            Err(_) if Instant::now() >= deadline => n,
             Err(e) => {
                 common.fail(e.to_string());
                 n

@@ -273,9 +273,9 @@ impl Pipeline {
             tokio::spawn(async move {
                 loop {
                     let (l, topic) = (lane.clone(), c.cfg.kafka.clean_topic.clone());
-                    let ok = tokio::task::spawn_blocking(move || l.reaches_broker(&topic))
-                        .await
-                        .unwrap_or(false);
+                    let check = tokio::task::spawn_blocking(move || l.reaches_broker(&topic));
+                    // Shutdown does not wait for a check on a slow broker.
+                    let ok = tokio::select! { ok = check => ok.unwrap_or(false), _ = stop.changed() => break };
                     c.health.producer.store(ok, Ordering::Relaxed);
                     tokio::select! { _ = tokio::time::sleep(Duration::from_secs(if ok { 5 } else { 1 })) => {}, _ = stop.changed() => break }
                 }
@@ -337,18 +337,23 @@ impl Pipeline {
         tracing::info!(consumed, "stopping: finishing in-flight messages");
         let started = Instant::now();
         let deadline = started + cfg.shutdown.timeout;
+        // The lanes drain until `drained`; the rest of the bound is for
+        // their last commit and for closing the clients, so the process
+        // ends within `shutdown.timeout` whatever the broker does.
+        let reserve = (cfg.shutdown.timeout / 5).min(Duration::from_secs(2));
+        let drained = deadline - reserve;
         // The webhook listener stops accepting and answers what it holds
         // within its slice (`grace`) while the lanes drain.
         let _ = stop_webhooks.send(true);
-        common.shut_down(deadline);
+        common.shut_down(drained);
         if let Some(t) = webhook_task {
             let _ = tokio::time::timeout(grace + Duration::from_secs(1), t).await;
         }
         let mut unfinished = 0;
         for h in running {
-            // Lanes respect the deadline themselves; the margin covers a
-            // consumer close.
-            match tokio::time::timeout_at((deadline + Duration::from_secs(2)).into(), h).await {
+            // Lanes respect `drained` themselves; the reserve covers their
+            // last commit.
+            match tokio::time::timeout_at(deadline.into(), h).await {
                 Ok(Ok(n)) => unfinished += n,
                 _ => unfinished += 1,
             }
@@ -356,12 +361,13 @@ impl Pipeline {
         let _ = stop_side.send(true);
         let _ = tokio::join!(reload_task, health_task);
         if let Some(p) = common.privacy.clone() {
-            let _ = tokio::task::spawn_blocking(move || p.stop()).await;
+            let stopping = tokio::task::spawn_blocking(move || p.stop());
+            let _ = tokio::time::timeout_at(deadline.into(), stopping).await;
         }
         http_task.abort();
         // The lanes' consumers leave the group and close here.
         let closing = tokio::task::spawn_blocking(move || drop(lanes));
-        let _ = tokio::time::timeout_at((deadline + Duration::from_secs(2)).into(), closing).await;
+        let _ = tokio::time::timeout_at(deadline.into(), closing).await;
         let counts = &common.counts;
         let summary = Summary {
             consumed: counts.consumed.load(Ordering::Relaxed),

@@ -8,6 +8,73 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// How often a repeated log line of one kind is written.
+pub const THROTTLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Lets a log line of each key through once per [`THROTTLE_WINDOW`] and
+/// counts the ones held back.
+#[derive(Default)]
+pub struct Throttle {
+    keys: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
+}
+
+impl Throttle {
+    /// `Some(held back since the last one)` when a line for `key` is due.
+    pub fn admit(&self, key: &str) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        match keys.get_mut(key) {
+            Some((last, held)) if now.duration_since(*last) < THROTTLE_WINDOW => {
+                *held += 1;
+                None
+            }
+            Some((last, held)) => {
+                *last = now;
+                Some(std::mem::take(held))
+            }
+            None => {
+                keys.insert(key.to_string(), (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// What a Kafka client's statistics say of its brokers.
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BrokerView {
+    /// Brokers it is connected to.
+    pub up: usize,
+    /// Brokers it needs and cannot reach.
+    pub down: usize,
+    /// Partitions it uses whose leader it cannot reach.
+    pub partitions_unreachable: usize,
+}
+
+impl BrokerView {
+    fn add(self, o: BrokerView) -> BrokerView {
+        BrokerView {
+            up: self.up + o.up,
+            down: self.down + o.down,
+            partitions_unreachable: self.partitions_unreachable + o.partitions_unreachable,
+        }
+    }
+
+    /// Whether it reaches everything it uses.
+    pub fn reachable(&self) -> bool {
+        self.up > 0 && self.down == 0 && self.partitions_unreachable == 0
+    }
+}
+
+/// What each Kafka client last said of its brokers.
+#[derive(Default)]
+struct BrokerViews {
+    /// (kind of client, instance) -> its view.
+    views: std::collections::HashMap<(String, String), BrokerView>,
+    /// Per kind of client: whether it reached its brokers at the last report.
+    reachable: std::collections::HashMap<String, bool>,
+}
+
 /// The service's metrics, registered once and shared (`Arc`).
 pub struct Telemetry {
     registry: Registry,
@@ -25,6 +92,12 @@ pub struct Telemetry {
     rule_set_loaded: Gauge,
     reloads: IntCounterVec,
     kafka_errors: IntCounterVec,
+    /// Kafka client errors are logged at most once per kind per window.
+    kafka_error_logs: Throttle,
+    brokers_up: IntGaugeVec,
+    brokers_down: IntGaugeVec,
+    partitions_unreachable: IntGaugeVec,
+    broker_state: std::sync::Mutex<BrokerViews>,
     produce_retries: IntCounter,
     commits: IntCounterVec,
     rebalances: IntCounterVec,
@@ -305,6 +378,28 @@ impl Telemetry {
             "Errors reported by the Kafka clients, by client and kind.",
             &["client", "kind"],
         );
+        let brokers = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["client"]).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let brokers_up = brokers(
+            "event_sanitizer_brokers_up",
+            "Brokers a Kafka client is connected to, by client (consumer, producer), from librdkafka's statistics.",
+        );
+        let brokers_down = brokers(
+            "event_sanitizer_brokers_down",
+            "Brokers a Kafka client needs and cannot reach (down or connecting), by client.",
+        );
+        let partitions_unreachable = brokers(
+            "event_sanitizer_partitions_unreachable",
+            "Partitions a Kafka client uses whose leader it cannot reach, by client.",
+        );
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("registered once");
         let produce_retries = counter1(
             &r,
             "event_sanitizer_produce_retries_total",
@@ -416,6 +511,11 @@ impl Telemetry {
             rule_set_loaded,
             reloads,
             kafka_errors,
+            kafka_error_logs: Throttle::default(),
+            brokers_up,
+            brokers_down,
+            partitions_unreachable,
+            broker_state: Default::default(),
             produce_retries,
             commits,
             rebalances,
@@ -499,9 +599,51 @@ impl Telemetry {
     }
 
     /// A Kafka client reported an error.
+    /// Counted each time; logged the first time of a kind and then at most
+    /// once per [`THROTTLE_WINDOW`], with how many were not logged (a broker
+    /// down makes each client report every reconnect).
     pub fn kafka_error(&self, client: &str, kind: &str, error: &str) {
         self.kafka_errors.with_label_values(&[client, kind]).inc();
-        tracing::warn!(client, kind, error, "kafka client error");
+        if let Some(not_logged) = self.kafka_error_logs.admit(&format!("{client}/{kind}")) {
+            tracing::warn!(client, kind, error, not_logged, "kafka client error");
+        }
+    }
+
+    /// One client's view of its brokers (librdkafka statistics).
+    /// `instance` tells the lanes' clients of one kind apart; the gauges
+    /// sum them. Logged once when a kind of client loses what it uses and
+    /// once when it is back. Returns that kind's view, summed.
+    pub fn brokers(&self, client: &str, instance: &str, view: BrokerView) -> BrokerView {
+        let mut st = self.broker_state.lock().unwrap_or_else(|e| e.into_inner());
+        st.views
+            .insert((client.to_string(), instance.to_string()), view);
+        let all = st
+            .views
+            .iter()
+            .filter(|((c, _), _)| c == client)
+            .fold(BrokerView::default(), |a, (_, v)| a.add(*v));
+        self.brokers_up
+            .with_label_values(&[client])
+            .set(all.up as i64);
+        self.brokers_down
+            .with_label_values(&[client])
+            .set(all.down as i64);
+        self.partitions_unreachable
+            .with_label_values(&[client])
+            .set(all.partitions_unreachable as i64);
+        let reachable = all.reachable();
+        match (st.reachable.insert(client.to_string(), reachable), reachable) {
+            (Some(true) | None, false) => tracing::error!(
+                client,
+                brokers_up = all.up,
+                brokers_down = all.down,
+                partitions_unreachable = all.partitions_unreachable,
+                "Kafka unreachable: its records wait (nothing is lost); see event_sanitizer_brokers_down, event_sanitizer_partitions_unreachable and /readyz"
+            ),
+            (Some(false), true) => tracing::info!(client, brokers_up = all.up, "Kafka reachable again"),
+            _ => {}
+        }
+        all
     }
 
     /// A record is produced again after a failed delivery.

@@ -172,8 +172,13 @@ async fn sigterm_ends_within_the_shutdown_bound_with_the_output_broker_slow_or_d
         let bs = mock.bootstrap_servers();
         let dir = tempfile::tempdir().unwrap();
         let cfg = write_config(dir.path(), &bs);
+        let port = common::http::free_port();
         let text = std::fs::read_to_string(&cfg).unwrap();
-        std::fs::write(&cfg, text.replace("timeout: 20s", "timeout: 5s")).unwrap();
+        let text = text.replace("timeout: 20s", "timeout: 5s").replace(
+            "listen: '127.0.0.1:0'",
+            &format!("listen: '127.0.0.1:{port}'"),
+        );
+        std::fs::write(&cfg, text).unwrap();
         let log = dir.path().join("service.log");
         let first = sequenced(20, 25, &format!("{case}-a"));
         produce(&bs, &first).await;
@@ -191,6 +196,41 @@ async fn sigterm_ends_within_the_shutdown_bound_with_the_output_broker_slow_or_d
         let second = sequenced(20, 50, &format!("{case}-b"));
         produce(&bs, &second).await;
         std::thread::sleep(Duration::from_secs(2));
+        if case == "down" {
+            // People can read it: the gauge says so, /readyz names it, and
+            // the log says it once (not on every reconnect).
+            let deadline = Instant::now() + Duration::from_secs(20);
+            // What the producer cannot reach: broker 2 itself, or (once
+            // it has dropped out of the metadata) the partitions it leads.
+            let unreachable = |port| {
+                let text = common::http::get(port, "/metrics").map(|r| r.1)?;
+                let of = |name| common::metric_in(&text, name, &[("client", "producer")]);
+                Some(
+                    of("event_sanitizer_brokers_down")?
+                        + of("event_sanitizer_partitions_unreachable")?,
+                )
+            };
+            while unreachable(port).unwrap_or(0.0) < 1.0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the metrics never showed the broker down; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let ready = common::http::get(port, "/readyz").unwrap();
+            assert_eq!(ready.0, 503, "{}", ready.1);
+            assert!(ready.1.contains("producer cannot reach"), "{}", ready.1);
+            std::thread::sleep(Duration::from_secs(3));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let said = |what: &str| text.lines().filter(|l| l.contains(what)).count();
+            assert_eq!(said("Kafka unreachable"), 1, "log:\n{text}");
+            let errors = said("kafka client error") + said("librdkafka");
+            assert!(
+                errors < 30,
+                "{errors} lines for one broker down; log:\n{text}"
+            );
+        }
         let bound = Duration::from_secs(5);
         let asked = Instant::now();
         common::signal(&child, "-TERM");

@@ -118,19 +118,76 @@ pub(crate) fn client_config(
     Ok(c)
 }
 
-/// librdkafka's own log lines, at the matching level.
+/// librdkafka's own log lines, at the matching level; warnings and errors
+/// of one client and facility at most once per
+/// [`crate::metrics::THROTTLE_WINDOW`] (a broker down repeats them on every
+/// reconnect), with how many were held back.
 pub(crate) fn log(client: &str, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+    static LINES: std::sync::OnceLock<crate::metrics::Throttle> = std::sync::OnceLock::new();
+    let loud = matches!(
+        level,
+        RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning
+    );
+    let not_logged = if loud {
+        match LINES
+            .get_or_init(Default::default)
+            .admit(&format!("{client}/{fac}"))
+        {
+            Some(n) => n,
+            None => return,
+        }
+    } else {
+        0
+    };
     match level {
         RDKafkaLogLevel::Emerg
         | RDKafkaLogLevel::Alert
         | RDKafkaLogLevel::Critical
-        | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", client, fac, "{msg}"),
-        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", client, fac, "{msg}"),
+        | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", client, fac, not_logged, "{msg}")
+        }
+        RDKafkaLogLevel::Warning => {
+            tracing::warn!(target: "librdkafka", client, fac, not_logged, "{msg}")
+        }
         RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
             tracing::info!(target: "librdkafka", client, fac, "{msg}")
         }
         RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", client, fac, "{msg}"),
     }
+}
+
+/// From a client's statistics: the brokers it is connected to, those it
+/// needs and cannot reach (down, or connecting again; a broker it never
+/// needed, `INIT`, is neither), and the partitions it uses whose leader it
+/// cannot reach (none, one gone from the metadata, or one failing: a broker
+/// that is down drops out of the cluster's metadata, so its partitions are
+/// what still show it).
+pub(crate) fn broker_view(stats: &rdkafka::statistics::Statistics) -> crate::metrics::BrokerView {
+    let mut v = crate::metrics::BrokerView::default();
+    // Brokers that are connected, or not needed yet: no sign of trouble.
+    let mut fine = Vec::new();
+    for b in stats.brokers.values().filter(|b| b.nodeid >= 0) {
+        match b.state.as_str() {
+            "UP" | "UPDATE" => {
+                v.up += 1;
+                fine.push(b.nodeid);
+            }
+            "INIT" => fine.push(b.nodeid),
+            _ => v.down += 1,
+        }
+    }
+    // No leader, a leader gone from the metadata, or one that is failing.
+    v.partitions_unreachable = stats
+        .topics
+        .values()
+        .flat_map(|t| t.partitions.values())
+        .filter(|p| p.partition >= 0 && !fine.contains(&p.leader))
+        .count();
+    v
 }
 
 /// A bounded label for an error: librdkafka's code, lowercased.

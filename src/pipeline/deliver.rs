@@ -149,6 +149,15 @@ impl ClientContext for ProducerCallbacks {
         }
         self.common.refused("producer", &error, None);
     }
+    fn stats(&self, stats: rdkafka::statistics::Statistics) {
+        let view = crate::kafka::broker_view(&stats);
+        let all = self.common.telemetry.brokers("producer", &stats.name, view);
+        let unreachable = all.down + all.partitions_unreachable;
+        self.common
+            .health
+            .producer_unreachable
+            .store(unreachable, Ordering::Relaxed);
+    }
 }
 
 impl ProducerContext for ProducerCallbacks {
@@ -238,6 +247,8 @@ const PRODUCER_BASE: &[(&str, &str)] = &[
     ("acks", "all"),
     ("linger.ms", "5"),
     ("message.timeout.ms", "0"),
+    // For `event_sanitizer_brokers_up` and `_down`.
+    ("statistics.interval.ms", "5000"),
 ];
 
 fn producer(

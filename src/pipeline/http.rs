@@ -52,8 +52,16 @@ fn readiness(h: &Health) -> (StatusCode, String) {
     if !h.joined.load(Ordering::Relaxed) {
         missing.push("consumer has not joined its group");
     }
+    let down = h.producer_unreachable.load(Ordering::Relaxed);
+    let unreachable;
     if !h.producer.load(Ordering::Relaxed) {
         missing.push("producer cannot reach a broker");
+    } else if down > 0 {
+        unreachable = format!(
+            "producer cannot reach {down} of the brokers or partition leaders it produces to \
+             (event_sanitizer_brokers_down, event_sanitizer_partitions_unreachable)"
+        );
+        missing.push(&unreachable);
     }
     if !h.privacy.load(Ordering::Relaxed) {
         missing.push("privacy requests not yet read to the end of their topic");

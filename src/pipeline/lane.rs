@@ -221,6 +221,8 @@ impl ClientContext for LaneContext {
         self.common.refused("consumer", &error, None);
     }
     fn stats(&self, stats: Statistics) {
+        let view = crate::kafka::broker_view(&stats);
+        self.common.telemetry.brokers("consumer", &stats.name, view);
         let inputs = &self.common.cfg.kafka.input_topics;
         for (topic, t) in &stats.topics {
             if !inputs.contains(topic) {

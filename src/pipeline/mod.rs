@@ -81,6 +81,9 @@ pub struct Health {
     pub joined: AtomicBool,
     /// The producer fetched metadata recently.
     pub producer: AtomicBool,
+    /// Brokers and partitions the producers use and cannot reach (their
+    /// statistics).
+    pub producer_unreachable: std::sync::atomic::AtomicUsize,
     /// The privacy-requests topic was read to its end (or is not configured).
     pub privacy: AtomicBool,
 }

@@ -87,9 +87,14 @@ pub struct Telemetry {
     lag: IntGaugeVec,
     in_flight: IntGauge,
     in_flight_bytes: IntGauge,
+    in_flight_limit: IntGaugeVec,
     transactions: IntCounterVec,
     rule_set: GaugeVec,
     rule_set_loaded: Gauge,
+    /// 1 while a rule file on disk is rejected (the previous rules serve).
+    rule_file_rejected: IntGaugeVec,
+    /// 1 while the SASL password file on disk could not be applied.
+    sasl_rejected: IntGauge,
     reloads: IntCounterVec,
     kafka_errors: IntCounterVec,
     /// Kafka client errors are logged at most once per kind per window.
@@ -342,6 +347,15 @@ impl Telemetry {
         )
         .expect("valid");
         r.register(Box::new(in_flight_bytes.clone())).expect("once");
+        let in_flight_limit = IntGaugeVec::new(
+            Opts::new(
+                "event_sanitizer_in_flight_limit",
+                "The in-flight bounds (limits.max_in_flight, limits.max_in_flight_bytes), by unit (messages, bytes).",
+            ),
+            &["unit"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(in_flight_limit.clone())).expect("once");
         let transactions = counter(
             &r,
             "event_sanitizer_transactions_total",
@@ -366,6 +380,22 @@ impl Telemetry {
         )
         .expect("valid");
         r.register(Box::new(rule_set_loaded.clone())).expect("once");
+        let rule_file_rejected = IntGaugeVec::new(
+            Opts::new(
+                "event_sanitizer_rule_file_rejected",
+                "1 while the rule file on disk does not load (the previous rules are in use), by file.",
+            ),
+            &["file"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(rule_file_rejected.clone()))
+            .expect("once");
+        let sasl_rejected = IntGauge::new(
+            "event_sanitizer_sasl_credentials_rejected",
+            "1 while the SASL password file on disk could not be applied (the clients keep the old one).",
+        )
+        .expect("valid metric");
+        r.register(Box::new(sasl_rejected.clone())).expect("once");
         let reloads = counter(
             &r,
             "event_sanitizer_rule_reloads_total",
@@ -506,9 +536,12 @@ impl Telemetry {
             lag,
             in_flight,
             in_flight_bytes,
+            in_flight_limit,
             transactions,
             rule_set,
             rule_set_loaded,
+            rule_file_rejected,
+            sasl_rejected,
             reloads,
             kafka_errors,
             kafka_error_logs: Throttle::default(),
@@ -563,6 +596,17 @@ impl Telemetry {
             .inc_by(n);
     }
 
+    /// The in-flight bounds, for a saturation alert.
+    pub fn in_flight_limits(&self, messages: usize, bytes: usize) {
+        let set = |unit, n: usize| {
+            self.in_flight_limit
+                .with_label_values(&[unit])
+                .set(i64::try_from(n).unwrap_or(i64::MAX))
+        };
+        set("messages", messages);
+        set("bytes", bytes);
+    }
+
     /// A rule set was loaded (at start or by a reload).
     pub fn rule_set_loaded(&self, name: &str, hash: &str, file: &str, key_id: &str, reload: bool) {
         // One series per rule file (events, webhooks): replace this file's.
@@ -579,6 +623,7 @@ impl Telemetry {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         self.rule_set_loaded.set(now);
+        self.rule_file_rejected.with_label_values(&[file]).set(0);
         if reload {
             self.reloads.with_label_values(&["success"]).inc();
         }
@@ -595,11 +640,11 @@ impl Telemetry {
     /// A changed rule file was rejected; the running rules stay.
     pub fn reload_failed(&self, file: &str, errors: &str) {
         self.reloads.with_label_values(&["failure"]).inc();
+        self.rule_file_rejected.with_label_values(&[file]).set(1);
         tracing::error!(target: "event_sanitizer::audit", event = "rule_set_rejected", source = file, errors, result = "rejected", "the changed rule file was rejected; the running rules are kept");
     }
 
-    /// A Kafka client reported an error.
-    /// Counted each time; logged the first time of a kind and then at most
+    /// A Kafka client reported an error: counted each time; logged the first time of a kind and then at most
     /// once per [`THROTTLE_WINDOW`], with how many were not logged (a broker
     /// down makes each client report every reconnect).
     pub fn kafka_error(&self, client: &str, kind: &str, error: &str) {
@@ -923,6 +968,7 @@ impl Telemetry {
     pub fn sasl_reloaded(&self, error: Option<&str>) {
         match error {
             None => {
+                self.sasl_rejected.set(0);
                 self.privacy
                     .sasl_reloads
                     .with_label_values(&["success"])
@@ -930,6 +976,7 @@ impl Telemetry {
                 tracing::info!(target: "event_sanitizer::audit", event = "sasl_credentials_reloaded", "SASL password re-read and applied to every Kafka client");
             }
             Some(e) => {
+                self.sasl_rejected.set(1);
                 self.privacy
                     .sasl_reloads
                     .with_label_values(&["failure"])

@@ -210,7 +210,7 @@ async fn reload_takes_effect_and_a_bad_reload_keeps_the_rules() {
         "fields: [ssn, social_security,",
         "fields: [plan, ssn, social_security,",
     );
-    std::fs::write(&rules, text).unwrap();
+    std::fs::write(&rules, &text).unwrap();
     wait_for("event_sanitizer_rule_reloads_total", "success", 1.0).await;
     produce(&bs, &sequenced(2, 5, "after")).await;
     // A broken change: rejected, counted, old (new) rules kept.
@@ -220,9 +220,16 @@ async fn reload_takes_effect_and_a_bad_reload_keeps_the_rules() {
     )
     .unwrap();
     wait_for("event_sanitizer_rule_reloads_total", "failure", 1.0).await;
+    // A state, for alerts: rejected while the broken file is on disk.
+    let rejected = |t: &Telemetry| metric(t, "event_sanitizer_rule_file_rejected", &[]);
+    assert_eq!(rejected(&telemetry), 1.0);
     produce(&bs, &sequenced(2, 5, "broken")).await;
 
     let out = read_outputs(&bs, 30, Duration::from_secs(60)).await;
+    // Fixed on disk: loaded again, and no longer rejected.
+    std::fs::write(&rules, text).unwrap();
+    wait_for("event_sanitizer_rule_reloads_total", "success", 2.0).await;
+    assert_eq!(rejected(&telemetry), 0.0);
     tx.send(()).unwrap();
     service.await.unwrap().unwrap();
     assert_eq!(out.len(), 30);

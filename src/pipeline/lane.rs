@@ -105,6 +105,7 @@ impl Common {
             inputs.push(p.requests_topic.clone());
         }
         let metrics = telemetry.delivery(&inputs, &k.clean_topic, &k.dead_letter_topic);
+        telemetry.in_flight_limits(cfg.limits.max_in_flight, cfg.limits.max_in_flight_bytes);
         Common {
             reads: inputs,
             budget: Budget::new(cfg.limits.max_in_flight, cfg.limits.max_in_flight_bytes),

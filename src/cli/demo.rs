@@ -96,7 +96,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
                 transactional_id: None,
                 transaction: Default::default(),
             },
-            rules: RulesConfig { file: rules, hash_key_file: Some(key), hash_keys_file: None, reload_interval: Duration::from_secs(5) },
+            rules: RulesConfig { file: rules.clone(), hash_key_file: Some(key.clone()), hash_keys_file: None, reload_interval: Duration::from_secs(5) },
             limits: LimitsConfig::default(),
             http: HttpConfig { listen: "127.0.0.1:0".into() },
             log: LogConfig::default(),
@@ -106,9 +106,14 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             dead_letters: crate::config::DeadLettersConfig { encrypt: true, keys_file: Some(dead_letter_keys.clone()) },
         };
         let telemetry = Arc::new(Telemetry::new());
+        // The same rules, for the decisions printed beside each sample.
+        let limits = crate::engine::Limits { max_bytes: cfg.limits.max_message_bytes, max_depth: cfg.limits.max_depth };
+        let explainer = crate::reload::RuleSource::load(&cfg.rules.file, cfg.rules.key_file(), limits, &Telemetry::new())
+            .map_err(|e| fail(e.to_string()))?
+            .current();
         let started = Instant::now();
         let pipeline = Pipeline::new(cfg, telemetry.clone()).await.map_err(|e| fail(e.to_string()))?;
-        println!("mock Kafka cluster at {bootstrap}; metrics at http://{}/metrics", pipeline.http_addr());
+        println!("mock Kafka cluster at {bootstrap}; metrics at http://{}/metrics while the pipeline runs", pipeline.http_addr());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let service = tokio::spawn(pipeline.run(async move {
             let _ = stop_rx.await;
@@ -147,6 +152,12 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
         let elapsed = started.elapsed();
         let _ = stop_tx.send(());
         let summary = service.await.map_err(|e| fail(e.to_string()))?.map_err(|e| fail(e.to_string()))?;
+        // Every client is closed before anything is printed, so no
+        // librdkafka line comes after the summary.
+        drop(reader);
+        drop(producer);
+        drop(mock);
+        let scrape = telemetry.render();
 
         let mut shown = 0;
         for (_, line) in &raw {
@@ -160,6 +171,14 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             }
             println!("\nraw event:\n{}", super::explain::pretty(line));
             println!("clean event:\n{}", super::explain::pretty(out));
+            println!("decisions (field: action, rule; `explain` prints these for any event):");
+            let exp = explainer.explain(line);
+            for d in &exp.decisions {
+                println!("  {d}");
+            }
+            if exp.decisions.is_empty() {
+                println!("  (none: every field passes unchanged)");
+            }
             shown += 1;
         }
         println!("\ndead letters (sealed on the topic; opened here with the demo's key, as `replay` does):");
@@ -173,6 +192,14 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             summary.dead_letters,
             elapsed.as_secs_f64()
         );
+        println!("\nfrom /metrics (the endpoint closed with the pipeline):");
+        for line in scrape.lines().filter(|l| {
+            ["event_sanitizer_messages_in_total", "event_sanitizer_messages_out_total", "event_sanitizer_dead_letters_total{reason=\"invalid_json\"}"]
+                .iter()
+                .any(|m| l.starts_with(m))
+        }) {
+            println!("  {line}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
         Ok(ExitCode::SUCCESS)
     })

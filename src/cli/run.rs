@@ -48,7 +48,9 @@ pub(crate) fn init_logging(log: &LogConfig) -> Result<(), String> {
             .with_filter(main_filter)
             .boxed()
     } else {
+        // Colour only on a terminal: a redirected log has no escape codes.
         tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .with_filter(main_filter)
             .boxed()

@@ -368,6 +368,26 @@ fn config_check_validates_a_service_config_offline_with_every_problem() {
         t.contains("rule same:") && t.contains("(`rules.file`)"),
         "{t}"
     );
+    // A required key missing: named with its path, and where to look.
+    let missing = dir.path().join("missing.yaml");
+    std::fs::write(
+        &missing,
+        "kafka:
+  input_topics: [raw]
+  clean_topic: clean
+  dead_letter_topic: dlq
+rules: { file: rules/customerio.yaml }
+",
+    )
+    .unwrap();
+    let o = es(&["config", "check", missing.to_str().unwrap()]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("kafka.bootstrap_servers")
+            && t.contains("(every option is described in config/example.yaml)"),
+        "{t}"
+    );
 }
 
 #[test]

@@ -34,6 +34,27 @@ fn check_passes_good_files_and_fails_bad_ones() {
     let missing = es(&["check", "no/such.yaml"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(text(&missing).contains("no/such.yaml:1:1: error: cannot read the rule file"));
+
+    // For CI: the same as JSON, same exit code.
+    let j = es(&[
+        "check",
+        "--format",
+        "json",
+        "rules/customerio.yaml",
+        "tests/bad_rules/duplicate_id.yaml",
+    ]);
+    assert_eq!(j.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&j.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["files"][0]["ok"], true);
+    assert_eq!(v["files"][0]["rules"], 5);
+    let bad = &v["files"][1];
+    assert_eq!(bad["ok"], false);
+    let p = &bad["problems"][0];
+    assert_eq!(
+        (&p["severity"], &p["line"], &p["column"], &p["rule"]),
+        (&"error".into(), &7.into(), &5.into(), &"same".into())
+    );
 }
 
 #[test]

@@ -95,6 +95,50 @@ fn test_command_passes_and_fails_as_it_should() {
         "diff shows the dropped field: {stdout}"
     );
     assert!(stdout.contains("0 passed, 1 failed"), "{stdout}");
+
+    // For CI: the same outcome as JSON and as JUnit XML, exit code alike.
+    let as_format = |format: &str| {
+        let o = Command::new(common::bin())
+            .args(["test", "--format", format])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{format}");
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let j: serde_json::Value = serde_json::from_str(&as_format("json")).unwrap();
+    assert_eq!(
+        (j["passed"].as_u64(), j["failed"].as_u64()),
+        (Some(0), Some(1))
+    );
+    let case = &j["files"][0]["cases"][0];
+    assert_eq!(case["name"], "wrong on purpose");
+    assert_eq!(case["status"], "failed");
+    assert_eq!(case["line"], 4);
+    assert!(case["failure"]
+        .as_str()
+        .unwrap()
+        .contains("the output differs from `expect`"));
+    let x = as_format("junit");
+    assert!(x.starts_with("<?xml"), "{x}");
+    assert!(
+        x.contains("<testsuites name=\"event-sanitizer rule tests\" tests=\"1\" failures=\"1\">"),
+        "{x}"
+    );
+    assert!(
+        x.contains("<testcase name=\"wrong on purpose\"") && x.contains("line=\"4\""),
+        "{x}"
+    );
+    assert!(
+        x.contains("<failure message=\"the output differs from `expect`"),
+        "{x}"
+    );
+    // The quoted input is escaped: the XML stays well formed.
+    assert!(!x.contains("<ssn"), "{x}");
+    assert_eq!(
+        x.matches("<testcase").count(),
+        x.matches("</testcase>").count()
+    );
 }
 
 #[test]

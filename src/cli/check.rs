@@ -2,8 +2,8 @@
 
 use super::Failure;
 use crate::engine::{KeySupply, Limits, Sanitizer};
-use crate::rules::RuleFile;
-use clap::Args;
+use crate::rules::{Diagnostic, Diagnostics, RuleFile, Severity};
+use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -13,6 +13,68 @@ pub(crate) struct CheckArgs {
     /// not a rule test file (`cases:`).
     #[arg(required = true, value_name = "PATH")]
     files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// For people: `file:line:column: severity: message`, then a summary
+    /// line per file.
+    Text,
+    /// One JSON object: per file, whether it is usable, its rule count and
+    /// every problem (severity, line, column, rule, message).
+    Json,
+}
+
+/// What checking one rule file found.
+struct Checked {
+    path: PathBuf,
+    /// Rules in the file, when it parsed.
+    rules: Option<usize>,
+    problems: Diagnostics,
+    ok: bool,
+    /// ` (`option`)`: the config option that names the file, if any.
+    by: String,
+}
+
+/// Checks one rule file: parses it (every problem at once), then compiles
+/// it with a placeholder key, which catches what only the compiler knows
+/// (such as too many globs). `named_by`, the option that names it, is added
+/// to compile errors.
+fn check(path: &Path, named_by: Option<&str>) -> Checked {
+    let by = named_by.map_or(String::new(), |o| format!(" (`{o}`)"));
+    let error = |message: String| Diagnostic {
+        severity: Severity::Error,
+        file: path.display().to_string(),
+        line: 1,
+        column: 1,
+        rule: None,
+        message,
+    };
+    match RuleFile::load(path) {
+        Ok((file, mut problems)) => {
+            let compiled = Sanitizer::compile(&file, KeySupply::Placeholder, Limits::default());
+            if let Err(e) = &compiled {
+                problems.0.push(error(format!("{e}{by}")));
+            }
+            Checked {
+                path: path.to_path_buf(),
+                rules: Some(file.rules.len()),
+                ok: compiled.is_ok(),
+                problems,
+                by,
+            }
+        }
+        Err(problems) => Checked {
+            path: path.to_path_buf(),
+            rules: None,
+            problems,
+            ok: false,
+            by,
+        },
+    }
 }
 
 pub(crate) fn run(args: CheckArgs) -> Result<ExitCode, Failure> {
@@ -23,44 +85,72 @@ pub(crate) fn run(args: CheckArgs) -> Result<ExitCode, Failure> {
             "no rule files found (.yaml files without `cases:`)",
         ));
     }
-    let failed = files.iter().filter(|p| !check_rule_file(p, None)).count();
-    Ok(if failed > 0 {
+    let checked: Vec<Checked> = files.iter().map(|p| check(p, None)).collect();
+    match args.format {
+        Format::Text => checked.iter().for_each(print_text),
+        Format::Json => println!("{}", json(&checked)),
+    }
+    Ok(if checked.iter().any(|c| !c.ok) {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
 }
 
-/// Checks one rule file: prints its warnings and errors (`named_by`, the
-/// option that names it, is added to the error lines); whether it is
-/// usable.
-pub(crate) fn check_rule_file(path: &Path, named_by: Option<&str>) -> bool {
-    let by = named_by.map_or(String::new(), |o| format!(" (`{o}`)"));
-    match RuleFile::load(path) {
-        Ok((file, warnings)) => {
-            print!("{warnings}");
-            // Compile too (with a placeholder key): catches what only the
-            // compiler knows, such as too many globs.
-            match Sanitizer::compile(&file, KeySupply::Placeholder, Limits::default()) {
-                Ok(_) => {
-                    println!(
-                        "{}: ok ({} rules, {} warnings)",
-                        path.display(),
-                        file.rules.len(),
-                        warnings.warnings().count()
-                    );
-                    true
-                }
-                Err(e) => {
-                    println!("{}:1:1: error: {e}{by}", path.display());
-                    false
-                }
-            }
-        }
-        Err(diags) => {
-            print!("{diags}");
-            println!("{}: {} errors{by}", path.display(), diags.errors().count());
-            false
-        }
+fn print_text(c: &Checked) {
+    print!("{}", c.problems);
+    match (c.ok, c.rules) {
+        (true, Some(n)) => println!(
+            "{}: ok ({n} rules, {} warnings)",
+            c.path.display(),
+            c.problems.warnings().count()
+        ),
+        (false, None) => println!(
+            "{}: {} errors{}",
+            c.path.display(),
+            c.problems.errors().count(),
+            c.by
+        ),
+        _ => {}
     }
+}
+
+fn json(checked: &[Checked]) -> serde_json::Value {
+    let files: Vec<serde_json::Value> = checked
+        .iter()
+        .map(|c| {
+            let problems: Vec<serde_json::Value> = c
+                .problems
+                .0
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "severity": match d.severity { Severity::Error => "error", Severity::Warning => "warning" },
+                        "line": d.line,
+                        "column": d.column,
+                        "rule": d.rule,
+                        "message": d.message,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "file": c.path.display().to_string(),
+                "ok": c.ok,
+                "rules": c.rules,
+                "problems": problems,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "files": files,
+        "ok": checked.iter().all(|c| c.ok),
+    })
+}
+
+/// Checks one rule file and prints what it found, for `config check`;
+/// whether it is usable.
+pub(crate) fn check_rule_file(path: &Path, named_by: Option<&str>) -> bool {
+    let c = check(path, named_by);
+    print_text(&c);
+    c.ok
 }

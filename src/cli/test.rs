@@ -1,8 +1,9 @@
-//! `test`: run the governance team's rule tests.
+//! `test`: run the governance team's rule tests, for people (text) or for
+//! CI (`--format json`, `--format junit` for test-report viewers).
 
 use super::Failure;
-use crate::testing::{discover, TestFile};
-use clap::Args;
+use crate::testing::{discover, FileReport, TestFile};
+use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,6 +12,38 @@ pub(crate) struct TestArgs {
     /// Test files, or folders to search for them.
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// For people: a line per case, a diff for each failure.
+    Text,
+    /// One JSON object: files, their cases (name, line, status, failure)
+    /// and warnings, and the counts.
+    Json,
+    /// JUnit XML: a test suite per file, a test case per case.
+    Junit,
+}
+
+/// One test file's outcome: its report, or why it could not run.
+struct Ran {
+    path: PathBuf,
+    report: Result<FileReport, String>,
+}
+
+impl Ran {
+    fn counts(&self) -> (usize, usize) {
+        match &self.report {
+            Err(_) => (0, 1),
+            Ok(r) => {
+                let failed = r.results.iter().filter(|c| c.failure.is_some()).count();
+                (r.results.len() - failed, failed)
+            }
+        }
+    }
 }
 
 pub(crate) fn run(args: TestArgs) -> Result<ExitCode, Failure> {
@@ -21,45 +54,181 @@ pub(crate) fn run(args: TestArgs) -> Result<ExitCode, Failure> {
             "no test files found (a test file is a .yaml file with `cases:`)",
         ));
     }
-    let (mut passed, mut failed) = (0usize, 0usize);
-    for path in files {
-        println!("{}", path.display());
-        let report = TestFile::load(&path).and_then(|tf| tf.run());
-        match report {
+    let ran: Vec<Ran> = files
+        .into_iter()
+        .map(|path| {
+            let report = TestFile::load(&path)
+                .and_then(|tf| tf.run())
+                .map_err(|d| d.to_string());
+            Ran { path, report }
+        })
+        .collect();
+    let (passed, failed) = ran
+        .iter()
+        .map(Ran::counts)
+        .fold((0, 0), |(p, f), (p1, f1)| (p + p1, f + f1));
+    match args.format {
+        Format::Text => print!("{}", text(&ran, passed, failed)),
+        Format::Json => println!("{}", json(&ran, passed, failed)),
+        Format::Junit => print!("{}", junit(&ran)),
+    }
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn text(ran: &[Ran], passed: usize, failed: usize) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    for r in ran {
+        let _ = writeln!(s, "{}", r.path.display());
+        match &r.report {
             Err(diags) => {
-                print!("{diags}");
-                println!("  cannot run this file");
-                failed += 1;
+                s.push_str(diags);
+                s.push_str("  cannot run this file\n");
             }
             Ok(report) => {
                 for w in &report.warnings {
-                    println!("  {w}");
+                    let _ = writeln!(s, "  {w}");
                 }
-                for r in &report.results {
-                    match &r.failure {
+                for c in &report.results {
+                    match &c.failure {
                         None => {
-                            println!("  test {} ... passed", r.name);
-                            passed += 1;
+                            let _ = writeln!(s, "  test {} ... passed", c.name);
                         }
                         Some(why) => {
-                            println!("  test {} ... failed", r.name);
-                            println!(
+                            let _ = writeln!(s, "  test {} ... failed", c.name);
+                            let _ = writeln!(
+                                s,
                                 "    {}:{}: {}",
                                 report.file,
-                                r.line,
+                                c.line,
                                 why.trim_end().replace('\n', "\n    ")
                             );
-                            failed += 1;
                         }
                     }
                 }
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
-    Ok(if failed > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    let _ = writeln!(s, "{passed} passed, {failed} failed");
+    s
+}
+
+fn json(ran: &[Ran], passed: usize, failed: usize) -> serde_json::Value {
+    let files: Vec<serde_json::Value> = ran
+        .iter()
+        .map(|r| match &r.report {
+            Err(diags) => serde_json::json!({
+                "file": r.path.display().to_string(),
+                "error": diags.trim_end(),
+                "cases": [],
+                "warnings": [],
+            }),
+            Ok(report) => serde_json::json!({
+                "file": report.file,
+                "cases": report.results.iter().map(|c| serde_json::json!({
+                    "name": c.name,
+                    "line": c.line,
+                    "status": if c.failure.is_some() { "failed" } else { "passed" },
+                    "failure": c.failure.as_deref().map(str::trim_end),
+                })).collect::<Vec<_>>(),
+                "warnings": report.warnings,
+            }),
+        })
+        .collect();
+    serde_json::json!({"files": files, "passed": passed, "failed": failed})
+}
+
+/// XML text with the five special characters escaped, and the control
+/// characters XML 1.0 cannot hold (a diff may quote any input) replaced.
+fn xml(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(ch),
+            c if (c as u32) < 0x20 => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn junit(ran: &[Ran]) -> String {
+    use std::fmt::Write;
+    let (mut tests, mut failures) = (0, 0);
+    let mut suites = String::new();
+    for r in ran {
+        let (p, f) = r.counts();
+        tests += p + f;
+        failures += f;
+        let name = xml(&r.path.display().to_string());
+        let _ = writeln!(
+            suites,
+            "  <testsuite name=\"{name}\" tests=\"{}\" failures=\"{f}\" errors=\"0\">",
+            p + f
+        );
+        match &r.report {
+            Err(diags) => {
+                let _ = writeln!(
+                    suites,
+                    "    <testcase name=\"(the file)\" classname=\"{name}\" file=\"{name}\">\n      <failure message=\"cannot run this file\">{}</failure>\n    </testcase>",
+                    xml(diags.trim_end())
+                );
+            }
+            Ok(report) => {
+                for c in &report.results {
+                    let _ = write!(
+                        suites,
+                        "    <testcase name=\"{}\" classname=\"{name}\" file=\"{name}\" line=\"{}\"",
+                        xml(&c.name),
+                        c.line
+                    );
+                    match &c.failure {
+                        None => suites.push_str("/>\n"),
+                        Some(why) => {
+                            let first = why.lines().next().unwrap_or("failed");
+                            let _ = writeln!(
+                                suites,
+                                ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
+                                xml(first),
+                                xml(why.trim_end())
+                            );
+                        }
+                    }
+                }
+                if !report.warnings.is_empty() {
+                    let _ = writeln!(
+                        suites,
+                        "    <system-out>{}</system-out>",
+                        xml(&report.warnings.join("\n"))
+                    );
+                }
+            }
+        }
+        suites.push_str("  </testsuite>\n");
+    }
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"event-sanitizer rule tests\" tests=\"{tests}\" failures=\"{failures}\">\n{suites}</testsuites>\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::xml;
+
+    #[test]
+    fn xml_text_escapes_markup_and_drops_what_xml_cannot_hold() {
+        assert_eq!(
+            xml("a<b>&\"c\" 'd'\u{1}\n"),
+            "a&lt;b&gt;&amp;&quot;c&quot; &apos;d&apos;\u{fffd}\n"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! `check`: validate rule files.
 
 use super::Failure;
-use crate::engine::{KeySupply, Limits, Sanitizer};
+use crate::engine::{CompileError, KeySupply, Limits, Sanitizer};
 use crate::rules::{Diagnostic, Diagnostics, RuleFile, Severity};
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -56,8 +56,19 @@ fn check(path: &Path, named_by: Option<&str>) -> Checked {
     match RuleFile::load(path) {
         Ok((file, mut problems)) => {
             let compiled = Sanitizer::compile(&file, KeySupply::Placeholder, Limits::default());
-            if let Err(e) = &compiled {
-                problems.0.push(error(format!("{e}{by}")));
+            match &compiled {
+                // At the rule it is in, like a parse error.
+                Err(CompileError::Regex { rule, message }) => {
+                    let at = file.rules.iter().find(|r| &r.id == rule);
+                    problems.0.push(Diagnostic {
+                        line: at.map_or(1, |r| r.line),
+                        column: at.map_or(1, |r| r.column),
+                        rule: Some(rule.clone()),
+                        ..error(format!("{message}{by}"))
+                    });
+                }
+                Err(e) => problems.0.push(error(format!("{e}{by}"))),
+                Ok(_) => {}
             }
             Checked {
                 path: path.to_path_buf(),

@@ -957,7 +957,104 @@ fn literal(r: &mut Reporter, v: &Node, rule: Option<&str>) -> Option<Literal> {
     })
 }
 
-/// Checks across rules: key sources, shadowing.
+/// The fields of a Segment-spec event (the common fields and each call's
+/// own), and of its `context`; below `traits`, `properties`,
+/// `integrations` and `context`'s objects anything may occur.
+const SEGMENT_FIELDS: &[&str] = &[
+    "type",
+    "messageId",
+    "timestamp",
+    "sentAt",
+    "receivedAt",
+    "originalTimestamp",
+    "userId",
+    "anonymousId",
+    "previousId",
+    "groupId",
+    "event",
+    "name",
+    "category",
+    "properties",
+    "traits",
+    "context",
+    "integrations",
+    "channel",
+    "version",
+    "batch",
+    "writeKey",
+    "projectId",
+];
+const SEGMENT_CONTEXT_FIELDS: &[&str] = &[
+    "active",
+    "app",
+    "campaign",
+    "device",
+    "ip",
+    "library",
+    "locale",
+    "location",
+    "network",
+    "os",
+    "page",
+    "referrer",
+    "screen",
+    "groupId",
+    "timezone",
+    "traits",
+    "userAgent",
+    "userAgentData",
+    "channel",
+    "instance_id",
+    "protocols",
+    "personas",
+];
+
+/// When `path` names a field no Segment event has (at the top, or in
+/// `context`), the warning, with the closest real field.
+fn unknown_segment_field(path: &Path, mode: KeyMatch) -> Option<String> {
+    let key = |i: usize| match path.segments.get(i) {
+        Some(Segment::Key(k)) => Some(k.as_str()),
+        _ => None,
+    };
+    let canonical = |name: &str| match Path::parse(name, mode).ok()?.segments.first() {
+        Some(Segment::Key(k)) => Some(k.clone()),
+        _ => None,
+    };
+    let (known, at) = match (key(0), key(1)) {
+        (Some(first), Some(_)) if Some(first.to_string()) == canonical("context") => {
+            (SEGMENT_CONTEXT_FIELDS, 1)
+        }
+        _ => (SEGMENT_FIELDS, 0),
+    };
+    let written = key(at)?;
+    if known
+        .iter()
+        .any(|f| canonical(f).as_deref() == Some(written))
+    {
+        return None;
+    }
+    let closest = known
+        .iter()
+        .map(|f| {
+            (
+                strsim::levenshtein(&f.to_lowercase(), &written.to_lowercase()),
+                f,
+            )
+        })
+        .min()
+        .filter(|(d, _)| *d <= 2)
+        .map(|(_, f)| {
+            let prefix = if at == 1 { "context." } else { "" };
+            format!(" (did you mean `{prefix}{f}`?)")
+        })
+        .unwrap_or_default();
+    Some(format!(
+        "`when` tests `{}`, which no Segment event has{closest}: the condition never holds, so this rule never applies",
+        path.text
+    ))
+}
+
+/// Checks across rules: key sources, shadowing, `when` on unknown fields.
 fn check_rules(r: &mut Reporter, file: &RuleFile, root: &Node) {
     let hashes = file
         .rules
@@ -980,6 +1077,24 @@ fn check_rules(r: &mut Reporter, file: &RuleFile, root: &Node) {
                 msg.into(),
             ),
             None => r.error(root, None, msg),
+        }
+    }
+    // A `when` on a field a Segment event does not have never holds: a
+    // typo that silently turns a `drop` off. Only where the file says its
+    // input is Segment-spec events (a `destination`).
+    if file.destination.is_some() {
+        for rule in &file.rules {
+            for c in &rule.when {
+                if let Some(msg) = unknown_segment_field(&c.path, file.keys) {
+                    r.at_pos(
+                        rule.line,
+                        rule.column,
+                        Some(&rule.id),
+                        Severity::Warning,
+                        msg,
+                    );
+                }
+            }
         }
     }
     // A rule is shadowed when a stronger rule without `when` or `scope`
@@ -1035,6 +1150,38 @@ mod tests {
             Ok((_, d)) => panic!("expected errors, got warnings {d:?}"),
             Err(d) => d.0.iter().map(|d| d.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn a_when_on_a_field_no_segment_event_has_is_a_warning_naming_the_likely_one() {
+        let text = |when: &str, destination: bool| {
+            format!(
+                "version: 1\nname: t\n{}keys: {{ match: normalized }}\nrules:\n  - id: drop-notes\n    action: drop\n    fields: [notes]\n    when: {when}\n",
+                if destination { "destination: { max_traits: 300 }\n" } else { "" }
+            )
+        };
+        let warnings = |t: String| -> Vec<String> {
+            let (_, d) = RuleFile::parse("r.yaml", &t).expect("parses");
+            d.warnings().map(|w| w.to_string()).collect()
+        };
+        let w = warnings(text("{ evnt: Appointment Booked }", true));
+        assert_eq!(w.len(), 1, "{w:#?}");
+        assert!(
+            w[0].contains("rule drop-notes: `when` tests `evnt`, which no Segment event has (did you mean `event`?)"),
+            "{w:#?}"
+        );
+        let w = warnings(text("{ context.locle: en-US }", true));
+        assert!(w[0].contains("(did you mean `context.locale`?)"), "{w:#?}");
+        // Real fields, any spelling the file's key matching accepts, and
+        // anything below traits/properties: no warning.
+        for ok in [
+            "{ event: Appointment Booked }",
+            "{ Event: x, user_id: u, context.app.name: shop, traits.anything: 1 }",
+        ] {
+            assert!(warnings(text(ok, true)).is_empty(), "{ok}");
+        }
+        // Without a destination the input need not be a Segment event.
+        assert!(warnings(text("{ evnt: x }", false)).is_empty());
     }
 
     #[test]

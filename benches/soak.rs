@@ -24,7 +24,7 @@ const RAW: &str = "soak.raw";
 const CLEAN: &str = "soak.clean";
 const DLQ: &str = "soak.dead-letter";
 const PARTITIONS: i32 = 24;
-const RATE: u64 = 2_000;
+const RATE: u64 = 1_000;
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -127,6 +127,7 @@ fn main() {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &bs)
         .set("linger.ms", "5")
+        .set("message.timeout.ms", "0")
         .create()
         .unwrap();
     let produced = AtomicU64::new(0);
@@ -185,7 +186,10 @@ fn main() {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    producer.flush(Duration::from_secs(30)).unwrap();
+    if let Err(e) = producer.flush(Duration::from_secs(120)) {
+        eprintln!("the soak's own producer could not deliver its events to {RAW}: {e}");
+        std::process::exit(2);
+    }
     let total = produced.load(Ordering::Relaxed);
     // Every event out, or a bounded wait for the rest.
     let deadline = Instant::now() + Duration::from_secs(180);

@@ -1097,6 +1097,29 @@ fn check_rules(r: &mut Reporter, file: &RuleFile, root: &Node) {
             }
         }
     }
+    // A fixed `rename` (no `{key}`) gives every field the rule hashes the
+    // same name: an event with two of them in one object would be a
+    // `rename_collision` dead letter every time.
+    for rule in &file.rules {
+        let Action::Hash(o) = &rule.action else {
+            continue;
+        };
+        let rename = o.rename.as_deref().unwrap_or(&file.hash.rename);
+        let many = rule.fields.len() + rule.paths.len() > 1
+            || rule.fields.iter().any(|f| matches!(f, FieldName::Glob(_)))
+            || rule.paths.iter().any(|p| !p.is_concrete());
+        if !rename.contains("{key}") && many {
+            r.at_pos(
+                rule.line,
+                rule.column,
+                Some(&rule.id),
+                Severity::Error,
+                format!(
+                    "`rename: {rename}` gives every field this rule hashes the same name: an event with two of them in one object would be a dead letter (rename_collision); put `{{key}}` in the name (`{{key}}_hash`) or write one rule per field"
+                ),
+            );
+        }
+    }
     // A rule is shadowed when a stronger rule without `when` or `scope`
     // names every one of its fields and it has no paths or values.
     for (i, rule) in file.rules.iter().enumerate() {
@@ -1149,6 +1172,29 @@ mod tests {
         match RuleFile::parse("r.yaml", text) {
             Ok((_, d)) => panic!("expected errors, got warnings {d:?}"),
             Err(d) => d.0.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_fixed_rename_shared_by_several_fields_is_an_error() {
+        let text = |fields: &str, rename: &str| {
+            format!(
+                "version: 1\nname: t\nhash: {{ key: {{ env: K }} }}\nrules:\n  - id: h\n    action: hash\n    fields: {fields}\n    rename: \"{rename}\"\n"
+            )
+        };
+        let errs = errors(&text("[phone, mobile]", "contact_hash"));
+        assert!(
+            errs.iter().any(|e| e
+                .contains("r.yaml:5:5: error: rule h: `rename: contact_hash` gives every field")),
+            "{errs:#?}"
+        );
+        assert!(!errors(&text("[\"phone*\"]", "contact_hash")).is_empty());
+        // One field, or a name per field: fine.
+        for (fields, rename) in [("[phone]", "contact_hash"), ("[phone, mobile]", "{key}_h")] {
+            assert!(
+                RuleFile::parse("r.yaml", &text(fields, rename)).is_ok(),
+                "{fields} {rename}"
+            );
         }
     }
 

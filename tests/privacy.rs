@@ -469,15 +469,17 @@ async fn restarted_replica_rebuilds_the_set_first_and_ids_never_leak() {
             .append(true)
             .open(&log)
             .unwrap();
-        Command::new(common::bin())
-            .args(["run", "-c"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(f)
-            .spawn()
-            .unwrap()
+        common::Service::from(
+            Command::new(common::bin())
+                .args(["run", "-c"])
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(f)
+                .spawn()
+                .unwrap(),
+        )
     };
-    let stop = |mut child: std::process::Child| {
+    let stop = |mut child: common::Service| {
         assert!(Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()

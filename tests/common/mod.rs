@@ -122,20 +122,55 @@ pub mod http;
 pub mod kafka;
 pub mod real;
 
+/// A running service binary, killed when dropped if it is still running:
+/// a test that fails midway leaves no process behind to load the machine
+/// for the tests after it.
+pub struct Service(std::process::Child);
+
+impl std::ops::Deref for Service {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Service {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl From<std::process::Child> for Service {
+    fn from(c: std::process::Child) -> Service {
+        Service(c)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts the real binary with `run -c cfg`, its log appended to `log`.
-pub fn start_service(cfg: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+pub fn start_service(cfg: &std::path::Path, log: &std::path::Path) -> Service {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    std::process::Command::new(bin())
-        .args(["run", "-c"])
-        .arg(cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    Service(
+        std::process::Command::new(bin())
+            .args(["run", "-c"])
+            .arg(cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// A finished command's stdout and stderr, as text.

@@ -156,19 +156,8 @@ async fn sigkill_loses_nothing_and_sigterm_duplicates_nothing() {
 /// per record), and a restart once the broker is back loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_within_the_shutdown_bound_with_the_output_broker_slow_or_down() {
-    use rdkafka::mocking::{MockCluster, MockCoordinator};
     for case in ["slow", "down"] {
-        // Inputs and the group on broker 1, outputs on broker 2.
-        let mock = MockCluster::new(2).unwrap();
-        for (t, n) in [(RAW, PARTITIONS), (CLEAN, PARTITIONS), (DLQ, 1)] {
-            mock.create_topic(t, n, 1).unwrap();
-            for p in 0..n {
-                let leader = if t == RAW { 1 } else { 2 };
-                mock.partition_leader(t, p, Some(leader)).unwrap();
-            }
-        }
-        mock.coordinator(MockCoordinator::Group(GROUP.into()), 1)
-            .unwrap();
+        let mock = outputs_on_broker_2(PARTITIONS, GROUP);
         let bs = mock.bootstrap_servers();
         let dir = tempfile::tempdir().unwrap();
         let cfg = write_config(dir.path(), &bs);

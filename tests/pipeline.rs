@@ -406,18 +406,8 @@ async fn two_instances_split_partitions_and_a_rebalance_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_stays_under_the_byte_bound_while_the_output_is_unreachable() {
-    use rdkafka::mocking::{MockCluster, MockCoordinator};
-    // Inputs on broker 1, outputs on broker 2, which goes down.
-    let mock = MockCluster::new(2).unwrap();
-    for (t, n) in [(RAW, 4), (CLEAN, 4), (DLQ, 1)] {
-        mock.create_topic(t, n, 1).unwrap();
-        for p in 0..n {
-            let leader = if t == RAW { 1 } else { 2 };
-            mock.partition_leader(t, p, Some(leader)).unwrap();
-        }
-    }
-    mock.coordinator(MockCoordinator::Group("g-bytes".into()), 1)
-        .unwrap();
+    // Outputs on broker 2, which goes down.
+    let mock = outputs_on_broker_2(4, "g-bytes");
     let bs = mock.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
     let (rules, key) = common::rules_and_key(dir.path());

@@ -156,6 +156,33 @@ fn wait_exit(
     }
 }
 
+/// Waits for `child` to stop by itself (`what` if it does not): exit code
+/// 1, and its log naming the missing permission `needs`.
+fn assert_stops_naming(child: &mut std::process::Child, log: &Path, what: &str, needs: &str) {
+    let status = wait_exit(child, Duration::from_secs(90), what, log);
+    let text = log_text(log);
+    assert_eq!(status.code(), Some(1), "log:\n{text}");
+    assert!(
+        text.contains(&format!("needs {needs}")),
+        "the missing permission is named; log:\n{text}"
+    );
+}
+
+/// Runs the service on `cfg`: it does not start, and names `needs`.
+fn assert_refuses_to_start(cfg: &Path, needs: &str) {
+    let out = Command::new(common::bin())
+        .args(["run", "-c"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("needs {needs}")),
+        "the missing permission is named: {err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_across_sigkills_a_zombie_and_a_rebalance() {
     let b = broker();
@@ -442,17 +469,11 @@ async fn scram_with_only_the_documented_acls_a_password_rotated_while_running_an
     produce_to(&b.plaintext, &t.raw, &fourth).await;
     let log3 = dir.path().join("missing-acl.log");
     let mut child = common::start_service(&cfg, &log3);
-    let status = wait_exit(
+    assert_stops_naming(
         &mut child,
-        Duration::from_secs(90),
-        "still running without Write on the clean topic",
         &log3,
-    );
-    let text = log_text(&log3);
-    assert_eq!(status.code(), Some(1), "log:\n{text}");
-    assert!(
-        text.contains(&format!("needs Write on Topic:{}", t.clean)),
-        "the missing permission is named; log:\n{text}"
+        "still running without Write on the clean topic",
+        &format!("Write on Topic:{}", t.clean),
     );
     assert_eq!(committed(&t.group, &t.raw, PARTITIONS), committed_before);
 
@@ -460,17 +481,7 @@ async fn scram_with_only_the_documented_acls_a_password_rotated_while_running_an
     // says why.
     acl(true, &user, &["Write"], &["--topic", &t.clean]);
     acl(false, &user, &["Read"], &["--topic", &req]);
-    let out = Command::new(common::bin())
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains(&format!("needs Read on Topic:{req}")),
-        "the missing permission is named: {err}"
-    );
+    assert_refuses_to_start(&cfg, &format!("Read on Topic:{req}"));
 }
 
 /// An identify event of `user`, id `ev-<user>-<n>`.
@@ -807,17 +818,11 @@ async fn the_webhook_and_requests_topic_rows_each_removed_while_running_stop_the
     // 503 (Customer.io retries them), and the service stops, naming it.
     acl(false, &user, &["Write"], &["--topic", &wh]);
     post_until(port, "wh-signing-key", &mut n, 503, &log).await;
-    let status = wait_exit(
+    assert_stops_naming(
         &mut child,
-        Duration::from_secs(60),
-        "still running without Write on the webhook topic",
         &log,
-    );
-    let text = log_text(&log);
-    assert_eq!(status.code(), Some(1), "log:\n{text}");
-    assert!(
-        text.contains(&format!("needs Write on Topic:{wh}")),
-        "the missing permission is named; log:\n{text}"
+        "still running without Write on the webhook topic",
+        &format!("Write on Topic:{wh}"),
     );
     assert_eq!(read_all(&[&wh], "read_committed").len(), 1);
 
@@ -833,32 +838,16 @@ async fn the_webhook_and_requests_topic_rows_each_removed_while_running_stop_the
     let committed_before = committed(&t.group, &t.raw, PARTITIONS);
     acl(false, &user, &["Read"], &["--topic", &req]);
     produce_to(&b.plaintext, &t.raw, &inputs("wh-3", 4, 5)).await;
-    let status = wait_exit(
+    assert_stops_naming(
         &mut child,
-        Duration::from_secs(60),
-        "still running without Read on the requests topic",
         &log2,
-    );
-    let text = log_text(&log2);
-    assert_eq!(status.code(), Some(1), "log:\n{text}");
-    assert!(
-        text.contains(&format!("needs Read on Topic:{req}")),
-        "the missing permission is named; log:\n{text}"
+        "still running without Read on the requests topic",
+        &format!("Read on Topic:{req}"),
     );
     assert_eq!(committed(&t.group, &t.raw, PARTITIONS), committed_before);
 
     // No row at all for the webhook topic: it does not start, and says why.
     acl(true, &user, &["Read"], &["--topic", &req]);
     acl(false, &user, &["Write"], &["--topic", &wh]);
-    let out = Command::new(common::bin())
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains(&format!("needs Write on Topic:{wh}")),
-        "the missing permission is named: {err}"
-    );
+    assert_refuses_to_start(&cfg, &format!("Write on Topic:{wh}"));
 }

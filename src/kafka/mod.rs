@@ -47,30 +47,18 @@ impl Fatal {
         self.first.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Records the broker refusing `client` for lack of the ACL `needs`
-    /// when `e` is an authorization error (a permanent misconfiguration:
-    /// nothing gets through until an operator grants it). Whether it was.
+    /// Records the broker refusing `client` a topic for lack of the ACL
+    /// `needs` on it, when `e` is that refusal (a permanent
+    /// misconfiguration: nothing gets through until an operator grants
+    /// it). Whether it was.
     pub(crate) fn refused_for(&self, client: &str, e: &KafkaError, needs: &str) -> bool {
-        if !is_authorization(e) {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        if e.rdkafka_error_code() != Some(Code::TopicAuthorizationFailed) {
             return false;
         }
         self.fail(refusal(client, e, needs));
         true
     }
-}
-
-/// Whether `e` is the broker refusing for lack of an ACL.
-pub(crate) fn is_authorization(e: &KafkaError) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as Code;
-    matches!(
-        e.rdkafka_error_code(),
-        Some(
-            Code::TopicAuthorizationFailed
-                | Code::GroupAuthorizationFailed
-                | Code::TransactionalIdAuthorizationFailed
-                | Code::ClusterAuthorizationFailed
-        )
-    )
 }
 
 /// Why a client was not created.

@@ -391,9 +391,8 @@ impl Run {
 
     fn report_on(&self, e: &KafkaError, topic: &str) -> bool {
         crate::kafka::report(&self.telemetry, "privacy-reader", e);
-        let refused = e.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAuthorizationFailed);
         let needs = format!("Read on Topic:{topic}");
-        refused && self.fatal.refused_for("privacy reader", e, &needs)
+        self.fatal.refused_for("privacy reader", e, &needs)
     }
 
     fn assign_from_start(&self) -> Result<(), String> {

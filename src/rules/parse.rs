@@ -1033,21 +1033,17 @@ fn unknown_segment_field(path: &Path, mode: KeyMatch) -> Option<String> {
     {
         return None;
     }
-    let closest = known
-        .iter()
-        .map(|f| {
-            (
-                strsim::levenshtein(&f.to_lowercase(), &written.to_lowercase()),
-                f,
-            )
-        })
-        .min()
-        .filter(|(d, _)| *d <= 2)
-        .map(|(_, f)| {
-            let prefix = if at == 1 { "context." } else { "" };
-            format!(" (did you mean `{prefix}{f}`?)")
-        })
-        .unwrap_or_default();
+    // The hint compares the path as written with the real names.
+    let prefix = if at == 1 { "context." } else { "" };
+    let written_text = path
+        .text
+        .split('.')
+        .take(at + 1)
+        .collect::<Vec<_>>()
+        .join(".");
+    let names: Vec<String> = known.iter().map(|f| format!("{prefix}{f}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let closest = suggest(&written_text, &names);
     Some(format!(
         "`when` tests `{}`, which no Segment event has{closest}: the condition never holds, so this rule never applies",
         path.text

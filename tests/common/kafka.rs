@@ -23,6 +23,26 @@ pub fn cluster(partitions: i32) -> MockCluster<'static, rdkafka::producer::Defau
     m
 }
 
+/// Two brokers: the raw topic and `group`'s coordinator on broker 1, the
+/// clean and dead-letter topics on broker 2, so the output broker can go
+/// down or slow on its own.
+pub fn outputs_on_broker_2(
+    partitions: i32,
+    group: &str,
+) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let m = MockCluster::new(2).expect("mock cluster");
+    for (t, n) in [(RAW, partitions), (CLEAN, partitions), (DLQ, 1)] {
+        m.create_topic(t, n, 1).unwrap();
+        for p in 0..n {
+            let leader = if t == RAW { 1 } else { 2 };
+            m.partition_leader(t, p, Some(leader)).unwrap();
+        }
+    }
+    m.coordinator(rdkafka::mocking::MockCoordinator::Group(group.into()), 1)
+        .unwrap();
+    m
+}
+
 pub fn config(bootstrap: &str, rules: &Path, key: &Path, group: &str) -> Config {
     let mut consumer = std::collections::BTreeMap::new();
     consumer.insert("session.timeout.ms".to_string(), "6000".to_string());

@@ -344,6 +344,8 @@ fn config(
                 ring
             }),
         },
+        audit: Default::default(),
+        canary: Default::default(),
     }
 }
 

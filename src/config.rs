@@ -42,6 +42,55 @@ pub struct Config {
     /// How the dead-letter topic keeps the raw messages it holds.
     #[serde(default)]
     pub dead_letters: DeadLettersConfig,
+    /// The clean-topic audit (`event-sanitizer audit`).
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Canary events that prove the whole path: off unless set.
+    #[serde(default)]
+    pub canary: CanaryConfig,
+}
+
+/// `audit`: how `event-sanitizer audit` reads the clean topic.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Its consumer group (default `<kafka.group_id>-audit`): never the
+    /// service's own.
+    #[serde(default)]
+    pub group_id: Option<String>,
+}
+
+impl AuditConfig {
+    /// The audit's consumer group.
+    pub fn group(&self, k: &KafkaConfig) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-audit", k.group_id))
+    }
+}
+
+/// `canary`: synthetic events injected into an input topic so the audit
+/// can prove, every interval, that the whole path (rules included) still
+/// removes what it must.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// How often one canary is produced (`5m`); 0 or absent: never.
+    #[serde(default, with = "humantime_secs")]
+    pub interval: Duration,
+    /// The input topic canaries go to (default: the first input topic).
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+impl CanaryConfig {
+    /// The topic canaries are produced to.
+    pub fn topic<'a>(&'a self, k: &'a KafkaConfig) -> &'a str {
+        self.topic
+            .as_deref()
+            .or(k.input_topics.first().map(String::as_str))
+            .unwrap_or_default()
+    }
 }
 
 /// `dead_letters`: dead letters are sealed at rest (`docs/privacy.md`).
@@ -763,6 +812,20 @@ impl Config {
                 "`log.format` `{}` must be auto, json or text",
                 self.log.format
             ));
+        }
+        if self.audit.group(k) == k.group_id {
+            p.push("`audit.group_id` must not be `kafka.group_id`: the audit would take the service's partitions".into());
+        }
+        if !self.canary.interval.is_zero() {
+            if self.canary.interval < Duration::from_secs(1) {
+                p.push("`canary.interval` must be at least 1s".into());
+            }
+            if !k.input_topics.iter().any(|t| t == self.canary.topic(k)) {
+                p.push(format!(
+                    "`canary.topic` `{}` is not one of `kafka.input_topics`: a canary must take the path events take",
+                    self.canary.topic(k)
+                ));
+            }
         }
         if let Some(w) = &self.webhooks {
             w.validate(k, &mut p);

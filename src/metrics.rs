@@ -77,6 +77,8 @@ struct BrokerViews {
 
 /// The service's metrics, registered once and shared (`Arc`).
 pub struct Telemetry {
+    /// The clean-topic audit and the canaries.
+    pub audit: AuditMetrics,
     registry: Registry,
     messages_in: IntCounterVec,
     messages_out: IntCounterVec,
@@ -259,6 +261,113 @@ impl PrivacyMetrics {
             caught_up: gauge("event_sanitizer_privacy_requests_caught_up", "1 once this replica has read the privacy-requests topic to its end at startup."),
             rebuilds: counter1(r, "event_sanitizer_suppression_set_rebuilds_total", "Suppression sets rebuilt from the requests topic (after the active hash key changed)."),
             sasl_reloads,
+        }
+    }
+}
+
+/// The clean-topic audit and the canaries (`event-sanitizer audit`,
+/// `canary.interval`): what they count and what they write to the audit
+/// stream, in one place. Labels carry a detector or a kind, never a path
+/// or a value.
+pub struct AuditMetrics {
+    records: IntCounter,
+    not_json: IntCounter,
+    findings: IntCounterVec,
+    canaries_sent: IntCounter,
+    canary_last_sent: IntGauge,
+    canaries_arrived: IntCounter,
+    canary_last_arrival: IntGauge,
+    canary_leaks: IntCounterVec,
+}
+
+impl AuditMetrics {
+    fn register(r: &Registry) -> AuditMetrics {
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        AuditMetrics {
+            records: counter1(r, "event_sanitizer_audit_records_total", "Clean records the audit examined."),
+            not_json: counter1(r, "event_sanitizer_audit_records_not_json_total", "Clean records the audit found not to be JSON."),
+            findings: counter(r, "event_sanitizer_audit_findings_total", "What the audit found on the clean topic, by detector (a value detector, never_send_key, unhashed_key).", &["detector"]),
+            canaries_sent: counter1(r, "event_sanitizer_canaries_sent_total", "Canary events this replica produced to its input topic."),
+            canary_last_sent: gauge("event_sanitizer_canary_last_sent_timestamp_seconds", "When this replica last produced a canary (Unix seconds)."),
+            canaries_arrived: counter1(r, "event_sanitizer_audit_canaries_arrived_total", "Canary events the audit read on the clean topic."),
+            canary_last_arrival: gauge("event_sanitizer_audit_canary_last_sent_timestamp_seconds", "When the newest canary the audit has read was sent (Unix seconds): far behind time() means canaries stopped arriving."),
+            canary_leaks: counter(r, "event_sanitizer_audit_canary_leaks_total", "Planted canary values found raw on the clean topic, by kind: any increase is a leak.", &["kind"]),
+        }
+    }
+
+    /// Series at zero for every detector and canary kind, so an alert on
+    /// `increase()` sees the first one.
+    pub fn declare(&self, detectors: &[&str], kinds: &[&str]) {
+        for d in detectors {
+            self.findings.with_label_values(&[d]).inc_by(0);
+        }
+        for k in kinds {
+            self.canary_leaks.with_label_values(&[k]).inc_by(0);
+        }
+    }
+
+    /// Canaries read, canary values found raw, records not JSON: for the
+    /// summary of `audit --once`.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        use prometheus::core::Collector;
+        let leaks = self
+            .canary_leaks
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum();
+        (self.canaries_arrived.get(), leaks, self.not_json.get())
+    }
+
+    /// One clean record examined.
+    pub fn record(&self) {
+        self.records.inc();
+    }
+
+    /// A clean record that is not JSON.
+    pub fn not_json(&self, topic: &str, partition: i32, offset: i64) {
+        self.not_json.inc();
+        tracing::error!(target: "event_sanitizer::audit", event = "audit_not_json", topic, partition, offset, "a clean record is not JSON");
+    }
+
+    /// A finding: counted, and written to the audit stream without value.
+    pub fn finding(&self, topic: &str, partition: i32, offset: i64, path: &str, detector: &str) {
+        self.findings.with_label_values(&[detector]).inc();
+        tracing::warn!(target: "event_sanitizer::audit", event = "audit_finding", topic, partition, offset, path, detector, "the clean topic holds what should not be there");
+    }
+
+    /// A canary produced.
+    pub fn canary_sent(&self, id: &str, sent_s: i64) {
+        self.canaries_sent.inc();
+        self.canary_last_sent.set(sent_s);
+        tracing::debug!(canary = id, "canary produced");
+    }
+
+    /// A canary read back; `leaked` are the kinds found raw.
+    pub fn canary_arrived(
+        &self,
+        id: &str,
+        sent_s: i64,
+        partition: i32,
+        offset: i64,
+        leaked: &[&str],
+    ) {
+        self.canaries_arrived.inc();
+        if sent_s > self.canary_last_arrival.get() {
+            self.canary_last_arrival.set(sent_s);
+        }
+        for kind in leaked {
+            self.canary_leaks.with_label_values(&[kind]).inc();
+        }
+        if leaked.is_empty() {
+            tracing::debug!(canary = id, "canary arrived clean");
+        } else {
+            tracing::error!(target: "event_sanitizer::audit", event = "canary_leaked", canary = id, partition, offset, kinds = %leaked.join(","), "a canary's planted values reached the clean topic raw: a rule no longer holds");
         }
     }
 }
@@ -525,7 +634,9 @@ impl Telemetry {
             "Changes of the active hash key.",
         );
         let privacy = PrivacyMetrics::register(&r);
+        let audit = AuditMetrics::register(&r);
         Telemetry {
+            audit,
             registry: r,
             messages_in,
             messages_out,

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const RULES: &str = include_str!("../../rules/customerio.yaml");
+use crate::rules::DEFAULT_RULES as RULES;
 const EVENTS: &str = include_str!("../../rules/examples/events.jsonl");
 
 #[derive(Args, Debug)]
@@ -104,6 +104,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             webhooks: None,
             privacy: None,
             dead_letters: crate::config::DeadLettersConfig { encrypt: true, keys_file: Some(dead_letter_keys.clone()) },
+            audit: Default::default(),
+            canary: Default::default(),
         };
         let telemetry = Arc::new(Telemetry::new());
         // The same rules, for the decisions printed beside each sample.

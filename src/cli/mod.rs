@@ -4,10 +4,12 @@
 //! an input that could not be fully processed; 2 usage or configuration
 //! errors (a missing file, a bad flag, a hash key that cannot be read).
 
+mod audit;
 mod check;
 mod config_check;
 mod demo;
 mod explain;
+mod incident;
 mod replay;
 mod run;
 mod sanitize;
@@ -82,6 +84,19 @@ enum Command {
     /// Reads the dead-letter topic to the end it sees at the start. Exits 1
     /// when some are still refused or do not open (they stay on the topic).
     Replay(replay::ReplayArgs),
+    /// Read the clean topic again and report what should not be there:
+    /// every value detector, never-send key names, unhashed contact keys,
+    /// canaries that leaked (never a value).
+    ///
+    /// As a service in its own consumer group (metrics on `http.listen`),
+    /// or with --once over the whole topic (exits 1 when anything is found).
+    Audit(audit::AuditArgs),
+    /// Turn a leak on the clean topic into a report for the DPO and its
+    /// repair: who (by digest), how many, when, which rules; the
+    /// Customer.io calls that remove the attribute (or deletion requests
+    /// with --delete), produced only with --apply; --suggest-rule prints
+    /// the rule that closes it.
+    Incident(incident::IncidentArgs),
 }
 
 /// Where the hash key comes from, for commands that hash.
@@ -179,6 +194,8 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Replay(a) => replay::run(a),
+        Command::Audit(a) => audit::run(a),
+        Command::Incident(a) => incident::run(a),
     };
     match result {
         Ok(code) => code,

@@ -14,15 +14,15 @@ use crate::config::{ClientRole, Config};
 use crate::deadletter::{Part, Sealer, KEY_ID_HEADER, SCHEME, SCHEME_HEADER};
 use crate::engine::Id;
 use crate::kafka::is_own_header;
+use crate::kafka::scan::{End, Scan, Start};
 use crate::metrics::Telemetry;
 use crate::pipeline::route::{Input, Outcome, Router};
 use crate::reload::RuleSource;
 use clap::{Args, ValueEnum};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
-use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -209,41 +209,10 @@ pub(crate) fn run(args: ReplayArgs) -> Result<ExitCode, Failure> {
     )
     .map_err(|e| Failure::usage(e.to_string()))?;
     let consumer: BaseConsumer = consumer_cfg.create().map_err(|e| fail(e.to_string()))?;
-    let md = consumer
-        .fetch_metadata(Some(&dlq), Duration::from_secs(30))
-        .map_err(|e| {
-            fail(format!(
-                "cannot describe the dead-letter topic `{dlq}`: {e}"
-            ))
-        })?;
-    let partitions: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == dlq && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .filter(|p| args.partition.is_none_or(|q| q == *p))
-        .collect();
-    if partitions.is_empty() {
-        return Err(fail(format!(
-            "the dead-letter topic `{dlq}` has no such partition"
-        )));
-    }
+    let start = args.from.map_or(Start::Beginning, Start::Offset);
     // Read up to the end marks seen now: a replay that fails again does
     // not come back to itself.
-    let mut ends = BTreeMap::new();
-    let mut tpl = TopicPartitionList::new();
-    for &p in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(&dlq, p, Duration::from_secs(30))
-            .map_err(|e| fail(e.to_string()))?;
-        let start = args.from.unwrap_or(low).max(low);
-        if start < high {
-            ends.insert(p, high);
-            tpl.add_partition_offset(&dlq, p, Offset::Offset(start))
-                .map_err(|e| fail(e.to_string()))?;
-        }
-    }
-    consumer.assign(&tpl).map_err(|e| fail(e.to_string()))?;
+    let mut scan = Scan::open(consumer, &dlq, args.partition, start, End::Now).map_err(fail)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -287,37 +256,9 @@ pub(crate) fn run(args: ReplayArgs) -> Result<ExitCode, Failure> {
     };
 
     let mut tally = Tally::default();
-    let mut done: Vec<i32> = Vec::new();
     let (mut scratch, mut out) = (crate::engine::Scratch::default(), Vec::new());
-    let mut idle = 0;
-    while done.len() < ends.len() {
-        let m = match consumer.poll(Duration::from_secs(1)) {
-            None => {
-                idle += 1;
-                if idle > 60 {
-                    return Err(fail(
-                        "no progress reading the dead-letter topic for 60 s".into(),
-                    ));
-                }
-                continue;
-            }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                if !done.contains(&p) {
-                    done.push(p);
-                }
-                continue;
-            }
-            Some(Err(e)) => return Err(fail(e.to_string())),
-            Some(Ok(m)) => m,
-        };
-        idle = 0;
+    while let Some(m) = scan.next().map_err(fail)? {
         let (p, offset) = (m.partition(), m.offset());
-        if offset + 1 >= ends.get(&p).copied().unwrap_or(0) && !done.contains(&p) {
-            done.push(p);
-        }
-        if offset >= ends.get(&p).copied().unwrap_or(0) {
-            continue;
-        }
         tally.read += 1;
         if args
             .reason

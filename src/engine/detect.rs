@@ -34,6 +34,9 @@ enum DetectorKind {
         re: Regex,
         pre: Prefilter,
         check: fn(&str) -> bool,
+        /// Whether the match stands where such a value would (the whole
+        /// string, the match's byte range).
+        context: fn(&[u8], usize, usize) -> bool,
     },
 }
 
@@ -50,6 +53,17 @@ fn always(_: &str) -> bool {
     true
 }
 
+fn anywhere(_: &[u8], _: usize, _: usize) -> bool {
+    true
+}
+
+/// A dotted quad right after a product name and a slash is a version
+/// (`Chrome/120.0.0.0`, `Safari/537.36.0.1` in a User-Agent), not an
+/// address; after `//` (a URL) or anything else it is one.
+fn not_a_version(b: &[u8], start: usize, _: usize) -> bool {
+    !(start >= 2 && b[start - 1] == b'/' && b[start - 2].is_ascii_alphanumeric())
+}
+
 impl Detector {
     pub fn compile(spec: &DetectorSpec) -> Result<Detector, regex::Error> {
         let rx = |p: &str| regex::RegexBuilder::new(p).size_limit(1 << 20).build();
@@ -61,6 +75,7 @@ impl Detector {
                 re: rx(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")?,
                 pre: Prefilter::Byte(b'@'),
                 check: always,
+                context: anywhere,
             },
             DetectorSpec::Builtin(Builtin::Phone) => DetectorKind::Regex {
                 re: rx(concat!(
@@ -70,26 +85,31 @@ impl Detector {
                 ))?,
                 pre: Prefilter::MinDigits(7),
                 check: phone_ok,
+                context: anywhere,
             },
             DetectorSpec::Builtin(Builtin::Ipv4) => DetectorKind::Regex {
                 re: rx(r"\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}\b")?,
                 pre: Prefilter::Dots(3),
                 check: |s| s.parse::<std::net::Ipv4Addr>().is_ok(),
+                context: not_a_version,
             },
             DetectorSpec::Builtin(Builtin::Iban) => DetectorKind::Regex {
                 re: rx(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}\b")?,
                 pre: Prefilter::MinDigits(4),
                 check: iban_ok,
+                context: anywhere,
             },
             DetectorSpec::Builtin(Builtin::Jwt) => DetectorKind::Regex {
                 re: rx(r"\beyJ[A-Za-z0-9_\-]{2,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*")?,
                 pre: Prefilter::Literal("eyJ"),
                 check: always,
+                context: anywhere,
             },
             DetectorSpec::Custom { regex, .. } => DetectorKind::Regex {
                 re: rx(regex)?,
                 pre: Prefilter::None,
                 check: always,
+                context: anywhere,
             },
         };
         Ok(Detector {
@@ -113,7 +133,12 @@ impl Detector {
                 }
             }
             DetectorKind::Ipv6 => find_ipv6(s, id, out),
-            DetectorKind::Regex { re, pre, check } => {
+            DetectorKind::Regex {
+                re,
+                pre,
+                check,
+                context,
+            } => {
                 let pass = match *pre {
                     Prefilter::None => true,
                     Prefilter::Byte(c) => memchr::memchr(c, s.as_bytes()).is_some(),
@@ -131,6 +156,9 @@ impl Detector {
                         continue;
                     }
                     let text = m.as_str();
+                    if !context(s.as_bytes(), m.start(), m.end()) {
+                        continue;
+                    }
                     if check(text) {
                         out.push(Found {
                             start: m.start(),
@@ -685,6 +713,12 @@ mod tests {
         assert!(find(Builtin::Phone, "2026-11-05").is_empty());
         assert_eq!(find(Builtin::Ipv4, "from 10.0.0.1."), vec!["10.0.0.1"]);
         assert!(find(Builtin::Ipv4, "999.1.1.1").is_empty());
+        // A version in a User-Agent is not an address; a URL's host is.
+        assert!(find(Builtin::Ipv4, "Chrome/120.0.0.0 Safari/537.36").is_empty());
+        assert_eq!(
+            find(Builtin::Ipv4, "http://10.1.2.3/x and /10.1.2.4"),
+            vec!["10.1.2.3", "10.1.2.4"]
+        );
         assert_eq!(
             find(Builtin::Ipv6, "addr 2001:db8::1 ok"),
             vec!["2001:db8::1"]

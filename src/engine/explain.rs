@@ -32,6 +32,20 @@ impl fmt::Display for Decision {
     }
 }
 
+/// Appends `key` to a location (`traits.phone`): a key with a dot, a
+/// bracket or a quote in it, or an empty one, is written as a JSON string
+/// (`traits."a.b"`) so the location reads back unambiguously.
+pub fn push_key(path: &mut String, key: &str) {
+    if !path.is_empty() {
+        path.push('.');
+    }
+    if key.contains(['.', '[', '"']) || key.is_empty() {
+        path.push_str(&serde_json::to_string(key).unwrap_or_default());
+    } else {
+        path.push_str(key);
+    }
+}
+
 /// The result of [`Sanitizer::explain`](super::Sanitizer::explain).
 #[derive(Debug)]
 pub struct Explanation {

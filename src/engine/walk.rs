@@ -583,15 +583,7 @@ impl<T: Trace> Walker<'_, T> {
         } else {
             key.push_str(raw);
         }
-        if !self.path.is_empty() {
-            self.path.push('.');
-        }
-        if key.contains(['.', '[', '"']) || key.is_empty() {
-            self.path
-                .push_str(&serde_json::to_string(&key).unwrap_or_default());
-        } else {
-            self.path.push_str(&key);
-        }
+        super::explain::push_key(&mut self.path, &key);
     }
 
     #[inline]

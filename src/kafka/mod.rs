@@ -6,6 +6,7 @@
 //! `metrics`.
 
 pub(crate) mod sasl;
+pub(crate) mod scan;
 
 use crate::config::{is_plaintext, ClientRole, Config};
 use crate::metrics::Telemetry;
@@ -260,6 +261,21 @@ pub(crate) fn is_own_header(name: &str) -> bool {
         && name.as_bytes()[..OWN_PREFIX.len()].eq_ignore_ascii_case(OWN_PREFIX)
 }
 
+/// Marks a canary event (`canary.interval`): set by the service on the
+/// canaries it injects and carried from input to clean record whatever
+/// `message.headers` says, so the forwarder can skip them and the audit
+/// can check them. Its value is the canary's id.
+pub const CANARY_HEADER: &str = "sanitizer-canary";
+
+/// Whether an input header goes onto the clean record.
+fn passes(name: &str, keep: &impl Fn(&str) -> bool) -> bool {
+    if is_own_header(name) {
+        name.eq_ignore_ascii_case(CANARY_HEADER)
+    } else {
+        keep(name)
+    }
+}
+
 /// `headers` with `add` appended.
 pub(crate) fn with_headers(mut headers: OwnedHeaders, add: &[(&str, &str)]) -> OwnedHeaders {
     for (key, value) in add {
@@ -272,7 +288,7 @@ pub(crate) fn with_headers(mut headers: OwnedHeaders, add: &[(&str, &str)]) -> O
 }
 
 /// The headers of a clean record: those of the input that `keep` lets
-/// through (never one of ours), then `lineage`. Without input headers to
+/// through (never one of ours but [`CANARY_HEADER`]), then `lineage`. Without input headers to
 /// keep, a copy of the prepared `lineage` list.
 pub(crate) fn clean_headers(
     input: Option<&BorrowedHeaders>,
@@ -280,18 +296,14 @@ pub(crate) fn clean_headers(
     lineage: &OwnedHeaders,
 ) -> OwnedHeaders {
     let kept = input
-        .map(|hs| {
-            hs.iter()
-                .filter(|h| !is_own_header(h.key) && keep(h.key))
-                .count()
-        })
+        .map(|hs| hs.iter().filter(|h| passes(h.key, &keep)).count())
         .unwrap_or(0);
     if kept == 0 {
         return lineage.clone();
     }
     let mut out = OwnedHeaders::new_with_capacity(kept + lineage.count());
     for h in input.into_iter().flat_map(|hs| hs.iter()) {
-        if !is_own_header(h.key) && keep(h.key) {
+        if passes(h.key, &keep) {
             out = out.insert(h);
         }
     }

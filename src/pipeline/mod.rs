@@ -16,6 +16,7 @@
 //! lanes, which finish what is in flight and commit within
 //! `shutdown.timeout`.
 
+mod canary;
 pub mod deliver;
 mod http;
 pub mod lane;
@@ -271,6 +272,8 @@ impl Pipeline {
                 }
             })
         };
+        let canary_task = (!cfg.canary.interval.is_zero())
+            .then(|| tokio::spawn(canary::inject(common.clone(), stop_side_rx.clone())));
         let health_task = {
             let (lane, c, mut stop) = (lanes[0].clone(), common.clone(), stop_side_rx.clone());
             tokio::spawn(async move {
@@ -338,6 +341,10 @@ impl Pipeline {
         }
         let consumed = common.counts.consumed.load(Ordering::Relaxed);
         tracing::info!(consumed, "stopping: finishing in-flight messages");
+        // A canary on its way is not waited for: the next replica sends one.
+        if let Some(t) = &canary_task {
+            t.abort();
+        }
         let started = Instant::now();
         let deadline = started + cfg.shutdown.timeout;
         // The lanes drain until `drained`; the rest of the bound is for

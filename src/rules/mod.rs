@@ -480,6 +480,11 @@ impl RuleFile {
     }
 }
 
+/// The default rule set (`rules/customerio.yaml`), built into the binary:
+/// the demo runs on it, and the clean-topic audit takes its never-send and
+/// hashed key names as what must never appear raw, whatever rules run.
+pub const DEFAULT_RULES: &str = include_str!("../../rules/customerio.yaml");
+
 /// A short content hash: the first 12 hex characters of SHA-256.
 pub fn content_hash(bytes: &[u8]) -> String {
     use sha2::Digest;

@@ -87,6 +87,8 @@ pub fn config(bootstrap: &str, rules: &Path, key: &Path, group: &str) -> Config 
             encrypt: false,
             keys_file: None,
         },
+        audit: Default::default(),
+        canary: Default::default(),
     }
 }
 

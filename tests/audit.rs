@@ -107,6 +107,30 @@ fn free_text_left_unscanned_is_found_by_the_value_detectors() {
 
 const PARTITIONS: i32 = 4;
 
+/// A service configuration on the mock cluster with canaries each second
+/// and `http.listen` on `port` (0: any).
+fn write_config(
+    dir: &std::path::Path,
+    bs: &str,
+    rules: &std::path::Path,
+    key: &std::path::Path,
+    audit_file: &std::path::Path,
+    port: u16,
+) -> std::path::PathBuf {
+    let cfg = dir.join(format!("config-{port}.yaml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "kafka:\n  bootstrap_servers: \"{bs}\"\n  group_id: g-audit-test\n  input_topics: [{RAW}]\n  clean_topic: {CLEAN}\n  dead_letter_topic: {DLQ}\n  allow_plaintext: true\n  consumer: {{ session.timeout.ms: '6000' }}\nrules: {{ file: {}, hash_key_file: {}, reload_interval: 200ms }}\nhttp: {{ listen: '127.0.0.1:{port}' }}\nlog: {{ format: json, level: info, audit_file: {} }}\ndead_letters: {{ encrypt: false }}\ncanary: {{ interval: 1s }}\n",
+            rules.display(),
+            key.display(),
+            audit_file.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 fn cli(args: &[&str], cfg: &std::path::Path) -> (i32, String, String) {
     let o = std::process::Command::new(common::bin())
         .args(args)
@@ -135,17 +159,7 @@ async fn a_gap_in_the_rules_is_audited_alerted_by_canaries_and_repaired() {
     let gap = DEFAULT_RULES.replacen("fields: [phone, ", "fields: [", 1);
     std::fs::write(&rules, &gap).unwrap();
     let audit_file = dir.path().join("audit.jsonl");
-    let cfg = dir.path().join("config.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "kafka:\n  bootstrap_servers: \"{bs}\"\n  group_id: g-audit-test\n  input_topics: [{RAW}]\n  clean_topic: {CLEAN}\n  dead_letter_topic: {DLQ}\n  allow_plaintext: true\n  consumer: {{ session.timeout.ms: '6000' }}\nrules: {{ file: {}, hash_key_file: {} }}\nhttp: {{ listen: '127.0.0.1:0' }}\nlog: {{ format: json, level: info, audit_file: {} }}\ndead_letters: {{ encrypt: false }}\ncanary: {{ interval: 1s }}\n",
-            rules.display(),
-            key.display(),
-            audit_file.display()
-        ),
-    )
-    .unwrap();
+    let cfg = write_config(dir.path(), &bs, &rules, &key, &audit_file, 0);
     let lines: Vec<&str> = CORPUS.lines().take(300).collect();
     let records: Vec<(Option<String>, Vec<u8>)> = lines
         .iter()
@@ -266,6 +280,59 @@ async fn a_gap_in_the_rules_is_audited_alerted_by_canaries_and_repaired() {
         high_watermarks(&bs, CLEAN, PARTITIONS).iter().sum::<i64>(),
         before + people.len() as i64
     );
+    // The rule that closes the leak, and its test case: the rule file with
+    // the rule added passes `check`, and the case passes `test`.
+    let report_file = dir.path().join("report.json");
+    let (code, suggestion, err) = cli(
+        &[
+            "incident",
+            "--path",
+            "traits.phone",
+            "--suggest-rule",
+            "--report",
+            report_file.to_str().unwrap(),
+        ],
+        &cfg,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (rule, case) = suggestion
+        .split_once("# A rule test case")
+        .expect("a rule and a case");
+    let rule: String = rule
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let case: String = case.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert!(
+        rule.contains("action: drop") && rule.contains("fields: [phone]"),
+        "{rule}"
+    );
+    let fixed = dir.path().join("fixed.yaml");
+    std::fs::write(&fixed, format!("{gap}\n{rule}\n")).unwrap();
+    let tests = dir.path().join("fixed-tests.yaml");
+    std::fs::write(
+        &tests,
+        format!("rules: fixed.yaml\nhash_key: test-only-key\ncases:\n{case}\n"),
+    )
+    .unwrap();
+    let o = std::process::Command::new(common::bin())
+        .arg("check")
+        .arg(&fixed)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::output_text(&o));
+    let o = std::process::Command::new(common::bin())
+        .arg("test")
+        .arg(&tests)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}\n{case}", common::output_text(&o));
+    assert!(
+        !case.contains(leaked_phones[0].as_str())
+            && !suggestion.contains(leaked_phones[0].as_str())
+    );
+
     // No raw phone number in the reports, the logs or the audit stream.
     let audit_text = std::fs::read_to_string(&audit_file).unwrap();
     assert!(audit_text.contains("\"event\":\"audit_finding\""));
@@ -284,4 +351,100 @@ async fn a_gap_in_the_rules_is_audited_alerted_by_canaries_and_repaired() {
             );
         }
     }
+}
+
+/// The audit as a service, scraped in the exposition format: with the
+/// default rules every canary arrives and none leaks, and the corpus gives
+/// no finding; when the rule file loses the phone hash (hot reload), the
+/// leak metric rises with the first canary sent under the new rules.
+#[tokio::test(flavor = "multi_thread")]
+async fn canaries_arrive_clean_until_a_rule_is_removed_then_the_leak_metric_rises() {
+    let mock = cluster(PARTITIONS);
+    let bs = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, key) = common::rules_and_key(dir.path());
+    let audit_file = dir.path().join("audit.jsonl");
+    let (service_port, audit_port) = (common::http::free_port(), common::http::free_port());
+    let service_cfg = write_config(dir.path(), &bs, &rules, &key, &audit_file, service_port);
+    let audit_cfg = write_config(dir.path(), &bs, &rules, &key, &audit_file, audit_port);
+    let records: Vec<(Option<String>, Vec<u8>)> = CORPUS
+        .lines()
+        .take(200)
+        .map(|l| (None, l.as_bytes().to_vec()))
+        .collect();
+    produce(&bs, &records).await;
+    let _service = common::start_service(&service_cfg, &dir.path().join("service.log"));
+    let _audit: common::Service = std::process::Command::new(common::bin())
+        .args(["audit", "-c"])
+        .arg(&audit_cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("audit.log")).unwrap())
+        .spawn()
+        .unwrap()
+        .into();
+    let scrape = |name: &str, labels: &[(&str, &str)]| {
+        common::http::get(audit_port, "/metrics")
+            .and_then(|(_, text)| common::metric_in(&text, name, labels))
+            .unwrap_or(0.0)
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    wait("the audit reads the corpus and three canaries", &|| {
+        scrape("event_sanitizer_audit_records_total", &[]) >= 203.0
+            && scrape("event_sanitizer_audit_canaries_arrived_total", &[]) >= 3.0
+    });
+    assert_eq!(scrape("event_sanitizer_audit_canary_leaks_total", &[]), 0.0);
+    assert_eq!(
+        scrape("event_sanitizer_audit_findings_total", &[]),
+        0.0,
+        "no false positive"
+    );
+    // Every series is there at zero for the alert to see the first one.
+    let (_, text) = common::http::get(audit_port, "/metrics").unwrap();
+    assert_eq!(
+        common::metric_in(
+            &text,
+            "event_sanitizer_audit_canary_leaks_total",
+            &[("kind", "phone")]
+        ),
+        Some(0.0)
+    );
+    let sent = common::scraped(service_port, "event_sanitizer_canaries_sent_total").unwrap();
+    assert!(sent >= 3.0);
+
+    // The phone hash removed from the running rules.
+    std::fs::write(
+        &rules,
+        DEFAULT_RULES.replacen("fields: [phone, ", "fields: [", 1),
+    )
+    .unwrap();
+    let arrived_before = scrape("event_sanitizer_audit_canaries_arrived_total", &[]);
+    wait("a canary leaks its phone", &|| {
+        scrape(
+            "event_sanitizer_audit_canary_leaks_total",
+            &[("kind", "phone")],
+        ) >= 1.0
+    });
+    // Within one interval: at most the canary in flight at the change and
+    // the next one arrived before the leak showed.
+    let arrived = scrape("event_sanitizer_audit_canaries_arrived_total", &[]);
+    assert!(
+        arrived - arrived_before <= 2.0,
+        "{arrived_before} -> {arrived}"
+    );
+    // Nothing else leaks from a canary.
+    assert_eq!(
+        scrape("event_sanitizer_audit_canary_leaks_total", &[]),
+        scrape(
+            "event_sanitizer_audit_canary_leaks_total",
+            &[("kind", "phone")]
+        )
+    );
+    let stream = std::fs::read_to_string(&audit_file).unwrap();
+    assert!(stream.contains("\"event\":\"canary_leaked\""), "{stream}");
 }

@@ -267,10 +267,12 @@ impl Walk<'_> {
 }
 
 /// Whether a value under a hashed key is what a hash action leaves: a
-/// digest (hex, or base64 of at least 16 bytes), or nothing at all.
+/// digest (hex, or base64 of at least 16 bytes), or nothing at all (an
+/// empty text is how a repair removes an attribute).
 fn is_digest(v: &Value) -> bool {
     match v {
         Value::Null => true,
+        Value::String(s) if s.is_empty() => true,
         Value::String(s) => {
             let hex = s.len() >= 16 && s.bytes().all(|c| c.is_ascii_hexdigit());
             let b64 = s.len() >= 22

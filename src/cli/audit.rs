@@ -15,7 +15,7 @@ use crate::audit::{canary, Finding, Inspector, Tally};
 use crate::config::{ClientRole, Config};
 use crate::engine::{KeySupply, Limits, Sanitizer};
 use crate::kafka::scan::{End, Scan, Start};
-use crate::kafka::CANARY_HEADER;
+use crate::kafka::{CANARY_HEADER, REPAIR_HEADER};
 use crate::metrics::Telemetry;
 use crate::rules::RuleFile;
 use clap::{Args, ValueEnum};
@@ -80,6 +80,12 @@ pub(crate) fn examine(
             .and_then(|h| h.value)
             .map(|v| String::from_utf8_lossy(v).into_owned())
     });
+    let repair = m
+        .headers()
+        .is_some_and(|h| h.iter().any(|h| h.key.eq_ignore_ascii_case(REPAIR_HEADER)));
+    if repair {
+        return None;
+    }
     if let Some(id) = canary_id {
         let leaked = canary::leaks(&id, payload);
         let sent_s = canary::sent_ms(&id).unwrap_or(0) / 1000;

@@ -19,7 +19,7 @@ use crate::audit::canary;
 use crate::config::{ClientRole, Config};
 use crate::engine::detect::{Detector, Stats};
 use crate::kafka::scan::{End, Scan, Start};
-use crate::kafka::CANARY_HEADER;
+use crate::kafka::{CANARY_HEADER, REPAIR_HEADER};
 use crate::metrics::Telemetry;
 use crate::reload::RuleSource;
 use crate::rules::{Builtin, DetectorSpec};
@@ -59,6 +59,9 @@ pub(crate) struct IncidentArgs {
     /// privacy-requests topic) instead of emptying the attribute.
     #[arg(long)]
     delete: bool,
+    /// Write the report (JSON) to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
     /// Write the repair records (JSON lines) to this file for review.
     #[arg(long, value_name = "FILE")]
     repairs: Option<PathBuf>,
@@ -69,9 +72,6 @@ pub(crate) struct IncidentArgs {
     #[arg(long)]
     suggest_rule: bool,
 }
-
-/// The repair header: the incident's id, so repairs are told apart.
-pub(crate) const REPAIR_HEADER: &str = "sanitizer-repair";
 
 /// One path segment: a key (canonical) or any array element.
 #[derive(Debug, PartialEq)]
@@ -254,7 +254,8 @@ pub(crate) fn run(args: IncidentArgs) -> Result<ExitCode, Failure> {
                     .map(|v| String::from_utf8_lossy(v).into_owned())
             })
         };
-        if header(CANARY_HEADER).is_some() {
+        // Canaries are synthetic; repairs are this command's own records.
+        if header(CANARY_HEADER).is_some() || header(REPAIR_HEADER).is_some() {
             continue;
         }
         let Some(doc) = m
@@ -403,10 +404,12 @@ pub(crate) fn run(args: IncidentArgs) -> Result<ExitCode, Failure> {
             "applied": args.apply,
         },
     });
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&report).unwrap_or_default()
-    );
+    let report = serde_json::to_string_pretty(&report).unwrap_or_default();
+    match &args.report {
+        None => println!("{report}"),
+        Some(f) => std::fs::write(f, report + "\n")
+            .map_err(|e| Failure::usage(format!("cannot write {}: {e}", f.display())))?,
+    }
     if let Some(f) = &args.repairs {
         let mut text = String::new();
         for (t, k, p) in &repairs {
@@ -467,7 +470,7 @@ fn print_suggestion(args: &IncidentArgs, example: Option<&Value>, _s: &crate::en
         .unwrap_or_default()
         .to_string();
     let id = format!("never-send-{}", leaf.replace('_', "-").to_lowercase());
-    println!("\n# Suggested rule (add to the rule file, then `event-sanitizer check` and `test`):");
+    println!("# Suggested rule (add it under `rules:`, then `event-sanitizer check` and `test`):");
     match &args.detector {
         None => println!(
             "  - id: {id}\n    description: Leaked to Customer.io (incident on `{}`); never sent again\n    action: drop\n    fields: [{leaf}]",

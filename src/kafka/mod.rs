@@ -267,6 +267,10 @@ pub(crate) fn is_own_header(name: &str) -> bool {
 /// can check them. Its value is the canary's id.
 pub const CANARY_HEADER: &str = "sanitizer-canary";
 
+/// Marks a repair record `incident --apply` produced (its value is the
+/// incident's id): the audit and later incident scans skip them.
+pub const REPAIR_HEADER: &str = "sanitizer-repair";
+
 /// Whether an input header goes onto the clean record.
 fn passes(name: &str, keep: &impl Fn(&str) -> bool) -> bool {
     if is_own_header(name) {

@@ -308,6 +308,10 @@ async fn a_gap_in_the_rules_is_audited_alerted_by_canaries_and_repaired() {
         rule.contains("action: drop") && rule.contains("fields: [phone]"),
         "{rule}"
     );
+    // A later scan does not count the repairs as leaks.
+    let again: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_file).unwrap()).unwrap();
+    assert_eq!(again["events_affected"].as_u64(), Some(phone_events));
     let fixed = dir.path().join("fixed.yaml");
     std::fs::write(&fixed, format!("{gap}\n{rule}\n")).unwrap();
     let tests = dir.path().join("fixed-tests.yaml");

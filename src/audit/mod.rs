@@ -84,29 +84,25 @@ impl Names {
         })
     }
 
-    /// The `fields` of `file`'s rules with this kind of action and no
-    /// `when` (a conditional rule says nothing about other events).
-    fn of(file: &RuleFile, hash: bool, into: &mut Vec<FieldName>) {
+    /// The `fields` of `file`'s rules with this action and no `when` or
+    /// `scope` (a conditional rule says nothing about other events).
+    fn of(file: &RuleFile, action: &str, into: &mut Vec<FieldName>) {
         for r in &file.rules {
-            let kind = match r.action {
-                Action::Drop => false,
-                Action::Hash(_) => true,
-                _ => continue,
-            };
-            if kind == hash && r.when.is_empty() && r.scope.is_empty() {
-                for f in &r.fields {
-                    // Rules of another `keys.match` name keys their own
-                    // way: canonicalize again, as the audit matches.
-                    into.push(match f {
-                        FieldName::Name(n) => {
-                            FieldName::Name(KeyMatch::Normalized.canonical(n).into_owned())
-                        }
-                        FieldName::Glob(g) => FieldName::Glob(crate::rules::keys::Glob::new(
-                            g.as_str(),
-                            KeyMatch::Normalized,
-                        )),
-                    });
-                }
+            if r.action.name() != action || !r.when.is_empty() || !r.scope.is_empty() {
+                continue;
+            }
+            for f in &r.fields {
+                // Rules of another `keys.match` name keys their own way:
+                // canonicalize again, as the audit matches.
+                into.push(match f {
+                    FieldName::Name(n) => {
+                        FieldName::Name(KeyMatch::Normalized.canonical(n).into_owned())
+                    }
+                    FieldName::Glob(g) => FieldName::Glob(crate::rules::keys::Glob::new(
+                        g.as_str(),
+                        KeyMatch::Normalized,
+                    )),
+                });
             }
         }
     }
@@ -117,8 +113,22 @@ pub struct Inspector {
     detectors: Vec<Detector>,
     never: Names,
     hashed: Names,
+    /// Unconditional `keep` names of the running rules.
+    kept: Names,
+    /// Whether the running rules keep anything conditionally (`when`,
+    /// `scope`, `paths`): then the rules' own decisions are asked.
+    conditional_keeps: bool,
     rules: Option<Arc<Sanitizer>>,
+    /// Each key spelling's class ([`NEVER`], [`HASHED`], [`KEPT`] bits),
+    /// computed once: key names repeat from record to record.
+    classes: std::cell::RefCell<std::collections::HashMap<Box<str>, u8>>,
 }
+
+const NEVER: u8 = 1;
+const HASHED: u8 = 2;
+const KEPT: u8 = 4;
+/// Distinct spellings remembered before the cache starts over.
+const CLASS_CACHE: usize = 50_000;
 
 impl Inspector {
     /// Every built-in detector; the default rules' dropped and hashed key
@@ -133,17 +143,47 @@ impl Inspector {
             .collect();
         let (defaults, _) = RuleFile::parse("customerio.yaml", crate::rules::DEFAULT_RULES)
             .expect("the built-in default rules parse");
-        let (mut never, mut hashed) = (Vec::new(), Vec::new());
+        let (mut never, mut hashed, mut kept) = (Vec::new(), Vec::new(), Vec::new());
         for f in std::iter::once(&defaults).chain(file) {
-            Names::of(f, false, &mut never);
-            Names::of(f, true, &mut hashed);
+            Names::of(f, "drop", &mut never);
+            Names::of(f, "hash", &mut hashed);
+        }
+        // The running rules' unconditional `keep` names: a finding there
+        // is exempt without asking the rules; others ask `explain`.
+        let mut conditional_keeps = false;
+        if let Some(f) = file {
+            Names::of(f, "keep", &mut kept);
+            conditional_keeps = f.rules.iter().any(|r| {
+                matches!(r.action, Action::Keep)
+                    && (!r.when.is_empty() || !r.scope.is_empty() || !r.paths.is_empty())
+            });
         }
         Inspector {
             detectors,
             never: Names(never),
             hashed: Names(hashed),
+            kept: Names(kept),
+            conditional_keeps,
             rules,
+            classes: Default::default(),
         }
+    }
+
+    /// The class bits of a key as spelled.
+    fn class(&self, key: &str) -> u8 {
+        if let Some(&c) = self.classes.borrow().get(key) {
+            return c;
+        }
+        let canonical = KeyMatch::Normalized.canonical(key);
+        let c = (self.never.matches(&canonical) as u8 * NEVER)
+            | (self.hashed.matches(&canonical) as u8 * HASHED)
+            | (self.kept.matches(&canonical) as u8 * KEPT);
+        let mut classes = self.classes.borrow_mut();
+        if classes.len() >= CLASS_CACHE {
+            classes.clear();
+        }
+        classes.insert(key.into(), c);
+        c
     }
 
     /// The findings in one clean record, sorted by path, or `Err` when
@@ -153,12 +193,13 @@ impl Inspector {
         let mut w = Walk {
             inspector: self,
             path: String::new(),
+            kept: false,
             found: Vec::new(),
             matches: Vec::new(),
         };
         w.value(&v);
         let mut found = w.found;
-        if !found.is_empty() {
+        if !found.is_empty() && self.conditional_keeps {
             if let Some(rules) = &self.rules {
                 let kept = kept(rules, payload);
                 found.retain(|f| !kept.iter().any(|k| covers(k, &f.path)));
@@ -199,6 +240,9 @@ fn covers(kept: &str, path: &str) -> bool {
 struct Walk<'i> {
     inspector: &'i Inspector,
     path: String,
+    /// Below a key an unconditional `keep` of the running rules names:
+    /// nothing there is a finding.
+    kept: bool,
     found: Vec<Finding>,
     matches: Vec<Found>,
 }
@@ -210,8 +254,14 @@ impl Walk<'_> {
                 for (k, v) in m {
                     let len = self.path.len();
                     push_key(&mut self.path, k);
-                    self.key(k, v);
+                    let outer = self.kept;
+                    let class = self.inspector.class(k);
+                    self.kept = outer || class & KEPT != 0;
+                    if !self.kept {
+                        self.key(class, v);
+                    }
                     self.value(v);
+                    self.kept = outer;
                     self.path.truncate(len);
                 }
             }
@@ -223,17 +273,19 @@ impl Walk<'_> {
                     self.path.truncate(len);
                 }
             }
+            _ if self.kept => {}
             Value::String(s) => self.text(s),
+            // No detector matches fewer than 7 digits (a phone's least).
+            Value::Number(n) if n.as_f64().is_some_and(|f| f.abs() < 1e6) => {}
             Value::Number(n) => self.text(&n.to_string()),
             Value::Bool(_) | Value::Null => {}
         }
     }
 
-    fn key(&mut self, key: &str, v: &Value) {
-        let canonical = KeyMatch::Normalized.canonical(key);
-        let detector = if self.inspector.never.matches(&canonical) {
+    fn key(&mut self, class: u8, v: &Value) {
+        let detector = if class & NEVER != 0 {
             NEVER_SEND_KEY
-        } else if self.inspector.hashed.matches(&canonical) && !is_digest(v) {
+        } else if class & HASHED != 0 && !is_digest(v) {
             UNHASHED_KEY
         } else {
             return;
@@ -245,6 +297,10 @@ impl Walk<'_> {
     }
 
     fn text(&mut self, s: &str) {
+        // Shorter than the shortest value any detector matches (`a@b.io`).
+        if s.len() < 6 {
+            return;
+        }
         let mut stats = Stats::default();
         self.matches.clear();
         for (i, d) in self.inspector.detectors.iter().enumerate() {

@@ -4,8 +4,8 @@
 //! Scans the clean topic over a window (`--from`/`--to`, by record time)
 //! for events that carry `--path` (with `--detector`: only where that
 //! detector matches the value there). The report (JSON on stdout) counts
-//! records, events and distinct people (by keyed digest, the privacy
-//! requests' digest), the first and last time, and which rule sets and
+//! records, events and distinct people (by the rule file's keyed digest of
+//! their id, as a `hash` rule writes it), the first and last time, and which rule sets and
 //! key ids produced them (lineage headers); it never holds a value or an
 //! id. The repair is one record per affected person: an `identify` that
 //! empties the leaked attribute (a path under `traits`), or with

@@ -13,6 +13,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/name: {{ include "es.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
+{{- define "es.auditorSelector" -}}
+app.kubernetes.io/name: {{ include "es.name" . }}-auditor
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
 {{- define "es.serviceAccount" -}}
 {{- if .Values.serviceAccount.create }}{{ default (include "es.fullname" .) .Values.serviceAccount.name }}{{ else }}{{ default "default" .Values.serviceAccount.name }}{{ end }}
 {{- end }}
@@ -61,6 +65,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.privacy.enabled -}}
 {{- $_ := set $cfg "privacy" (dict "requests_topic" .Values.privacy.requestsTopic) -}}
 {{- end -}}
+{{- if .Values.auditor.groupId -}}
+{{- $_ := set $cfg "audit" (dict "group_id" .Values.auditor.groupId) -}}
+{{- end -}}
+{{- if .Values.canary.intervalSeconds -}}
+{{- $c := dict "interval" .Values.canary.intervalSeconds -}}
+{{- if .Values.canary.topic -}}{{- $_ := set $c "topic" .Values.canary.topic -}}{{- end -}}
+{{- $_ := set $cfg "canary" $c -}}
+{{- end -}}
 {{- if .Values.webhooks.enabled -}}
 {{- $w := .Values.webhooks -}}
 {{- $wc := dict "listen" (printf "0.0.0.0:%v" $w.port) "path" $w.path "topic" $w.topic "rules" (printf "/etc/event-sanitizer/rules/%s" $w.rulesFileName) "signing_key_files" (list "/var/run/secrets/event-sanitizer-webhooks/signing-keys") "max_body_bytes" $w.maxBodyBytes "max_age" $w.maxAge "ack_timeout" $w.ackTimeout -}}
@@ -68,4 +80,77 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $_ := set $cfg "webhooks" $wc -}}
 {{- end -}}
 {{ toYaml $cfg }}
+{{- end }}
+
+{{/* The mounts of the service's container (and the auditor's). */}}
+{{- define "es.volumeMounts" -}}
+- { name: config, mountPath: /etc/event-sanitizer/config, readOnly: true }
+# A directory mount (no subPath) so ConfigMap updates reach the pod.
+- { name: rules, mountPath: /etc/event-sanitizer/rules, readOnly: true }
+- { name: secrets, mountPath: /var/run/secrets/event-sanitizer, readOnly: true }
+{{- if .Values.webhooks.enabled }}
+- { name: webhook-keys, mountPath: /var/run/secrets/event-sanitizer-webhooks, readOnly: true }
+{{- end }}
+{{- if .Values.tls.enabled }}
+- { name: tls, mountPath: /var/run/secrets/event-sanitizer-tls, readOnly: true }
+{{- end }}
+{{- if .Values.audit.enabled }}
+- { name: audit, mountPath: /var/log/event-sanitizer }
+{{- end }}
+- { name: tmp, mountPath: /tmp }
+{{- with .Values.extraVolumeMounts }}
+{{- toYaml . | nindent 0 }}
+{{- end }}
+{{- end }}
+
+{{/* The volumes behind es.volumeMounts. */}}
+{{- define "es.volumes" -}}
+- name: config
+  configMap:
+    name: {{ include "es.fullname" . }}-config
+- name: rules
+  configMap:
+    name: {{ include "es.rulesConfigMap" . }}
+- name: secrets
+  secret:
+    secretName: {{ .Values.secrets.existingSecret }}
+    items:
+      {{- if .Values.secrets.hashKeysKey }}
+      - { key: {{ .Values.secrets.hashKeysKey }}, path: hash-keys }
+      {{- else }}
+      - { key: {{ .Values.secrets.hashKeyKey }}, path: hash-key }
+      {{- end }}
+      {{- if .Values.deadLetters.encrypt }}
+      - { key: {{ .Values.deadLetters.keysKey }}, path: dead-letter-keys }
+      {{- end }}
+      {{- if .Values.secrets.saslPasswordKey }}
+      - { key: {{ .Values.secrets.saslPasswordKey }}, path: sasl-password }
+      {{- end }}
+{{- if .Values.webhooks.enabled }}
+- name: webhook-keys
+  secret:
+    secretName: {{ .Values.webhooks.signingKeysSecret }}
+    items:
+      - { key: {{ .Values.webhooks.signingKeysKey }}, path: signing-keys }
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.existingSecret }}
+    items:
+      - { key: {{ .Values.tls.caKey }}, path: {{ .Values.tls.caKey }} }
+      {{- if .Values.tls.certKey }}
+      - { key: {{ .Values.tls.certKey }}, path: {{ .Values.tls.certKey }} }
+      - { key: {{ .Values.tls.keyKey }}, path: {{ .Values.tls.keyKey }} }
+      {{- end }}
+{{- end }}
+{{- if .Values.audit.enabled }}
+- name: audit
+  emptyDir: { sizeLimit: {{ .Values.audit.sizeLimit }} }
+{{- end }}
+- name: tmp
+  emptyDir: { sizeLimit: 16Mi }
+{{- with .Values.extraVolumes }}
+{{- toYaml . | nindent 0 }}
+{{- end }}
 {{- end }}

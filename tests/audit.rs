@@ -337,6 +337,54 @@ async fn a_gap_in_the_rules_is_audited_alerted_by_canaries_and_repaired() {
             && !suggestion.contains(leaked_phones[0].as_str())
     );
 
+    // A path outside traits is in Customer.io's activity, which only a
+    // deletion removes: refused without --delete, and --delete needs the
+    // privacy section.
+    let (code, _, err) = cli(&["incident", "--path", "context.page.url"], &cfg);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--delete"), "{err}");
+    let (code, _, err) = cli(&["incident", "--path", "traits.phone", "--delete"], &cfg);
+    assert_eq!(code, 2);
+    assert!(err.contains("`privacy` section"), "{err}");
+    // With it: one deletion request per person, in the requests format.
+    mock.create_topic("privacy.requests", 1, 1).unwrap();
+    let with_privacy = dir.path().join("privacy.yaml");
+    std::fs::write(
+        &with_privacy,
+        std::fs::read_to_string(&cfg).unwrap() + "privacy: { requests_topic: privacy.requests }\n",
+    )
+    .unwrap();
+    let deletions = dir.path().join("deletions.jsonl");
+    let (code, _, err) = cli(
+        &[
+            "incident",
+            "--path",
+            "traits.phone",
+            "--delete",
+            "--apply",
+            "--report",
+            report_file.to_str().unwrap(),
+            "--repairs",
+            deletions.to_str().unwrap(),
+        ],
+        &with_privacy,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        high_watermarks(&bs, "privacy.requests", 1),
+        vec![people.len() as i64]
+    );
+    let mut named = BTreeSet::new();
+    for line in std::fs::read_to_string(&deletions).unwrap().lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(r["topic"], "privacy.requests");
+        let req = event_sanitizer::privacy::parse(r["value"].to_string().as_bytes())
+            .expect("a valid privacy request");
+        assert_eq!(req.action, event_sanitizer::privacy::Action::Delete);
+        named.insert(req.user_id.unwrap());
+    }
+    assert_eq!(named, people);
+
     // No raw phone number in the reports, the logs or the audit stream.
     let audit_text = std::fs::read_to_string(&audit_file).unwrap();
     assert!(audit_text.contains("\"event\":\"audit_finding\""));

@@ -58,6 +58,7 @@ pub mod cli;
 pub mod config;
 pub mod deadletter;
 pub mod engine;
+pub mod inventory;
 pub mod kafka;
 pub mod metrics;
 pub mod pipeline;

@@ -16,7 +16,7 @@
 pub mod canary;
 pub mod time;
 
-use crate::engine::detect::{Detector, Found, Stats};
+use crate::engine::detect::{Detector, Stats};
 use crate::engine::{push_key, Sanitizer};
 use crate::rules::keys::KeyMatch;
 use crate::rules::{Action, Builtin, DetectorSpec, FieldName, RuleFile};
@@ -195,7 +195,6 @@ impl Inspector {
             path: String::new(),
             kept: false,
             found: Vec::new(),
-            matches: Vec::new(),
         };
         w.value(&v);
         let mut found = w.found;
@@ -208,6 +207,22 @@ impl Inspector {
         found.sort();
         found.dedup();
         Ok(found)
+    }
+
+    /// The built-in detectors that match somewhere in `s`, by name.
+    pub fn detect(&self, s: &str) -> Vec<&'static str> {
+        let mut stats = Stats::default();
+        let mut matches = Vec::new();
+        for (i, d) in self.detectors.iter().enumerate() {
+            d.find(s, &mut stats, i as u16, &mut matches);
+        }
+        let mut names: Vec<&'static str> = matches
+            .iter()
+            .map(|m| Builtin::ALL[m.detector as usize].0)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 
     /// The detector names a finding can carry, for metrics and docs.
@@ -231,8 +246,8 @@ fn kept(rules: &Sanitizer, payload: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Whether a kept location covers `path` (itself or anything under it).
-fn covers(kept: &str, path: &str) -> bool {
+/// Whether a location covers `path` (itself or anything under it).
+pub fn covers(kept: &str, path: &str) -> bool {
     path.strip_prefix(kept)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
 }
@@ -244,7 +259,6 @@ struct Walk<'i> {
     /// nothing there is a finding.
     kept: bool,
     found: Vec<Finding>,
-    matches: Vec<Found>,
 }
 
 impl Walk<'_> {
@@ -301,19 +315,7 @@ impl Walk<'_> {
         if s.len() < 6 {
             return;
         }
-        let mut stats = Stats::default();
-        self.matches.clear();
-        for (i, d) in self.inspector.detectors.iter().enumerate() {
-            d.find(s, &mut stats, i as u16, &mut self.matches);
-        }
-        let mut names: Vec<&'static str> = self
-            .matches
-            .iter()
-            .map(|m| Builtin::ALL[m.detector as usize].0)
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        for detector in names {
+        for detector in self.inspector.detect(s) {
             self.found.push(Finding {
                 path: self.path.clone(),
                 detector,

@@ -10,6 +10,7 @@ mod config_check;
 mod demo;
 mod explain;
 mod incident;
+mod inventory;
 mod replay;
 mod run;
 mod sanitize;
@@ -97,6 +98,10 @@ enum Command {
     /// with --delete), produced only with --apply; --suggest-rule prints
     /// the rule that closes it.
     Incident(incident::IncidentArgs),
+    /// List the field paths that arrive in a file of events, with counts,
+    /// the rule and action on each, the detectors that fire on their
+    /// values, and the paths no rule classifies with a suggested rule.
+    Inventory(inventory::InventoryArgs),
 }
 
 /// Where the hash key comes from, for commands that hash.
@@ -196,6 +201,7 @@ pub fn main() -> ExitCode {
         Command::Replay(a) => replay::run(a),
         Command::Audit(a) => audit::run(a),
         Command::Incident(a) => incident::run(a),
+        Command::Inventory(a) => inventory::run(a),
     };
     match result {
         Ok(code) => code,

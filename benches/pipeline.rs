@@ -346,6 +346,7 @@ fn config(
         },
         audit: Default::default(),
         canary: Default::default(),
+        inventory: Default::default(),
     }
 }
 

@@ -48,6 +48,39 @@ pub struct Config {
     /// Canary events that prove the whole path: off unless set.
     #[serde(default)]
     pub canary: CanaryConfig,
+    /// The field inventory kept on a sample of live events (`/inventory`).
+    #[serde(default)]
+    pub inventory: InventoryConfig,
+}
+
+/// `inventory`: which fields arrive, kept on a sample of live events in
+/// bounded memory, served at `GET /inventory`; a path no rule classifies,
+/// seen for the first time, is counted and audited.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryConfig {
+    /// One event in this many is looked at (0: no inventory).
+    #[serde(default = "default_sample_every")]
+    pub sample_every: u64,
+    /// Distinct paths kept at most.
+    #[serde(default = "default_max_paths")]
+    pub max_paths: usize,
+}
+
+fn default_sample_every() -> u64 {
+    100
+}
+fn default_max_paths() -> usize {
+    5000
+}
+
+impl Default for InventoryConfig {
+    fn default() -> Self {
+        InventoryConfig {
+            sample_every: default_sample_every(),
+            max_paths: default_max_paths(),
+        }
+    }
 }
 
 /// `audit`: how `event-sanitizer audit` reads the clean topic.
@@ -812,6 +845,9 @@ impl Config {
                 "`log.format` `{}` must be auto, json or text",
                 self.log.format
             ));
+        }
+        if self.inventory.max_paths == 0 || self.inventory.max_paths > 1_000_000 {
+            p.push("`inventory.max_paths` must be between 1 and 1000000".into());
         }
         if self.audit.group(k) == k.group_id {
             p.push("`audit.group_id` must not be `kafka.group_id`: the audit would take the service's partitions".into());

@@ -212,6 +212,33 @@ impl Inventory {
         first_unclassified
     }
 
+    /// [`Inventory::observe`], with the detectors that fired on each new
+    /// unclassified path (for the audit stream).
+    pub fn observe_reporting(
+        &mut self,
+        rules: &Sanitizer,
+        payload: &[u8],
+    ) -> Vec<(String, Vec<&'static str>)> {
+        self.observe(rules, payload)
+            .into_iter()
+            .map(|p| {
+                let d = self.fields[&p].detectors.keys().copied().collect();
+                (p, d)
+            })
+            .collect()
+    }
+
+    /// The whole inventory as JSON: `events`, `paths_over_cap`, `fields`
+    /// (each with `suggestion`), `unclassified`.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "events": self.events(),
+            "paths_over_cap": self.over_cap(),
+            "fields": self.lines(),
+            "unclassified": self.unclassified(),
+        })
+    }
+
     fn walk(
         &self,
         v: &Value,

@@ -278,6 +278,7 @@ pub struct AuditMetrics {
     canaries_arrived: IntCounter,
     canary_last_arrival: IntGauge,
     canary_leaks: IntCounterVec,
+    unclassified: IntCounter,
 }
 
 impl AuditMetrics {
@@ -296,7 +297,16 @@ impl AuditMetrics {
             canaries_arrived: counter1(r, "event_sanitizer_audit_canaries_arrived_total", "Canary events the audit read on the clean topic."),
             canary_last_arrival: gauge("event_sanitizer_audit_canary_last_sent_timestamp_seconds", "When the newest canary the audit has read was sent (Unix seconds): far behind time() means canaries stopped arriving."),
             canary_leaks: counter(r, "event_sanitizer_audit_canary_leaks_total", "Planted canary values found raw on the clean topic, by kind: any increase is a leak.", &["kind"]),
+            unclassified: counter1(r, "event_sanitizer_unclassified_fields_total", "Field paths the inventory saw for the first time that no rule classifies (GET /inventory lists them)."),
         }
+    }
+
+    /// A field path no rule classifies, seen by the inventory for the
+    /// first time: counted, and audited with the detectors that fired on
+    /// its values (never a value).
+    pub fn unclassified_field(&self, path: &str, detectors: &[&str]) {
+        self.unclassified.inc();
+        tracing::warn!(target: "event_sanitizer::audit", event = "unclassified_field", path, detectors = %detectors.join(","), "a field no rule classifies arrives");
     }
 
     /// Series at zero for every detector and canary kind, so an alert on

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::kafka::{cluster, produce, CLEAN, DLQ, RAW};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -114,4 +115,110 @@ fn every_planted_pii_path_is_classified_and_an_unknown_field_gets_a_suggestion()
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("traits.passport_no: suggest drop (the key name `passport_no` looks like a passport number)"), "{text}");
+}
+
+/// The service keeps the inventory on live events: `GET /inventory` on the
+/// metrics port classifies what the rules touch, lists a planted unknown
+/// field as unclassified with a suggestion, and the first sighting of it is
+/// counted (exposition format) and audited by path, never by value.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_serves_its_inventory_and_counts_a_new_unclassified_field() {
+    let mock = cluster(4);
+    let bs = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, key) = common::rules_and_key(dir.path());
+    let audit = dir.path().join("audit.jsonl");
+    let port = common::http::free_port();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "kafka:\n  bootstrap_servers: \"{bs}\"\n  group_id: g-inventory\n  input_topics: [{RAW}]\n  clean_topic: {CLEAN}\n  dead_letter_topic: {DLQ}\n  allow_plaintext: true\n  consumer: {{ session.timeout.ms: '6000' }}\nrules: {{ file: {}, hash_key_file: {} }}\nhttp: {{ listen: '127.0.0.1:{port}' }}\nlog: {{ format: json, audit_file: {} }}\ndead_letters: {{ encrypt: false }}\ninventory: {{ sample_every: 1 }}\n",
+            rules.display(),
+            key.display(),
+            audit.display()
+        ),
+    )
+    .unwrap();
+    let mut records = Vec::new();
+    let mut passports = Vec::new();
+    for line in CORPUS.lines().take(200) {
+        let mut v: Value = serde_json::from_str(line).unwrap();
+        if let Some(t) = v.get_mut("traits").and_then(Value::as_object_mut) {
+            if t.contains_key("email") && passports.len() < 10 {
+                let p = format!("P{:08}", 90_000_000 + passports.len());
+                t.insert("passport_no".into(), p.clone().into());
+                passports.push(p);
+            }
+        }
+        records.push((None, v.to_string().into_bytes()));
+    }
+    assert_eq!(passports.len(), 10);
+    let log = dir.path().join("service.log");
+    let _service = common::start_service(&cfg, &log);
+    // The inventory takes a sample when it can (a burst beyond its queue is
+    // skipped): produced in small waves, every event is looked at.
+    let ready = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while common::http::get(port, "/readyz").is_none_or(|(s, _)| s != 200) {
+        assert!(
+            std::time::Instant::now() < ready,
+            "the service is not ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for wave in records.chunks(10) {
+        produce(&bs, wave).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let doc = loop {
+        let doc = common::http::get(port, "/inventory")
+            .and_then(|(status, body)| (status == 200).then_some(body))
+            .and_then(|b| serde_json::from_str::<Value>(&b).ok());
+        if let Some(d) = doc.filter(|d| d["events"].as_u64() == Some(200)) {
+            break d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no inventory of 200 events"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let field = |p: &str| {
+        doc["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == p)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(
+        field("traits.phone")["classified"],
+        field("traits.phone")["count"]
+    );
+    assert_eq!(field("traits.passport_no")["count"], 10);
+    assert_eq!(field("traits.passport_no")["suggestion"]["action"], "drop");
+    assert!(doc["unclassified"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("traits.passport_no")));
+    let counted = common::scraped(port, "event_sanitizer_unclassified_fields_total").unwrap();
+    assert!(counted >= 1.0, "{counted}");
+    let stream = std::fs::read_to_string(&audit).unwrap();
+    let sightings = stream
+        .lines()
+        .filter(|l| {
+            l.contains("\"event\":\"unclassified_field\"")
+                && l.contains("\"path\":\"traits.passport_no\"")
+        })
+        .count();
+    assert_eq!(sightings, 1, "audited once, on its first sighting");
+    let text = stream + &std::fs::read_to_string(&log).unwrap() + &doc.to_string();
+    for p in &passports {
+        assert!(
+            !text.contains(p.as_str()),
+            "a passport number in the audit stream, log or inventory"
+        );
+    }
 }

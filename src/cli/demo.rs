@@ -106,6 +106,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
             dead_letters: crate::config::DeadLettersConfig { encrypt: true, keys_file: Some(dead_letter_keys.clone()) },
             audit: Default::default(),
             canary: Default::default(),
+        inventory: Default::default(),
         };
         let telemetry = Arc::new(Telemetry::new());
         // The same rules, for the decisions printed beside each sample.

@@ -61,13 +61,10 @@ pub(crate) fn run(args: InventoryArgs) -> Result<ExitCode, Failure> {
     let lines = inv.lines();
     match args.format {
         Format::Json => {
-            let doc = serde_json::json!({
-                "events": inv.events(),
-                "paths_over_cap": inv.over_cap(),
-                "fields": lines,
-                "unclassified": inv.unclassified(),
-            });
-            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&inv.to_json()).unwrap_or_default()
+            );
         }
         Format::Text => {
             println!(

@@ -1,5 +1,6 @@
 //! One port: `/metrics` (Prometheus text format), `/healthz` (the process
-//! answers), `/readyz` (rules loaded, group joined, producer reaches a broker).
+//! answers), `/readyz` (rules loaded, group joined, producer reaches a
+//! broker), `/inventory` (the field inventory, JSON; paths, never values).
 
 use super::Health;
 use crate::metrics::Telemetry;
@@ -14,6 +15,7 @@ pub(super) async fn serve(
     listener: tokio::net::TcpListener,
     telemetry: Arc<Telemetry>,
     health: Arc<Health>,
+    inventory: Option<Arc<std::sync::Mutex<crate::inventory::Inventory>>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let app = Router::new()
@@ -30,6 +32,29 @@ pub(super) async fn serve(
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/inventory",
+            get(move || {
+                let inv = inventory.clone();
+                async move {
+                    match inv
+                        .as_ref()
+                        .and_then(|i| i.lock().ok().map(|i| i.to_json()))
+                    {
+                        Some(doc) => (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, "application/json")],
+                            doc.to_string(),
+                        ),
+                        None => (
+                            StatusCode::NOT_FOUND,
+                            [(header::CONTENT_TYPE, "text/plain")],
+                            "the inventory is off (inventory.sample_every: 0)\n".to_string(),
+                        ),
+                    }
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {

@@ -63,6 +63,8 @@ pub struct Common {
     pub fatal: Arc<crate::kafka::Fatal>,
     /// When shutdown must be over (set with `stop`).
     deadline: Mutex<Option<Instant>>,
+    /// The field inventory's sample feed (`inventory.sample_every`).
+    pub inventory: Option<super::inventory::Feed>,
 }
 
 /// How long a spent budget waits for acknowledgements before the lane
@@ -106,7 +108,14 @@ impl Common {
         }
         let metrics = telemetry.delivery(&inputs, &k.clean_topic, &k.dead_letter_topic);
         telemetry.in_flight_limits(cfg.limits.max_in_flight, cfg.limits.max_in_flight_bytes);
+        let inventory = super::inventory::Feed::start(
+            cfg.inventory.sample_every,
+            cfg.inventory.max_paths,
+            rules.clone(),
+            telemetry.clone(),
+        );
         Common {
+            inventory,
             reads: inputs,
             budget: Budget::new(cfg.limits.max_in_flight, cfg.limits.max_in_flight_bytes),
             cfg,
@@ -528,6 +537,13 @@ impl Lane {
                 let suppressed: Option<&dyn Fn(Id<'_>) -> bool> = set.map(|_| &suppressed as _);
                 let routed = router.event(&input, suppressed, scratch, out);
                 c.metrics.sanitized(consumed_at.elapsed().as_secs_f64());
+                // A suppressed person's event goes nowhere, the inventory
+                // included.
+                if let (Some(feed), Some(p), None) =
+                    (&c.inventory, m.payload(), routed.suppressed_by)
+                {
+                    feed.offer(p);
+                }
                 routed
             }
         };

@@ -19,6 +19,7 @@
 mod canary;
 pub mod deliver;
 mod http;
+pub mod inventory;
 pub mod lane;
 pub mod route;
 pub mod tracker;
@@ -250,6 +251,7 @@ impl Pipeline {
             http,
             common.telemetry.clone(),
             common.health.clone(),
+            common.inventory.as_ref().map(|f| f.inventory.clone()),
             stop_side_rx.clone(),
         ));
         let reload_task = {

@@ -89,6 +89,7 @@ pub fn config(bootstrap: &str, rules: &Path, key: &Path, group: &str) -> Config 
         },
         audit: Default::default(),
         canary: Default::default(),
+        inventory: Default::default(),
     }
 }
 

@@ -306,6 +306,7 @@ fn config(
             hash_key_file: Some(key.into()),
             hash_keys_file: None,
             reload_interval: Duration::from_secs(60),
+            shadow_file: None,
         },
         limits: LimitsConfig {
             max_in_flight: std::env::var("BENCH_IN_FLIGHT")

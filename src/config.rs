@@ -386,6 +386,11 @@ pub struct RulesConfig {
     /// How often the rule file (and key file) are checked for changes.
     #[serde(default = "default_reload", with = "humantime_secs")]
     pub reload_interval: Duration,
+    /// A candidate rule file run on every live event beside these rules,
+    /// its output never produced; what it would change is counted and
+    /// sampled at `GET /shadow`. Promote it by moving it to `file`.
+    #[serde(default)]
+    pub shadow_file: Option<PathBuf>,
 }
 
 fn default_reload() -> Duration {
@@ -845,6 +850,16 @@ impl Config {
                 "`log.format` `{}` must be auto, json or text",
                 self.log.format
             ));
+        }
+        if let Some(f) = &self.rules.shadow_file {
+            if !f.is_file() {
+                p.push(format!(
+                    "`rules.shadow_file` {} is not a readable file",
+                    f.display()
+                ));
+            } else if *f == self.rules.file {
+                p.push("`rules.shadow_file` is `rules.file`: a shadow compares a candidate with the rules in use".into());
+            }
         }
         if self.inventory.max_paths == 0 || self.inventory.max_paths > 1_000_000 {
             p.push("`inventory.max_paths` must be between 1 and 1000000".into());

@@ -66,5 +66,6 @@ pub mod privacy;
 pub mod reload;
 pub mod rules;
 pub mod secret;
+pub mod shadow;
 pub mod testing;
 pub mod webhooks;

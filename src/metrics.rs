@@ -79,6 +79,8 @@ struct BrokerViews {
 pub struct Telemetry {
     /// The clean-topic audit and the canaries.
     pub audit: AuditMetrics,
+    /// Shadow rules.
+    pub shadow: ShadowMetrics,
     registry: Registry,
     messages_in: IntCounterVec,
     messages_out: IntCounterVec,
@@ -262,6 +264,43 @@ impl PrivacyMetrics {
             rebuilds: counter1(r, "event_sanitizer_suppression_set_rebuilds_total", "Suppression sets rebuilt from the requests topic (after the active hash key changed)."),
             sasl_reloads,
         }
+    }
+}
+
+/// Shadow rules (`rules.shadow_file`): what the candidate would change.
+pub struct ShadowMetrics {
+    compared: IntCounterVec,
+    differences: IntCounterVec,
+}
+
+impl ShadowMetrics {
+    fn register(r: &Registry) -> ShadowMetrics {
+        let compared = counter(r, "event_sanitizer_shadow_events_total", "Live events the shadow rules were run on, by result (same, different, skipped: the shadow thread was behind).", &["result"]);
+        for result in ["same", "different", "skipped"] {
+            compared.with_label_values(&[result]).inc_by(0);
+        }
+        ShadowMetrics {
+            compared,
+            differences: counter(r, "event_sanitizer_shadow_differences_total", "Differences between the candidate's output and the output produced, by kind (field_removed, field_added, field_changed, dead_letter_only_current, dead_letter_only_candidate, dead_letter_reason_differs) and the candidate's rule that decided.", &["kind", "rule"]),
+        }
+    }
+
+    /// One event compared; `differences` are (kind, rule) pairs.
+    pub fn compared(&self, differences: &[(&str, &str)]) {
+        let result = if differences.is_empty() {
+            "same"
+        } else {
+            "different"
+        };
+        self.compared.with_label_values(&[result]).inc();
+        for (kind, rule) in differences {
+            self.differences.with_label_values(&[kind, rule]).inc();
+        }
+    }
+
+    /// An event the shadow thread could not take.
+    pub fn skipped(&self) {
+        self.compared.with_label_values(&["skipped"]).inc();
     }
 }
 
@@ -645,8 +684,10 @@ impl Telemetry {
         );
         let privacy = PrivacyMetrics::register(&r);
         let audit = AuditMetrics::register(&r);
+        let shadow = ShadowMetrics::register(&r);
         Telemetry {
             audit,
+            shadow,
             registry: r,
             messages_in,
             messages_out,
@@ -756,6 +797,17 @@ impl Telemetry {
     pub fn hash_key_rotated(&self, from: &str, to: &str, ids: &[&str]) {
         self.key_rotations.inc();
         tracing::info!(target: "event_sanitizer::audit", event = "hash_key_rotated", from, to, key_ids = ?ids, "active hash key changed");
+    }
+
+    /// A shadow rule file compiled (at startup or on a change).
+    pub fn shadow_loaded(&self, name: &str, hash: &str, file: &str) {
+        tracing::info!(target: "event_sanitizer::audit", event = "shadow_rule_set_loaded", rule_set = name, hash, source = file, "shadow rules loaded: run beside the rules in use, never produced");
+    }
+
+    /// A changed shadow rule file that does not compile (the candidate in
+    /// use stays).
+    pub fn shadow_rejected(&self, file: &str, errors: &str) {
+        tracing::error!(target: "event_sanitizer::audit", event = "shadow_rule_set_rejected", source = file, errors, "the changed shadow rule file was rejected; the candidate in use stays");
     }
 
     /// A changed rule file was rejected; the running rules stay.

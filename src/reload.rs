@@ -265,3 +265,62 @@ impl RuleSource {
         }
     }
 }
+
+/// A candidate rule file run beside the rules in use (`rules.shadow_file`):
+/// compiled with the same keys, so digests agree where the rules do;
+/// reloaded like them, a change that does not compile keeping the
+/// candidate in use. Its output is never produced.
+pub struct ShadowSource {
+    file: PathBuf,
+    keys: KeyFile,
+    limits: Limits,
+    current: ArcSwap<Sanitizer>,
+    watched: Watched,
+}
+
+impl ShadowSource {
+    /// Compiles the candidate; an error stops startup.
+    pub fn load(
+        file: &Path,
+        keys: KeyFile,
+        limits: Limits,
+        telemetry: &Telemetry,
+    ) -> Result<ShadowSource, LoadError> {
+        let watched = Watched::new(
+            std::iter::once(file)
+                .chain(keys.path())
+                .map(Path::to_path_buf)
+                .collect(),
+        );
+        let s = compile(file, &keys, limits)?.sanitizer;
+        telemetry.shadow_loaded(s.name(), s.content_hash(), &file.display().to_string());
+        Ok(ShadowSource {
+            file: file.to_path_buf(),
+            keys,
+            limits,
+            current: ArcSwap::from_pointee(s),
+            watched,
+        })
+    }
+
+    /// The candidate in use.
+    pub fn current(&self) -> Arc<Sanitizer> {
+        self.current.load_full()
+    }
+
+    /// Recompiles if the files changed.
+    pub fn check(&self, telemetry: &Telemetry) {
+        if !self.watched.changed() {
+            return;
+        }
+        let shown = self.file.display().to_string();
+        match compile(&self.file, &self.keys, self.limits) {
+            Ok(l) => {
+                let s = l.sanitizer;
+                telemetry.shadow_loaded(s.name(), s.content_hash(), &shown);
+                self.current.store(Arc::new(s));
+            }
+            Err(e) => telemetry.shadow_rejected(&shown, &e.to_string()),
+        }
+    }
+}

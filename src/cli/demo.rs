@@ -96,7 +96,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<ExitCode, Failure> {
                 transactional_id: None,
                 transaction: Default::default(),
             },
-            rules: RulesConfig { file: rules.clone(), hash_key_file: Some(key.clone()), hash_keys_file: None, reload_interval: Duration::from_secs(5) },
+            rules: RulesConfig { file: rules.clone(), hash_key_file: Some(key.clone()), hash_keys_file: None, reload_interval: Duration::from_secs(5), shadow_file: None },
             limits: LimitsConfig::default(),
             http: HttpConfig { listen: "127.0.0.1:0".into() },
             log: LogConfig::default(),

@@ -8,6 +8,7 @@ mod audit;
 mod check;
 mod config_check;
 mod demo;
+mod diff;
 mod explain;
 mod incident;
 mod inventory;
@@ -102,6 +103,9 @@ enum Command {
     /// the rule and action on each, the detectors that fire on their
     /// values, and the paths no rule classifies with a suggested rule.
     Inventory(inventory::InventoryArgs),
+    /// Show what a candidate rule file would change on a file of events,
+    /// field by field (values only as the rules in use produce them).
+    Diff(diff::DiffArgs),
 }
 
 /// Where the hash key comes from, for commands that hash.
@@ -202,6 +206,7 @@ pub fn main() -> ExitCode {
         Command::Audit(a) => audit::run(a),
         Command::Incident(a) => incident::run(a),
         Command::Inventory(a) => inventory::run(a),
+        Command::Diff(a) => diff::run(a),
     };
     match result {
         Ok(code) => code,

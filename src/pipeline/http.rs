@@ -1,6 +1,7 @@
 //! One port: `/metrics` (Prometheus text format), `/healthz` (the process
 //! answers), `/readyz` (rules loaded, group joined, producer reaches a
-//! broker), `/inventory` (the field inventory, JSON; paths, never values).
+//! broker), `/inventory` (the field inventory, JSON; paths, never values),
+//! `/shadow` (what the shadow rules would change; sanitized differences).
 
 use super::Health;
 use crate::metrics::Telemetry;
@@ -13,11 +14,12 @@ use std::sync::Arc;
 
 pub(super) async fn serve(
     listener: tokio::net::TcpListener,
-    telemetry: Arc<Telemetry>,
-    health: Arc<Health>,
-    inventory: Option<Arc<std::sync::Mutex<crate::inventory::Inventory>>>,
+    common: Arc<super::lane::Common>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let telemetry: Arc<Telemetry> = common.telemetry.clone();
+    let health: Arc<Health> = common.health.clone();
+    let inventory = common.inventory.as_ref().map(|f| f.inventory.clone());
     let app = Router::new()
         .route(
             "/metrics",
@@ -32,6 +34,26 @@ pub(super) async fn serve(
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/shadow",
+            get(move || {
+                let c = common.clone();
+                async move {
+                    match &c.shadow {
+                        Some(f) => (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, "application/json")],
+                            f.to_json().to_string(),
+                        ),
+                        None => (
+                            StatusCode::NOT_FOUND,
+                            [(header::CONTENT_TYPE, "text/plain")],
+                            "no shadow rules (rules.shadow_file)\n".to_string(),
+                        ),
+                    }
+                }
+            }),
+        )
         .route(
             "/inventory",
             get(move || {

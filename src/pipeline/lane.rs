@@ -65,6 +65,8 @@ pub struct Common {
     deadline: Mutex<Option<Instant>>,
     /// The field inventory's sample feed (`inventory.sample_every`).
     pub inventory: Option<super::inventory::Feed>,
+    /// The shadow rules' feed (`rules.shadow_file`).
+    pub shadow: Option<super::shadow::Feed>,
 }
 
 /// How long a spent budget waits for acknowledgements before the lane
@@ -88,6 +90,8 @@ pub struct Started {
     pub password: Option<Secret>,
     /// Where any part records the error that stops the service.
     pub fatal: Arc<crate::kafka::Fatal>,
+    /// The candidate rules (`rules.shadow_file`).
+    pub shadow: Option<Arc<crate::reload::ShadowSource>>,
 }
 
 impl Common {
@@ -100,6 +104,7 @@ impl Common {
             health,
             password,
             fatal,
+            shadow,
         } = started;
         let k = &cfg.kafka;
         let mut inputs = k.input_topics.clone();
@@ -114,8 +119,11 @@ impl Common {
             rules.clone(),
             telemetry.clone(),
         );
+        let shadow =
+            shadow.map(|s| super::shadow::Feed::start(s, rules.clone(), telemetry.clone()));
         Common {
             inventory,
+            shadow,
             reads: inputs,
             budget: Budget::new(cfg.limits.max_in_flight, cfg.limits.max_in_flight_bytes),
             cfg,
@@ -539,10 +547,13 @@ impl Lane {
                 c.metrics.sanitized(consumed_at.elapsed().as_secs_f64());
                 // A suppressed person's event goes nowhere, the inventory
                 // included.
-                if let (Some(feed), Some(p), None) =
-                    (&c.inventory, m.payload(), routed.suppressed_by)
-                {
-                    feed.offer(p);
+                if let (Some(p), None) = (m.payload(), routed.suppressed_by) {
+                    if let Some(feed) = &c.inventory {
+                        feed.offer(p);
+                    }
+                    if let Some(feed) = &c.shadow {
+                        feed.offer(topic, partition, offset, p);
+                    }
                 }
                 routed
             }

@@ -22,6 +22,7 @@ mod http;
 pub mod inventory;
 pub mod lane;
 pub mod route;
+pub mod shadow;
 pub mod tracker;
 
 use crate::config::Config;
@@ -180,7 +181,17 @@ impl Pipeline {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let shadow = match &cfg.rules.shadow_file {
+            Some(f) => Some(Arc::new(crate::reload::ShadowSource::load(
+                f,
+                cfg.rules.key_file(),
+                limits,
+                &telemetry,
+            )?)),
+            None => None,
+        };
         let started = lane::Started {
+            shadow,
             rules,
             privacy,
             sealer,
@@ -247,13 +258,7 @@ impl Pipeline {
             .min(cfg.shutdown.timeout / 4);
         let webhook_task = webhooks
             .map(|w| tokio::spawn(w.serve(cfg.rules.reload_interval, grace, stop_webhooks_rx)));
-        let http_task = tokio::spawn(http::serve(
-            http,
-            common.telemetry.clone(),
-            common.health.clone(),
-            common.inventory.as_ref().map(|f| f.inventory.clone()),
-            stop_side_rx.clone(),
-        ));
+        let http_task = tokio::spawn(http::serve(http, common.clone(), stop_side_rx.clone()));
         let reload_task = {
             let c = common.clone();
             crate::reload::every(cfg.rules.reload_interval, stop_side_rx.clone(), move || {
@@ -271,6 +276,9 @@ impl Pipeline {
                 }
                 if let Some(s) = &sasl {
                     s.check(&c.telemetry);
+                }
+                if let Some(s) = &c.shadow {
+                    s.source.check(&c.telemetry);
                 }
             })
         };

@@ -68,6 +68,7 @@ pub fn config(bootstrap: &str, rules: &Path, key: &Path, group: &str) -> Config 
             hash_key_file: Some(key.into()),
             hash_keys_file: None,
             reload_interval: Duration::from_millis(200),
+            shadow_file: None,
         },
         limits: LimitsConfig {
             max_in_flight: 500,

@@ -1,0 +1,231 @@
+//! What a candidate rule set would change: one event sanitized by the
+//! rules in use and by the candidate, compared field by field. Pure; used
+//! by `event-sanitizer diff` over a file and by the service's shadow rules
+//! (`rules.shadow_file`) on live events.
+//!
+//! A difference names a location and what happened there; a value is shown
+//! only as the rules in use produced it (already sanitized), never the
+//! candidate's, which may be raw.
+
+use crate::engine::{DeadLetterReason, Sanitizer, Scratch};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// What differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// In the current output, not in the candidate's.
+    FieldRemoved,
+    /// In the candidate's output only.
+    FieldAdded,
+    /// In both, with another value.
+    FieldChanged,
+    /// A dead letter with the current rules only.
+    DeadLetterOnlyCurrent,
+    /// A dead letter with the candidate only.
+    DeadLetterOnlyCandidate,
+    /// A dead letter with both, for other reasons (a contract verdict).
+    DeadLetterReasonDiffers,
+}
+
+impl Kind {
+    /// The label value in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::FieldRemoved => "field_removed",
+            Kind::FieldAdded => "field_added",
+            Kind::FieldChanged => "field_changed",
+            Kind::DeadLetterOnlyCurrent => "dead_letter_only_current",
+            Kind::DeadLetterOnlyCandidate => "dead_letter_only_candidate",
+            Kind::DeadLetterReasonDiffers => "dead_letter_reason_differs",
+        }
+    }
+
+    /// Every kind, for metrics declared at zero.
+    pub const ALL: [Kind; 6] = [
+        Kind::FieldRemoved,
+        Kind::FieldAdded,
+        Kind::FieldChanged,
+        Kind::DeadLetterOnlyCurrent,
+        Kind::DeadLetterOnlyCandidate,
+        Kind::DeadLetterReasonDiffers,
+    ];
+}
+
+/// One difference.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    /// What.
+    pub kind: Kind,
+    /// Where (none for a whole-event dead letter).
+    pub path: Option<String>,
+    /// The candidate's rule that decided there, when it names one.
+    pub rule: Option<String>,
+    /// The value as the rules in use produced it (sanitized), if any.
+    pub current: Option<String>,
+    /// The dead-letter reasons, for dead-letter kinds: (current, candidate).
+    pub reasons: Option<(Option<String>, Option<String>)>,
+}
+
+/// Compares what `current` and `candidate` make of `input`.
+pub fn compare(
+    current: &Sanitizer,
+    candidate: &Sanitizer,
+    input: &[u8],
+    scratch: &mut Scratch,
+) -> Vec<Difference> {
+    let run = |s: &Sanitizer, scratch: &mut Scratch| {
+        let mut out = Vec::new();
+        s.sanitize(input, scratch, &mut out).map(|_| out)
+    };
+    let (a, b) = (run(current, scratch), run(candidate, scratch));
+    let reason = |r: &DeadLetterReason| r.code().to_string();
+    let mut diffs = match (&a, &b) {
+        (Ok(a), Ok(b)) if a == b => return Vec::new(),
+        (Ok(a), Ok(b)) => fields(a, b),
+        (Err(x), Err(y)) if x.code() == y.code() => return Vec::new(),
+        (Err(x), Err(y)) => vec![dead(
+            Kind::DeadLetterReasonDiffers,
+            Some(reason(x)),
+            Some(reason(y)),
+        )],
+        (Err(x), Ok(_)) => vec![dead(Kind::DeadLetterOnlyCurrent, Some(reason(x)), None)],
+        (Ok(_), Err(y)) => vec![dead(Kind::DeadLetterOnlyCandidate, None, Some(reason(y)))],
+    };
+    // Which of the candidate's rules decided there (rare: only events
+    // that differ are explained).
+    if diffs.iter().any(|d| d.path.is_some()) {
+        let decisions = candidate.explain(input).decisions;
+        for d in diffs.iter_mut() {
+            let Some(p) = &d.path else { continue };
+            d.rule = decisions
+                .iter()
+                .filter(|x| {
+                    crate::audit::covers(&x.location, p)
+                        || x.output
+                            .as_deref()
+                            .is_some_and(|o| crate::audit::covers(o, p))
+                })
+                .map(|x| format!("{} ({})", x.rule, x.action))
+                .next_back();
+        }
+    }
+    diffs
+}
+
+fn dead(kind: Kind, current: Option<String>, candidate: Option<String>) -> Difference {
+    Difference {
+        kind,
+        path: None,
+        rule: None,
+        current: None,
+        reasons: Some((current, candidate)),
+    }
+}
+
+/// Every scalar location of a JSON document with its value as JSON text.
+fn flatten(v: &Value, path: &mut String, out: &mut BTreeMap<String, String>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, c) in m {
+                let len = path.len();
+                crate::engine::push_key(path, k);
+                flatten(c, path, out);
+                path.truncate(len);
+            }
+        }
+        Value::Array(a) if !a.is_empty() => {
+            for (i, c) in a.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                flatten(c, path, out);
+                path.truncate(len);
+            }
+        }
+        other => {
+            out.insert(path.clone(), other.to_string());
+        }
+    }
+}
+
+fn fields(a: &[u8], b: &[u8]) -> Vec<Difference> {
+    let parse = |x: &[u8]| serde_json::from_slice::<Value>(x).unwrap_or(Value::Null);
+    let (mut fa, mut fb) = (BTreeMap::new(), BTreeMap::new());
+    flatten(&parse(a), &mut String::new(), &mut fa);
+    flatten(&parse(b), &mut String::new(), &mut fb);
+    let mut out = Vec::new();
+    let diff = |kind, path: &String, current: Option<&String>| Difference {
+        kind,
+        path: Some(path.clone()),
+        rule: None,
+        current: current.cloned(),
+        reasons: None,
+    };
+    for (p, va) in &fa {
+        match fb.get(p) {
+            None => out.push(diff(Kind::FieldRemoved, p, Some(va))),
+            Some(vb) if vb != va => out.push(diff(Kind::FieldChanged, p, Some(va))),
+            _ => {}
+        }
+    }
+    for p in fb.keys().filter(|p| !fa.contains_key(*p)) {
+        out.push(diff(Kind::FieldAdded, p, None));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{KeySupply, Limits};
+    use crate::rules::RuleFile;
+
+    fn compile(text: &str) -> Sanitizer {
+        let (f, _) = RuleFile::parse("r.yaml", text).unwrap();
+        Sanitizer::compile(&f, KeySupply::Placeholder, Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn a_candidate_that_drops_one_more_field_differs_exactly_there() {
+        let current = compile(crate::rules::DEFAULT_RULES);
+        let candidate = compile(&format!(
+            "{}\n  - id: never-send-passport\n    action: drop\n    fields: [passport_no]\n",
+            crate::rules::DEFAULT_RULES
+        ));
+        let mut s = Scratch::default();
+        let ev = br#"{"type":"identify","userId":"u","traits":{"passport_no":"X1","phone":"+1 555 123 4567"}}"#;
+        let d = compare(&current, &candidate, ev, &mut s);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].kind, Kind::FieldRemoved);
+        assert_eq!(d[0].path.as_deref(), Some("traits.passport_no"));
+        assert_eq!(d[0].rule.as_deref(), Some("never-send-passport (drop)"));
+        let same = br#"{"type":"identify","userId":"u","traits":{"plan":"pro"}}"#;
+        assert!(compare(&current, &candidate, same, &mut s).is_empty());
+        // A looser candidate: the phone comes out raw there, and the diff
+        // shows only the current (hashed) value.
+        let loose =
+            compile(&crate::rules::DEFAULT_RULES.replacen("fields: [phone, ", "fields: [", 1));
+        let d = compare(&current, &loose, ev, &mut s);
+        assert!(d
+            .iter()
+            .any(|x| x.kind == Kind::FieldAdded && x.path.as_deref() == Some("traits.phone")));
+        assert!(
+            format!("{d:?}").find("555").is_none(),
+            "no raw value: {d:?}"
+        );
+        // Dead letters on one side only, with the reasons.
+        let (f, _) = RuleFile::parse("r.yaml", crate::rules::DEFAULT_RULES).unwrap();
+        let tight = Limits {
+            max_bytes: 40,
+            ..Limits::default()
+        };
+        let small = Sanitizer::compile(&f, KeySupply::Placeholder, tight).unwrap();
+        let d = compare(&current, &small, ev, &mut s);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].kind, Kind::DeadLetterOnlyCandidate);
+        assert_eq!(d[0].reasons, Some((None, Some("too_large".into()))));
+        assert!(compare(&current, &small, b"not json", &mut s).is_empty());
+    }
+}

@@ -39,6 +39,9 @@ pub(crate) fn run(command: ConfigCommand) -> Result<ExitCode, Failure> {
     // The rule files it names, checked as `check` does (the hash key is
     // not needed: a placeholder compiles them).
     let mut rule_files: Vec<(&str, &Path)> = vec![("rules.file", &cfg.rules.file)];
+    if let Some(f) = &cfg.rules.shadow_file {
+        rule_files.push(("rules.shadow_file", f));
+    }
     if let Some(w) = &cfg.webhooks {
         rule_files.push(("webhooks.rules", &w.rules));
     }

@@ -29,6 +29,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The service config: values.config plus the mounted file paths. */}}
 {{- define "es.config" -}}
 {{- $rules := dict "file" (printf "/etc/event-sanitizer/rules/%s" .Values.rules.fileName) "reload_interval" .Values.rules.reloadInterval -}}
+{{- if .Values.rules.shadowFileName -}}
+{{- $_ := set $rules "shadow_file" (printf "/etc/event-sanitizer/rules/%s" .Values.rules.shadowFileName) -}}
+{{- end -}}
 {{- if .Values.secrets.hashKeysKey -}}
 {{- $_ := set $rules "hash_keys_file" "/var/run/secrets/event-sanitizer/hash-keys" -}}
 {{- else -}}

@@ -191,6 +191,31 @@ impl TestFile {
         })
     }
 
+    /// The ids of the rules some case of this file exercises: a rule that
+    /// decided somewhere in a case's output, or an `allow` whose scope a
+    /// case reached with its `when` holding.
+    pub fn exercised(&self) -> Result<BTreeSet<String>, Diagnostics> {
+        let (rule_file, _) = RuleFile::load(&self.rules)?;
+        let sanitizer = Sanitizer::compile(&rule_file, KeySupply::Placeholder, Limits::default())
+            .map_err(|e| {
+            Diagnostics(vec![Diagnostic {
+                severity: Severity::Error,
+                file: rule_file.file.clone(),
+                line: 1,
+                column: 1,
+                rule: None,
+                message: e.to_string(),
+            }])
+        })?;
+        let mut ids = BTreeSet::new();
+        for case in &self.cases {
+            let exp = sanitizer.explain(&case.input);
+            ids.extend(exp.decisions.into_iter().map(|d| d.rule));
+            ids.extend(exp.reached);
+        }
+        Ok(ids)
+    }
+
     /// Compiles the rules under test and runs every case.
     pub fn run(&self) -> Result<FileReport, Diagnostics> {
         let (rule_file, warnings) = RuleFile::load(&self.rules)?;

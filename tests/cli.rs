@@ -495,3 +495,42 @@ fn shell_completions_cover_every_command() {
     assert!(syntax.status.success(), "{}", text(&syntax));
     assert_eq!(es(&["completions", "tcsh"]).status.code(), Some(2));
 }
+
+#[test]
+fn check_coverage_lists_the_rules_no_test_case_exercises() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        std::fs::read_to_string(common::root().join("rules/customerio.yaml")).unwrap()
+            + "\n  - id: drop-fax\n    action: drop\n    fields: [fax]\n",
+    )
+    .unwrap();
+    let tests = dir.path().join("tests");
+    std::fs::create_dir(&tests).unwrap();
+    let suite = std::fs::read_to_string(common::root().join("rules/tests/customerio.yaml"))
+        .unwrap()
+        .replace("rules: ../customerio.yaml", "rules: ../rules.yaml");
+    std::fs::write(tests.join("t.yaml"), &suite).unwrap();
+    let (r, t) = (rules.to_str().unwrap(), tests.to_str().unwrap());
+    let o = es(&["check", r, "--coverage", t]);
+    assert!(
+        o.status.success(),
+        "a coverage gap is a warning: {}",
+        text(&o)
+    );
+    let out = text(&o);
+    assert!(out.contains("warning: rule drop-fax: no case in"), "{out}");
+    assert_eq!(
+        out.matches("exercises this rule").count(),
+        1,
+        "only the untested rule: {out}"
+    );
+    // A case for it closes the gap.
+    let covered = suite
+        + "  - name: fax is dropped\n    input:  { type: identify, userId: u1, traits: { fax: \"555\" } }\n    expect: { type: identify, userId: u1, traits: {} }\n";
+    std::fs::write(tests.join("t.yaml"), covered).unwrap();
+    let o = es(&["check", r, "--coverage", t, "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["files"][0]["problems"], serde_json::json!([]), "{doc}");
+}

@@ -16,6 +16,10 @@ pub(crate) struct CheckArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Rule test files or folders: every rule that no case of the test
+    /// files naming the checked file exercises is a warning.
+    #[arg(long, value_name = "TESTS")]
+    coverage: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -96,7 +100,10 @@ pub(crate) fn run(args: CheckArgs) -> Result<ExitCode, Failure> {
             "no rule files found (.yaml files without `cases:`)",
         ));
     }
-    let checked: Vec<Checked> = files.iter().map(|p| check(p, None)).collect();
+    let mut checked: Vec<Checked> = files.iter().map(|p| check(p, None)).collect();
+    if !args.coverage.is_empty() {
+        coverage(&args.coverage, &mut checked)?;
+    }
     match args.format {
         Format::Text => checked.iter().for_each(print_text),
         Format::Json => println!("{}", json(&checked)),
@@ -106,6 +113,51 @@ pub(crate) fn run(args: CheckArgs) -> Result<ExitCode, Failure> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Adds a warning for each rule of a usable checked file that no case of
+/// the test files naming it exercises.
+fn coverage(tests: &[PathBuf], checked: &mut [Checked]) -> Result<(), Failure> {
+    let found = crate::testing::discover(tests)
+        .map_err(|e| Failure::usage(format!("cannot read the tests folder: {e}")))?;
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut by_rules: Vec<(PathBuf, String, std::collections::BTreeSet<String>)> = Vec::new();
+    for t in &found {
+        let file = crate::testing::TestFile::load(t).map_err(|d| Failure {
+            message: d.to_string(),
+            code: 1,
+        })?;
+        // A test file whose rules do not compile is `check`'s error on
+        // them, already reported; it exercises nothing.
+        let ids = file.exercised().unwrap_or_default();
+        by_rules.push((canonical(&file.rules), file.file.clone(), ids));
+    }
+    for c in checked.iter_mut().filter(|c| c.ok) {
+        let me = canonical(&c.path);
+        let mine: Vec<_> = by_rules.iter().filter(|(r, _, _)| *r == me).collect();
+        let Ok((file, _)) = RuleFile::load(&c.path) else {
+            continue;
+        };
+        let shown: Vec<&str> = mine.iter().map(|(_, f, _)| f.as_str()).collect();
+        for rule in &file.rules {
+            if !mine.iter().any(|(_, _, ids)| ids.contains(&rule.id)) {
+                let message = if shown.is_empty() {
+                    "no rule test file tests this file, so no case exercises this rule".to_string()
+                } else {
+                    format!("no case in {} exercises this rule", shown.join(", "))
+                };
+                c.problems.0.push(Diagnostic {
+                    severity: Severity::Warning,
+                    file: c.path.display().to_string(),
+                    line: rule.line,
+                    column: rule.column,
+                    rule: Some(rule.id.clone()),
+                    message,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn print_text(c: &Checked) {

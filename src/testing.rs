@@ -70,8 +70,10 @@ pub struct FileReport {
     pub warnings: Vec<String>,
 }
 
-const TEST_KEYS: &[&str] = &["rules", "hash_key", "cases"];
-const CASE_KEYS: &[&str] = &[
+/// The keys of a test file.
+pub const TEST_KEYS: &[&str] = &["rules", "hash_key", "cases"];
+/// The keys of a case.
+pub const CASE_KEYS: &[&str] = &[
     "name",
     "input",
     "input_raw",

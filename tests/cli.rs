@@ -534,3 +534,32 @@ fn check_coverage_lists_the_rules_no_test_case_exercises() {
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(doc["files"][0]["problems"], serde_json::json!([]), "{doc}");
 }
+
+#[test]
+fn the_test_file_schema_knows_every_key_and_the_shipped_tests_use_only_those() {
+    let o = es(&["schema", "--tests"]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let keys = |x: &serde_json::Value| {
+        let mut k: Vec<String> = x.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let sorted = |k: &[&str]| {
+        let mut k: Vec<String> = k.iter().map(|s| s.to_string()).collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(&v["properties"]),
+        sorted(event_sanitizer::testing::TEST_KEYS)
+    );
+    assert_eq!(
+        keys(&v["definitions"]["case"]["properties"]),
+        sorted(event_sanitizer::testing::CASE_KEYS)
+    );
+    assert_eq!(
+        std::fs::read_to_string(common::root().join("docs/rule-tests.schema.json")).unwrap(),
+        String::from_utf8(o.stdout).unwrap()
+    );
+}

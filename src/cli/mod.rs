@@ -73,8 +73,9 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the JSON Schema of the rule language (for editors, via yaml-language-server).
-    Schema,
+    /// Print the JSON Schema of the rule language (for editors, via
+    /// yaml-language-server); `--tests`: of rule test files.
+    Schema(schema::SchemaArgs),
     /// Run the service: consume raw events, sanitize, produce clean events and dead letters.
     Run(run::RunArgs),
     /// Run the service against an in-process mock Kafka cluster with the sample events.
@@ -199,7 +200,7 @@ pub fn main() -> ExitCode {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Schema => schema::run(),
+        Command::Schema(a) => schema::run(a),
         Command::Run(a) => run::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Replay(a) => replay::run(a),

@@ -705,9 +705,23 @@ impl Config {
         let raw = b.build().map_err(|e| ConfigError {
             problems: vec![e.to_string()],
         })?;
-        let cfg: Config = raw.try_deserialize().map_err(|e| ConfigError {
-            problems: vec![explain_serde(&e.to_string())],
-        })?;
+        let cfg: Config = match raw.clone().try_deserialize() {
+            Ok(c) => c,
+            Err(_) => {
+                let text = path.and_then(|p| std::fs::read_to_string(p).ok());
+                let (mut problems, pruned, removed) = type_problems(raw, text.as_deref());
+                // What else is wrong with the rest, leaving out what is
+                // about the keys already reported.
+                if let Some(Err(v)) = pruned.map(|c| c.validate()) {
+                    problems.extend(
+                        v.problems
+                            .into_iter()
+                            .filter(|p| !removed.iter().any(|k| p.contains(&format!("`{k}")))),
+                    );
+                }
+                return Err(ConfigError { problems });
+            }
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -1092,6 +1106,119 @@ impl Config {
     }
 }
 
+/// A configuration tree as a source, to deserialize again after the key of
+/// a problem is taken out.
+#[derive(Debug, Clone)]
+struct Tree(config::Map<String, config::Value>);
+
+impl config::Source for Tree {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// The key a deserialization problem is about, and the problem without it.
+fn key_of(e: &config::ConfigError) -> (Option<String>, String) {
+    match e {
+        config::ConfigError::Type { key, .. } => (key.clone(), e.to_string()),
+        config::ConfigError::At { error, key, .. } => {
+            let (inner, msg) = key_of(error);
+            let msg = match key {
+                Some(k) if !msg.contains(&format!("`{k}")) => format!("{msg} (in `{k}`)"),
+                _ => msg,
+            };
+            (inner.or(key.clone()), msg)
+        }
+        other => (None, other.to_string()),
+    }
+}
+
+/// Removes a dotted key from a tree; whether it was there.
+fn remove(tree: &mut config::Map<String, config::Value>, key: &str) -> bool {
+    match key.split_once('.') {
+        None => tree.remove(key).is_some(),
+        Some((head, rest)) => match tree.get_mut(head).map(|v| &mut v.kind) {
+            Some(config::ValueKind::Table(t)) => remove(t, rest),
+            _ => false,
+        },
+    }
+}
+
+/// The 1-based line of a dotted key in the YAML text, if it is there.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+    let docs = MarkedYaml::load_from_str(text).ok()?;
+    let mut node = docs.first()?;
+    let mut line = None;
+    for seg in key.split('.') {
+        let YamlData::Mapping(m) = &node.data else {
+            return line;
+        };
+        let (k, v) = m.iter().find(|(k, _)| {
+            matches!(&k.data, YamlData::Value(Scalar::String(s)) if s.eq_ignore_ascii_case(seg))
+        })?;
+        line = Some(k.span.start.line().max(1));
+        node = v;
+    }
+    line
+}
+
+/// Every problem of deserializing `raw`, each with its YAML line: after
+/// each one the key it is about is taken out and the rest is tried again,
+/// so one wrong type does not hide the next. Also returns what the rest
+/// deserializes to, if it does, and the keys taken out.
+fn type_problems(
+    raw: config::Config,
+    text: Option<&str>,
+) -> (Vec<String>, Option<Config>, Vec<String>) {
+    let mut tree: config::Map<String, config::Value> =
+        config::Source::collect(&raw).unwrap_or_default();
+    let mut problems = Vec::new();
+    let mut removed = Vec::new();
+    let mut pruned = None;
+    for _ in 0..64 {
+        let attempt = config::Config::builder()
+            .add_source(Tree(tree.clone()))
+            .build()
+            .and_then(|c| c.try_deserialize::<Config>());
+        let e = match attempt {
+            Ok(c) => {
+                pruned = Some(c);
+                break;
+            }
+            Err(e) => e,
+        };
+        let (key, msg) = key_of(&e);
+        // An unknown field is named in the message, under the key given.
+        let unknown = msg
+            .split("unknown field `")
+            .nth(1)
+            .and_then(|r| r.split('`').next())
+            .map(|f| match &key {
+                Some(k) => format!("{k}.{f}"),
+                None => f.to_string(),
+            });
+        let at = unknown.clone().or(key.clone());
+        let line = at.as_deref().and_then(|k| text.and_then(|t| line_of(t, k)));
+        let shown = line.map_or(String::new(), |l| format!("line {l}: "));
+        problems.push((line.unwrap_or(0), format!("{shown}{}", explain_serde(&msg))));
+        match at {
+            Some(k) if remove(&mut tree, &k) => removed.push(k),
+            _ => break,
+        }
+    }
+    // In file order; the ones without a line last.
+    problems.sort_by_key(|(l, _)| if *l == 0 { usize::MAX } else { *l });
+    let mut out: Vec<String> = problems.into_iter().map(|(_, p)| p).collect();
+    if out.is_empty() {
+        out.push("the configuration cannot be read".into());
+    }
+    (out, pruned, removed)
+}
+
 fn explain_serde(msg: &str) -> String {
     // serde says "missing field `x`"; the config crate, which reports the
     // whole path, "missing configuration field \"kafka.x\"".
@@ -1117,6 +1244,39 @@ mod tests {
         }
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    #[test]
+    fn every_wrong_type_and_unknown_key_is_reported_with_its_line_and_the_rest_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "kafka:\n  bootstrap_servers: 'b:1'\n  input_topics: [r]\n  allow_plaintext: maybe\n  colour: blue\nrules: { file: RULES }\nlimits:\n  max_in_flight: lots\nshutdown: { timeout: forever }\n",
+        );
+        let e = Config::load_with_env(Some(&p), Vec::new()).unwrap_err();
+        let all = e.problems.join("\n");
+        assert!(
+            e.problems[0].starts_with("line 4: ") && all.contains("expected a boolean"),
+            "{all}"
+        );
+        assert!(
+            e.problems[1].starts_with("line 5: unknown field `colour`"),
+            "{all}"
+        );
+        assert!(
+            e.problems[2].starts_with("line 8: ") && e.problems[2].contains("max_in_flight"),
+            "{all}"
+        );
+        assert!(
+            e.problems[3].starts_with("line 9: ") && e.problems[3].contains("not a duration"),
+            "{all}"
+        );
+        // The rest is validated too, once the wrong keys are out.
+        assert!(all.contains("`kafka.clean_topic` is missing"), "{all}");
+        assert!(
+            !all.contains("unencrypted"),
+            "nothing about the key already reported: {all}"
+        );
     }
 
     #[test]

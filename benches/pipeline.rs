@@ -8,6 +8,9 @@
 //! - (b) the service with an empty rule set;
 //! - (c) the service with the default rules;
 //! - (d) (c) with `kafka.delivery: exactly_once`.
+//! - (e) (c) with shadow rules (`rules.shadow_file`: the default rules and
+//!   one more) and the field inventory at its default (1 event in 100);
+//!   (b) to (d) run with both off. Reported as a ratio to (c).
 //!
 //! Rounds interleave the four; the medians of msg/s and of the per-round
 //! ratios to (a) are reported, with CPU seconds (user + sys, the whole
@@ -364,6 +367,7 @@ fn service(
     events: &[Vec<u8>],
     rules_text: &str,
     delivery: DeliveryMode,
+    governance: bool,
     rt: &tokio::runtime::Runtime,
 ) -> (Run, Arc<Telemetry>) {
     let c = cluster(events);
@@ -372,7 +376,18 @@ fn service(
     std::fs::write(&rules, rules_text).unwrap();
     let key = dir.path().join("key");
     std::fs::write(&key, "bench").unwrap();
-    let cfg = config(&c, &rules, &key, delivery);
+    let mut cfg = config(&c, &rules, &key, delivery);
+    if governance {
+        let shadow = dir.path().join("candidate.yaml");
+        std::fs::write(
+            &shadow,
+            format!("{rules_text}\n  - id: never-send-last-name\n    action: drop\n    fields: [last_name]\n"),
+        )
+        .unwrap();
+        cfg.rules.shadow_file = Some(shadow);
+    } else {
+        cfg.inventory.sample_every = 0;
+    }
     let telemetry = Arc::new(Telemetry::new());
     let n = events.len() as f64;
     let trace = std::env::var("BENCH_TRACE").is_ok();
@@ -581,11 +596,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut runs: [Vec<Run>; 4] = Default::default();
+    let mut runs: [Vec<Run>; 5] = Default::default();
     let mut ratios: [Vec<f64>; 3] = Default::default();
+    let mut governance: Vec<f64> = Vec::new();
     // `BENCH_ONLY=ab` runs (a) and (b) alone (for experiments; the others
     // report NaN).
-    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcd".into());
+    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abcde".into());
     let skipped = Run {
         rate: f64::NAN,
         cpu_per_million: f64::NAN,
@@ -599,7 +615,7 @@ fn main() {
         };
         let run = |which: char, rules: &str, mode| {
             if only.contains(which) {
-                let (r, t) = service(&events, rules, mode, &rt);
+                let (r, t) = service(&events, rules, mode, which == 'e', &rt);
                 (r, Some(t))
             } else {
                 (skipped, None)
@@ -608,13 +624,15 @@ fn main() {
         let (b, _) = run('b', empty, DeliveryMode::AtLeastOnce);
         let (c, t) = run('c', &default_rules, DeliveryMode::AtLeastOnce);
         let (d, _) = run('d', &default_rules, DeliveryMode::ExactlyOnce);
+        let (e, _) = run('e', &default_rules, DeliveryMode::AtLeastOnce);
         println!(
-            "round {round}: (a) {:.0}  (b) {:.0}  (c) {:.0}  (d) {:.0} msg/s",
-            a.rate, b.rate, c.rate, d.rate
+            "round {round}: (a) {:.0}  (b) {:.0}  (c) {:.0}  (d) {:.0}  (e) {:.0} msg/s",
+            a.rate, b.rate, c.rate, d.rate, e.rate
         );
-        for (i, r) in [a, b, c, d].into_iter().enumerate() {
+        for (i, r) in [a, b, c, d, e].into_iter().enumerate() {
             runs[i].push(r);
         }
+        governance.push(e.rate / c.rate);
         for (i, r) in [b, c, d].into_iter().enumerate() {
             ratios[i].push(r.rate / a.rate);
         }
@@ -645,6 +663,12 @@ fn main() {
         "(d) (c) with exactly-once delivery:  {:>9.0} msg/s   ratio to (a) {:.2}",
         rate(3),
         ratio(2)
+    );
+    println!(
+        "(e) (c) with shadow rules and the inventory: {:>9.0} msg/s   ratio to (c) {:.2}   {:.1} CPU s per million events",
+        rate(4),
+        median(governance.clone()),
+        cpu(4)
     );
     let Some(t) = last else { return };
     println!(

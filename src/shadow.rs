@@ -69,30 +69,47 @@ pub struct Difference {
     pub reasons: Option<(Option<String>, Option<String>)>,
 }
 
-/// Compares what `current` and `candidate` make of `input`.
+/// What the rules in use made of the event.
+pub enum Current<'a> {
+    /// Run them here.
+    Run(&'a Sanitizer),
+    /// Their clean output, already made (the service passes what it
+    /// produced, so the shadow pays for the candidate only).
+    Output(&'a [u8]),
+    /// A dead letter, with this reason code.
+    DeadLetter(&'a str),
+}
+
+/// Compares what the rules in use and `candidate` make of `input`.
 pub fn compare(
-    current: &Sanitizer,
+    current: Current<'_>,
     candidate: &Sanitizer,
     input: &[u8],
     scratch: &mut Scratch,
 ) -> Vec<Difference> {
     let run = |s: &Sanitizer, scratch: &mut Scratch| {
         let mut out = Vec::new();
-        s.sanitize(input, scratch, &mut out).map(|_| out)
+        s.sanitize(input, scratch, &mut out)
+            .map(|_| out)
+            .map_err(|r: DeadLetterReason| r.code().to_string())
     };
-    let (a, b) = (run(current, scratch), run(candidate, scratch));
-    let reason = |r: &DeadLetterReason| r.code().to_string();
+    let a: Result<std::borrow::Cow<'_, [u8]>, String> = match current {
+        Current::Run(s) => run(s, scratch).map(std::borrow::Cow::Owned),
+        Current::Output(o) => Ok(std::borrow::Cow::Borrowed(o)),
+        Current::DeadLetter(code) => Err(code.to_string()),
+    };
+    let b = run(candidate, scratch);
     let mut diffs = match (&a, &b) {
-        (Ok(a), Ok(b)) if a == b => return Vec::new(),
+        (Ok(a), Ok(b)) if a[..] == b[..] => return Vec::new(),
         (Ok(a), Ok(b)) => fields(a, b),
-        (Err(x), Err(y)) if x.code() == y.code() => return Vec::new(),
+        (Err(x), Err(y)) if x == y => return Vec::new(),
         (Err(x), Err(y)) => vec![dead(
             Kind::DeadLetterReasonDiffers,
-            Some(reason(x)),
-            Some(reason(y)),
+            Some(x.clone()),
+            Some(y.clone()),
         )],
-        (Err(x), Ok(_)) => vec![dead(Kind::DeadLetterOnlyCurrent, Some(reason(x)), None)],
-        (Ok(_), Err(y)) => vec![dead(Kind::DeadLetterOnlyCandidate, None, Some(reason(y)))],
+        (Err(x), Ok(_)) => vec![dead(Kind::DeadLetterOnlyCurrent, Some(x.clone()), None)],
+        (Ok(_), Err(y)) => vec![dead(Kind::DeadLetterOnlyCandidate, None, Some(y.clone()))],
     };
     // Which of the candidate's rules decided there (rare: only events
     // that differ are explained).
@@ -196,18 +213,18 @@ mod tests {
         ));
         let mut s = Scratch::default();
         let ev = br#"{"type":"identify","userId":"u","traits":{"passport_no":"X1","phone":"+1 555 123 4567"}}"#;
-        let d = compare(&current, &candidate, ev, &mut s);
+        let d = compare(Current::Run(&current), &candidate, ev, &mut s);
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].kind, Kind::FieldRemoved);
         assert_eq!(d[0].path.as_deref(), Some("traits.passport_no"));
         assert_eq!(d[0].rule.as_deref(), Some("never-send-passport (drop)"));
         let same = br#"{"type":"identify","userId":"u","traits":{"plan":"pro"}}"#;
-        assert!(compare(&current, &candidate, same, &mut s).is_empty());
+        assert!(compare(Current::Run(&current), &candidate, same, &mut s).is_empty());
         // A looser candidate: the phone comes out raw there, and the diff
         // shows only the current (hashed) value.
         let loose =
             compile(&crate::rules::DEFAULT_RULES.replacen("fields: [phone, ", "fields: [", 1));
-        let d = compare(&current, &loose, ev, &mut s);
+        let d = compare(Current::Run(&current), &loose, ev, &mut s);
         assert!(d
             .iter()
             .any(|x| x.kind == Kind::FieldAdded && x.path.as_deref() == Some("traits.phone")));
@@ -222,10 +239,10 @@ mod tests {
             ..Limits::default()
         };
         let small = Sanitizer::compile(&f, KeySupply::Placeholder, tight).unwrap();
-        let d = compare(&current, &small, ev, &mut s);
+        let d = compare(Current::Run(&current), &small, ev, &mut s);
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].kind, Kind::DeadLetterOnlyCandidate);
         assert_eq!(d[0].reasons, Some((None, Some("too_large".into()))));
-        assert!(compare(&current, &small, b"not json", &mut s).is_empty());
+        assert!(compare(Current::Run(&current), &small, b"not json", &mut s).is_empty());
     }
 }

@@ -35,6 +35,8 @@ pub struct Case {
     pub input: Vec<u8>,
     /// What must come out.
     pub expect: Expect,
+    /// Line and column of the `expect` key, when the expectation is one.
+    pub expect_at: Option<(usize, usize)>,
 }
 
 /// What a case expects.
@@ -57,6 +59,9 @@ pub struct CaseResult {
     pub line: usize,
     /// `None` when it passed; otherwise what went wrong, ready to print.
     pub failure: Option<String>,
+    /// When an `expect` case failed with one clean record: that record,
+    /// for `test --update`.
+    pub actual: Option<serde_json::Value>,
 }
 
 /// The results of one file.
@@ -246,11 +251,20 @@ impl TestFile {
                     .map(<[u8]>::to_vec)
                     .collect::<Vec<_>>()
             });
+            // The one clean record an `expect` case would be updated to.
+            let single = match (&case.expect, &output) {
+                (Expect::Output(_), Ok(records)) if records.len() == 1 => {
+                    serde_json::from_slice(&records[0]).ok()
+                }
+                _ => None,
+            };
             let failure = check(case, output);
+            let actual = failure.as_ref().and(single);
             results.push(CaseResult {
                 name: case.name.clone(),
                 line: case.line,
                 failure,
+                actual,
             });
         }
         let mut warns: Vec<String> = warnings.0.iter().map(ToString::to_string).collect();
@@ -268,6 +282,59 @@ impl TestFile {
             warnings: warns,
         })
     }
+}
+
+/// `text` (a test file) with the `expect` of each case in `updates`
+/// ((line, column) of its `expect` key, the new expectation) replaced by
+/// that value, written as one line of flow YAML (JSON). The value is what
+/// follows the key on its line and every following line indented deeper
+/// than the key (blank lines and comments inside it included). Returns the
+/// new text and the keys it could not update: one written inside a flow
+/// mapping with other keys on its line.
+pub fn update_expectations(
+    text: &str,
+    updates: &[((usize, usize), serde_json::Value)],
+) -> (String, Vec<(usize, usize)>) {
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut refused = Vec::new();
+    // From the bottom up, so earlier line numbers stay right.
+    let mut order: Vec<&((usize, usize), serde_json::Value)> = updates.iter().collect();
+    order.sort_by(|a, b| b.0.cmp(&a.0));
+    for ((line, col), value) in order {
+        let i = line - 1;
+        let Some(l) = lines.get(i) else {
+            refused.push((*line, *col));
+            continue;
+        };
+        let key_at = col - 1;
+        let before = l.get(..key_at).unwrap_or("");
+        let rest = l.get(key_at..).unwrap_or("");
+        if !rest.starts_with("expect:") || !before.trim_start_matches([' ', '-']).is_empty() {
+            refused.push((*line, *col));
+            continue;
+        }
+        let mut end = i + 1;
+        while end < lines.len() {
+            let next = &lines[end];
+            let indent = next.len() - next.trim_start().len();
+            if next.trim().is_empty() || indent > key_at {
+                end += 1;
+            } else {
+                break;
+            }
+        }
+        // Trailing blank lines belong to what follows.
+        while end > i + 1 && lines[end - 1].trim().is_empty() {
+            end -= 1;
+        }
+        let new = format!("{before}expect: {value}");
+        lines.splice(i..end, std::iter::once(new));
+    }
+    let mut out = lines.join("\n");
+    if text.ends_with('\n') {
+        out.push('\n');
+    }
+    (out, refused)
 }
 
 fn parse_case(r: &mut Reporter, node: &yaml::Node) -> Option<Case> {
@@ -349,11 +416,17 @@ fn parse_case(r: &mut Reporter, node: &yaml::Node) -> Option<Case> {
             return None;
         }
     };
+    // Where `expect` is written, for `test --update`.
+    let expect_at = e
+        .iter()
+        .find(|(k, _, _)| *k == "expect")
+        .map(|(_, key, _)| yaml::pos(key));
     Some(Case {
         name,
         line,
         input,
         expect,
+        expect_at,
     })
 }
 

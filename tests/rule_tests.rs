@@ -174,3 +174,65 @@ fn cases_can_expect_the_records_of_a_split_batch() {
     let dead = "    expect_dead_letter: contract.batch_too_large\n";
     assert!(run(case(dead)).unwrap().contains("expected a dead letter"));
 }
+
+/// `test --update`: after the diffs, each failing `expect` is replaced by
+/// the actual output (block or flow style), the rest of the file (comments
+/// included) untouched, and the file then passes.
+#[test]
+fn test_update_writes_the_actual_outputs_and_keeps_the_rest_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        common::root().join("rules/customerio.yaml"),
+        dir.path().join("customerio.yaml"),
+    )
+    .unwrap();
+    let tests = dir.path().join("tests");
+    std::fs::create_dir(&tests).unwrap();
+    let original =
+        std::fs::read_to_string(common::root().join("rules/tests/customerio.yaml")).unwrap();
+    // One flow `expect` made wrong, and a block one added wrong.
+    let broken = original.replacen(
+        "expect:   { type: identify, userId: u1, traits: { plan: pro } }",
+        "expect:   { type: identify, userId: u1, traits: { plan: free } }",
+        1,
+    ) + "  - name: a block expectation\n    input: { type: identify, userId: u2, traits: { ssn: \"123-45-6789\", plan: x } }\n    expect:\n      type: identify\n      # a comment inside the value goes with it\n      userId: u2\n      traits: { ssn: kept }\n";
+    assert_ne!(broken, original);
+    let file = tests.join("customerio.yaml");
+    std::fs::write(&file, &broken).unwrap();
+    let run = |update: bool| {
+        let mut c = std::process::Command::new(common::bin());
+        c.arg("test").arg(&tests);
+        if update {
+            c.arg("--update");
+        }
+        c.output().unwrap()
+    };
+    let o = run(true);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "the run that updates still reports the failures"
+    );
+    let out = common::output_text(&o);
+    assert!(out.contains("updated 2 case(s)"), "{out}");
+    let updated = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        updated.contains(r#"expect: {"traits":{"plan":"pro"},"type":"identify","userId":"u1"}"#),
+        "{updated}"
+    );
+    assert!(
+        updated.contains(r#"expect: {"traits":{"plan":"x"},"type":"identify","userId":"u2"}"#),
+        "{updated}"
+    );
+    assert!(!updated.contains("a comment inside the value"), "{updated}");
+    for line in original.lines().filter(|l| l.starts_with('#')) {
+        assert!(updated.contains(line), "comment kept: {line}");
+    }
+    assert_eq!(
+        updated.lines().count(),
+        original.lines().count() + 3,
+        "{updated}"
+    );
+    let o = run(false);
+    assert!(o.status.success(), "{}", common::output_text(&o));
+}

@@ -5,7 +5,7 @@
 use super::Failure;
 use crate::engine::{KeySupply, Limits, Sanitizer, Scratch};
 use crate::rules::RuleFile;
-use crate::shadow::{compare, Difference};
+use crate::shadow::{compare, Current, Difference};
 use clap::{Args, ValueEnum};
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -71,7 +71,7 @@ pub(crate) fn run(args: DiffArgs) -> Result<ExitCode, Failure> {
             continue;
         }
         events += 1;
-        let d = compare(&current, &candidate, line, &mut scratch);
+        let d = compare(Current::Run(&current), &candidate, line, &mut scratch);
         for x in &d {
             *counts
                 .entry((

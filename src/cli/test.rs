@@ -15,6 +15,11 @@ pub(crate) struct TestArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// After showing the diffs, write each failing `expect` case's actual
+    /// output into its test file as the new expectation (review the change
+    /// in git before committing it).
+    #[arg(long)]
+    update: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -32,6 +37,8 @@ enum Format {
 struct Ran {
     path: PathBuf,
     report: Result<FileReport, String>,
+    /// The parsed file (for `--update`).
+    file: Option<TestFile>,
 }
 
 impl Ran {
@@ -56,11 +63,17 @@ pub(crate) fn run(args: TestArgs) -> Result<ExitCode, Failure> {
     }
     let ran: Vec<Ran> = files
         .into_iter()
-        .map(|path| {
-            let report = TestFile::load(&path)
-                .and_then(|tf| tf.run())
-                .map_err(|d| d.to_string());
-            Ran { path, report }
+        .map(|path| match TestFile::load(&path) {
+            Ok(tf) => Ran {
+                report: tf.run().map_err(|d| d.to_string()),
+                path,
+                file: Some(tf),
+            },
+            Err(d) => Ran {
+                path,
+                report: Err(d.to_string()),
+                file: None,
+            },
         })
         .collect();
     let (passed, failed) = ran
@@ -72,11 +85,57 @@ pub(crate) fn run(args: TestArgs) -> Result<ExitCode, Failure> {
         Format::Json => println!("{}", json(&ran, passed, failed)),
         Format::Junit => print!("{}", junit(&ran)),
     }
+    if args.update {
+        for r in &ran {
+            update(r)?;
+        }
+    }
     Ok(if failed > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Writes the actual outputs of a file's failing `expect` cases as their
+/// expectations; says what it did on stderr.
+fn update(r: &Ran) -> Result<(), Failure> {
+    let (Ok(report), Some(file)) = (&r.report, &r.file) else {
+        return Ok(());
+    };
+    let mut updates = Vec::new();
+    let mut not_updatable = Vec::new();
+    for (case, result) in file.cases.iter().zip(&report.results) {
+        if result.failure.is_none() {
+            continue;
+        }
+        match (&result.actual, case.expect_at) {
+            (Some(v), Some(at)) => updates.push((at, v.clone())),
+            _ => not_updatable.push(case.name.as_str()),
+        }
+    }
+    if updates.is_empty() && not_updatable.is_empty() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&r.path)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", r.path.display())))?;
+    let (new, refused) = crate::testing::update_expectations(&text, &updates);
+    if new != text {
+        std::fs::write(&r.path, new)
+            .map_err(|e| Failure::usage(format!("cannot write {}: {e}", r.path.display())))?;
+    }
+    eprintln!(
+        "{}: updated {} case(s)",
+        r.path.display(),
+        updates.len() - refused.len()
+    );
+    for (line, _) in refused {
+        eprintln!("  line {line}: `expect` is written inline with other keys; update it by hand");
+    }
+    for name in not_updatable {
+        eprintln!("  case `{name}`: not updated (it expects records or a dead letter, or its output is one): update it by hand");
+    }
+    Ok(())
 }
 
 fn text(ran: &[Ran], passed: usize, failed: usize) -> String {

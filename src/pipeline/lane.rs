@@ -10,7 +10,7 @@
 //! membership and rebalances are served) until acknowledgements free it.
 
 use super::deliver::{AtLeastOnce, Consumed, Delivery, DeliveryError, ExactlyOnce};
-use super::route::{DeletionAudit, Input, RequestRecord, Router};
+use super::route::{DeletionAudit, Input, Outcome, RequestRecord, Router};
 use super::tracker::{Budget, Track, Tracks};
 use super::{Health, PipelineError};
 use crate::config::{ClientRole, Config, DeliveryMode};
@@ -552,7 +552,19 @@ impl Lane {
                         feed.offer(p);
                     }
                     if let Some(feed) = &c.shadow {
-                        feed.offer(topic, partition, offset, p);
+                        use super::shadow::Made;
+                        let made = match (&routed.outcome, &routed.dead_letter) {
+                            (_, Some(d)) => Made::DeadLetter(d.code.to_string()),
+                            (Outcome::Clean, None)
+                                if routed.payloads.len() == 1
+                                    && routed.dead_calls.is_empty()
+                                    && routed.suppressed_calls == 0 =>
+                            {
+                                Made::Output(routed.payloads[0].to_vec())
+                            }
+                            _ => Made::Other,
+                        };
+                        feed.offer(topic, partition, offset, p, made);
                     }
                 }
                 routed

@@ -19,11 +19,24 @@ const QUEUE: usize = 1024;
 /// Differing events kept for `/shadow`.
 const SAMPLES: usize = 20;
 
-/// Where an event came from.
+/// Where an event came from, and what the rules in use made of it.
 struct Origin {
     topic: String,
     partition: i32,
     offset: i64,
+    current: Made,
+}
+
+/// What the lane produced for the event, when it is one clean record or
+/// a dead letter; otherwise (a split batch, calls refused on their own)
+/// the shadow thread runs the rules in use itself.
+pub enum Made {
+    /// One clean record.
+    Output(Vec<u8>),
+    /// A dead letter with this reason code.
+    DeadLetter(String),
+    /// Anything else.
+    Other,
 }
 
 /// What `/shadow` shows.
@@ -59,12 +72,13 @@ impl Feed {
             .spawn(move || {
                 let mut scratch = crate::engine::Scratch::default();
                 while let Ok((origin, payload)) = rx.recv() {
-                    let d = crate::shadow::compare(
-                        &rules.current(),
-                        &src.current(),
-                        &payload,
-                        &mut scratch,
-                    );
+                    let in_use = rules.current();
+                    let current = match &origin.current {
+                        Made::Output(o) => crate::shadow::Current::Output(o),
+                        Made::DeadLetter(c) => crate::shadow::Current::DeadLetter(c),
+                        Made::Other => crate::shadow::Current::Run(&in_use),
+                    };
+                    let d = crate::shadow::compare(current, &src.current(), &payload, &mut scratch);
                     let labels: Vec<(&str, &str)> = d
                         .iter()
                         .map(|x| (x.kind.name(), x.rule.as_deref().unwrap_or("")))
@@ -97,12 +111,14 @@ impl Feed {
         }
     }
 
-    /// Offers one event (copied; skipped and counted when the thread is behind).
-    pub fn offer(&self, topic: &str, partition: i32, offset: i64, payload: &[u8]) {
+    /// Offers one event and what the lane made of it (copied; skipped and
+    /// counted when the thread is behind).
+    pub fn offer(&self, topic: &str, partition: i32, offset: i64, payload: &[u8], current: Made) {
         let origin = Origin {
             topic: topic.to_string(),
             partition,
             offset,
+            current,
         };
         if self.tx.try_send((origin, payload.to_vec())).is_err() {
             self.telemetry.shadow.skipped();

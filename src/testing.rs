@@ -299,7 +299,7 @@ pub fn update_expectations(
     let mut refused = Vec::new();
     // From the bottom up, so earlier line numbers stay right.
     let mut order: Vec<&((usize, usize), serde_json::Value)> = updates.iter().collect();
-    order.sort_by(|a, b| b.0.cmp(&a.0));
+    order.sort_by_key(|u| std::cmp::Reverse(u.0));
     for ((line, col), value) in order {
         let i = line - 1;
         let Some(l) = lines.get(i) else {

@@ -80,13 +80,22 @@ pub enum Current<'a> {
     DeadLetter(&'a str),
 }
 
-/// Compares what the rules in use and `candidate` make of `input`.
+/// Compares what the rules in use and `candidate` make of `input`; the
+/// candidate's rule on each differing path comes from `attributed` (see
+/// [`Attribution`]).
 pub fn compare(
     current: Current<'_>,
     candidate: &Sanitizer,
     input: &[u8],
     scratch: &mut Scratch,
+    attributed: &mut Attribution,
 ) -> Vec<Difference> {
+    if attributed.of != candidate.content_hash() {
+        *attributed = Attribution {
+            of: candidate.content_hash().to_string(),
+            ..Default::default()
+        };
+    }
     let run = |s: &Sanitizer, scratch: &mut Scratch| {
         let mut out = Vec::new();
         s.sanitize(input, scratch, &mut out)
@@ -111,13 +120,19 @@ pub fn compare(
         (Err(x), Ok(_)) => vec![dead(Kind::DeadLetterOnlyCurrent, Some(x.clone()), None)],
         (Ok(_), Err(y)) => vec![dead(Kind::DeadLetterOnlyCandidate, None, Some(y.clone()))],
     };
-    // Which of the candidate's rules decided there (rare: only events
-    // that differ are explained).
-    if diffs.iter().any(|d| d.path.is_some()) {
+    // Which of the candidate's rules decided there. `explain` is what
+    // costs: it runs only when a differing path's shape (indices as
+    // `[*]`) has not been attributed before, for this candidate.
+    let shape_of = |d: &Difference| d.path.as_deref().map(crate::audit::shape);
+    let known = diffs
+        .iter()
+        .filter_map(shape_of)
+        .all(|s| attributed.rules.contains_key(&s));
+    if !known {
         let decisions = candidate.explain(input).decisions;
-        for d in diffs.iter_mut() {
+        for d in diffs.iter() {
             let Some(p) = &d.path else { continue };
-            d.rule = decisions
+            let rule = decisions
                 .iter()
                 .filter(|x| {
                     crate::audit::covers(&x.location, p)
@@ -127,9 +142,30 @@ pub fn compare(
                 })
                 .map(|x| format!("{} ({})", x.rule, x.action))
                 .next_back();
+            if attributed.rules.len() < ATTRIBUTED {
+                attributed.rules.insert(crate::audit::shape(p), rule);
+            }
+        }
+    }
+    for d in diffs.iter_mut() {
+        if let Some(s) = shape_of(d) {
+            d.rule = attributed.rules.get(&s).cloned().flatten();
         }
     }
     diffs
+}
+
+/// Path shapes attributed to the candidate's rules, kept at most.
+const ATTRIBUTED: usize = 10_000;
+
+/// Which of a candidate's rules decided at each path shape, as first
+/// found: one `explain` per shape, not per differing event. Start a new
+/// one when the candidate changes.
+#[derive(Default)]
+pub struct Attribution {
+    rules: std::collections::HashMap<String, Option<String>>,
+    /// The candidate (by content hash) the rules are of.
+    pub of: String,
 }
 
 fn dead(kind: Kind, current: Option<String>, candidate: Option<String>) -> Difference {
@@ -213,18 +249,37 @@ mod tests {
         ));
         let mut s = Scratch::default();
         let ev = br#"{"type":"identify","userId":"u","traits":{"passport_no":"X1","phone":"+1 555 123 4567"}}"#;
-        let d = compare(Current::Run(&current), &candidate, ev, &mut s);
+        let d = compare(
+            Current::Run(&current),
+            &candidate,
+            ev,
+            &mut s,
+            &mut Attribution::default(),
+        );
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].kind, Kind::FieldRemoved);
         assert_eq!(d[0].path.as_deref(), Some("traits.passport_no"));
         assert_eq!(d[0].rule.as_deref(), Some("never-send-passport (drop)"));
         let same = br#"{"type":"identify","userId":"u","traits":{"plan":"pro"}}"#;
-        assert!(compare(Current::Run(&current), &candidate, same, &mut s).is_empty());
+        assert!(compare(
+            Current::Run(&current),
+            &candidate,
+            same,
+            &mut s,
+            &mut Attribution::default()
+        )
+        .is_empty());
         // A looser candidate: the phone comes out raw there, and the diff
         // shows only the current (hashed) value.
         let loose =
             compile(&crate::rules::DEFAULT_RULES.replacen("fields: [phone, ", "fields: [", 1));
-        let d = compare(Current::Run(&current), &loose, ev, &mut s);
+        let d = compare(
+            Current::Run(&current),
+            &loose,
+            ev,
+            &mut s,
+            &mut Attribution::default(),
+        );
         assert!(d
             .iter()
             .any(|x| x.kind == Kind::FieldAdded && x.path.as_deref() == Some("traits.phone")));
@@ -239,10 +294,23 @@ mod tests {
             ..Limits::default()
         };
         let small = Sanitizer::compile(&f, KeySupply::Placeholder, tight).unwrap();
-        let d = compare(Current::Run(&current), &small, ev, &mut s);
+        let d = compare(
+            Current::Run(&current),
+            &small,
+            ev,
+            &mut s,
+            &mut Attribution::default(),
+        );
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].kind, Kind::DeadLetterOnlyCandidate);
         assert_eq!(d[0].reasons, Some((None, Some("too_large".into()))));
-        assert!(compare(Current::Run(&current), &small, b"not json", &mut s).is_empty());
+        assert!(compare(
+            Current::Run(&current),
+            &small,
+            b"not json",
+            &mut s,
+            &mut Attribution::default()
+        )
+        .is_empty());
     }
 }

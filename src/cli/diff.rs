@@ -5,7 +5,7 @@
 use super::Failure;
 use crate::engine::{KeySupply, Limits, Sanitizer, Scratch};
 use crate::rules::RuleFile;
-use crate::shadow::{compare, Current, Difference};
+use crate::shadow::{compare, Attribution, Current, Difference};
 use clap::{Args, ValueEnum};
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -62,6 +62,7 @@ pub(crate) fn run(args: DiffArgs) -> Result<ExitCode, Failure> {
         ))
     };
     let mut scratch = Scratch::default();
+    let mut attributed = Attribution::default();
     let (mut events, mut differing) = (0u64, Vec::<(usize, Vec<Difference>)>::new());
     let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
     for (i, line) in reader.split(b'\n').enumerate() {
@@ -71,7 +72,13 @@ pub(crate) fn run(args: DiffArgs) -> Result<ExitCode, Failure> {
             continue;
         }
         events += 1;
-        let d = compare(Current::Run(&current), &candidate, line, &mut scratch);
+        let d = compare(
+            Current::Run(&current),
+            &candidate,
+            line,
+            &mut scratch,
+            &mut attributed,
+        );
         for x in &d {
             *counts
                 .entry((

@@ -71,6 +71,7 @@ impl Feed {
             .name("shadow".into())
             .spawn(move || {
                 let mut scratch = crate::engine::Scratch::default();
+                let mut attributed = crate::shadow::Attribution::default();
                 while let Ok((origin, payload)) = rx.recv() {
                     let in_use = rules.current();
                     let current = match &origin.current {
@@ -78,7 +79,13 @@ impl Feed {
                         Made::DeadLetter(c) => crate::shadow::Current::DeadLetter(c),
                         Made::Other => crate::shadow::Current::Run(&in_use),
                     };
-                    let d = crate::shadow::compare(current, &src.current(), &payload, &mut scratch);
+                    let d = crate::shadow::compare(
+                        current,
+                        &src.current(),
+                        &payload,
+                        &mut scratch,
+                        &mut attributed,
+                    );
                     let labels: Vec<(&str, &str)> = d
                         .iter()
                         .map(|x| (x.kind.name(), x.rule.as_deref().unwrap_or("")))

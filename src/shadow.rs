@@ -10,7 +10,6 @@
 use crate::engine::{DeadLetterReason, Sanitizer, Scratch};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::BTreeMap;
 
 /// What differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -178,14 +177,15 @@ fn dead(kind: Kind, current: Option<String>, candidate: Option<String>) -> Diffe
     }
 }
 
-/// Every scalar location of a JSON document with its value as JSON text.
-fn flatten(v: &Value, path: &mut String, out: &mut BTreeMap<String, String>) {
+/// Every scalar location under `v`, as `kind` differences (what is only
+/// on one side).
+fn all(v: &Value, path: &mut String, kind: Kind, current: bool, out: &mut Vec<Difference>) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             for (k, c) in m {
                 let len = path.len();
                 crate::engine::push_key(path, k);
-                flatten(c, path, out);
+                all(c, path, kind, current, out);
                 path.truncate(len);
             }
         }
@@ -193,39 +193,83 @@ fn flatten(v: &Value, path: &mut String, out: &mut BTreeMap<String, String>) {
             for (i, c) in a.iter().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                flatten(c, path, out);
+                all(c, path, kind, current, out);
                 path.truncate(len);
             }
         }
-        other => {
-            out.insert(path.clone(), other.to_string());
+        other => out.push(Difference {
+            kind,
+            path: Some(path.clone()),
+            rule: None,
+            current: current.then(|| other.to_string()),
+            reasons: None,
+        }),
+    }
+}
+
+/// The differences between two documents, walked side by side: equal
+/// subtrees cost one comparison and are not visited.
+fn walk(a: &Value, b: &Value, path: &mut String, out: &mut Vec<Difference>) {
+    if a == b {
+        return;
+    }
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) if !x.is_empty() && !y.is_empty() => {
+            for (k, va) in x {
+                let len = path.len();
+                crate::engine::push_key(path, k);
+                match y.get(k) {
+                    Some(vb) => walk(va, vb, path, out),
+                    None => all(va, path, Kind::FieldRemoved, true, out),
+                }
+                path.truncate(len);
+            }
+            for (k, vb) in y.iter().filter(|(k, _)| !x.contains_key(*k)) {
+                let len = path.len();
+                crate::engine::push_key(path, k);
+                all(vb, path, Kind::FieldAdded, false, out);
+                path.truncate(len);
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if !x.is_empty() && !y.is_empty() => {
+            for i in 0..x.len().max(y.len()) {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                match (x.get(i), y.get(i)) {
+                    (Some(va), Some(vb)) => walk(va, vb, path, out),
+                    (Some(va), None) => all(va, path, Kind::FieldRemoved, true, out),
+                    (None, Some(vb)) => all(vb, path, Kind::FieldAdded, false, out),
+                    (None, None) => {}
+                }
+                path.truncate(len);
+            }
+        }
+        (x, y) if is_scalar(x) && is_scalar(y) => out.push(Difference {
+            kind: Kind::FieldChanged,
+            path: Some(path.clone()),
+            rule: None,
+            current: Some(x.to_string()),
+            reasons: None,
+        }),
+        // A scalar against a container (or an empty one): what one side
+        // has there is gone, and the other's is new.
+        (x, y) => {
+            all(x, path, Kind::FieldRemoved, true, out);
+            all(y, path, Kind::FieldAdded, false, out);
         }
     }
 }
 
+fn is_scalar(v: &Value) -> bool {
+    !matches!(v, Value::Object(m) if !m.is_empty())
+        && !matches!(v, Value::Array(a) if !a.is_empty())
+}
+
 fn fields(a: &[u8], b: &[u8]) -> Vec<Difference> {
     let parse = |x: &[u8]| serde_json::from_slice::<Value>(x).unwrap_or(Value::Null);
-    let (mut fa, mut fb) = (BTreeMap::new(), BTreeMap::new());
-    flatten(&parse(a), &mut String::new(), &mut fa);
-    flatten(&parse(b), &mut String::new(), &mut fb);
     let mut out = Vec::new();
-    let diff = |kind, path: &String, current: Option<&String>| Difference {
-        kind,
-        path: Some(path.clone()),
-        rule: None,
-        current: current.cloned(),
-        reasons: None,
-    };
-    for (p, va) in &fa {
-        match fb.get(p) {
-            None => out.push(diff(Kind::FieldRemoved, p, Some(va))),
-            Some(vb) if vb != va => out.push(diff(Kind::FieldChanged, p, Some(va))),
-            _ => {}
-        }
-    }
-    for p in fb.keys().filter(|p| !fa.contains_key(*p)) {
-        out.push(diff(Kind::FieldAdded, p, None));
-    }
+    walk(&parse(a), &parse(b), &mut String::new(), &mut out);
+    out.sort_by(|x, y| x.path.cmp(&y.path));
     out
 }
 

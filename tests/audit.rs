@@ -482,11 +482,12 @@ async fn canaries_arrive_clean_until_a_rule_is_removed_then_the_leak_metric_rise
             &[("kind", "phone")],
         ) >= 1.0
     });
-    // Within one interval: at most the canary in flight at the change and
-    // the next one arrived before the leak showed.
+    // The first canary sent under the new rules leaks: before it, at most
+    // the canary in flight at the change and one sent before the reload
+    // (every 200 ms) took effect can arrive clean.
     let arrived = scrape("event_sanitizer_audit_canaries_arrived_total", &[]);
     assert!(
-        arrived - arrived_before <= 2.0,
+        arrived - arrived_before <= 3.0,
         "{arrived_before} -> {arrived}"
     );
     // Nothing else leaks from a canary.

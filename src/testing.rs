@@ -198,13 +198,13 @@ impl TestFile {
         })
     }
 
-    /// The ids of the rules some case of this file exercises: a rule that
-    /// decided somewhere in a case's output, or an `allow` whose scope a
-    /// case reached with its `when` holding.
-    pub fn exercised(&self) -> Result<BTreeSet<String>, Diagnostics> {
-        let (rule_file, _) = RuleFile::load(&self.rules)?;
-        let sanitizer = Sanitizer::compile(&rule_file, KeySupply::Placeholder, Limits::default())
-            .map_err(|e| {
+    /// The rule file under test, compiled with `supply`, and its warnings.
+    fn compile(
+        &self,
+        supply: KeySupply<'_>,
+    ) -> Result<(RuleFile, Sanitizer, Diagnostics), Diagnostics> {
+        let (rule_file, warnings) = RuleFile::load(&self.rules)?;
+        let sanitizer = Sanitizer::compile(&rule_file, supply, Limits::default()).map_err(|e| {
             Diagnostics(vec![Diagnostic {
                 severity: Severity::Error,
                 file: rule_file.file.clone(),
@@ -214,6 +214,14 @@ impl TestFile {
                 message: e.to_string(),
             }])
         })?;
+        Ok((rule_file, sanitizer, warnings))
+    }
+
+    /// The ids of the rules some case of this file exercises: a rule that
+    /// decided somewhere in a case's output, or an `allow` whose scope a
+    /// case reached with its `when` holding.
+    pub fn exercised(&self) -> Result<BTreeSet<String>, Diagnostics> {
+        let (_, sanitizer, _) = self.compile(KeySupply::Placeholder)?;
         let mut ids = BTreeSet::new();
         for case in &self.cases {
             let exp = sanitizer.explain(&case.input);
@@ -225,21 +233,11 @@ impl TestFile {
 
     /// Compiles the rules under test and runs every case.
     pub fn run(&self) -> Result<FileReport, Diagnostics> {
-        let (rule_file, warnings) = RuleFile::load(&self.rules)?;
         let supply = match &self.hash_key {
             Some(k) => KeySupply::Fixed(k),
             None => KeySupply::Placeholder,
         };
-        let sanitizer = Sanitizer::compile(&rule_file, supply, Limits::default()).map_err(|e| {
-            Diagnostics(vec![Diagnostic {
-                severity: Severity::Error,
-                file: rule_file.file.clone(),
-                line: 1,
-                column: 1,
-                rule: None,
-                message: e.to_string(),
-            }])
-        })?;
+        let (rule_file, sanitizer, warnings) = self.compile(supply)?;
         let mut results = Vec::new();
         let mut reached = BTreeSet::new();
         for case in &self.cases {

@@ -232,22 +232,7 @@ pub(crate) fn run(args: AuditArgs) -> Result<ExitCode, Failure> {
 }
 
 async fn serve(listener: tokio::net::TcpListener, telemetry: Arc<Telemetry>) {
-    use axum::http::header;
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let t = telemetry.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        t.render(),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }));
+    let app = crate::pipeline::http::basic(telemetry);
     let _ = axum::serve(listener, app).await;
 }
 

@@ -3,13 +3,12 @@
 //! live events with `rules.shadow_file`).
 
 use super::Failure;
-use crate::engine::{KeySupply, Limits, Sanitizer, Scratch};
-use crate::rules::RuleFile;
+use crate::engine::Scratch;
 use crate::shadow::{compare, Attribution, Current, Difference};
 use clap::{Args, ValueEnum};
 use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -39,28 +38,14 @@ pub(crate) struct DiffArgs {
     fail_on_difference: bool,
 }
 
-fn compile(path: &Path) -> Result<Sanitizer, Failure> {
-    let (file, _) = RuleFile::load(path).map_err(|d| Failure {
-        message: d.to_string(),
-        code: 1,
-    })?;
+pub(crate) fn run(args: DiffArgs) -> Result<ExitCode, Failure> {
     // Both sides hash with the same placeholder key: digests compare
     // equal where the rules agree, and none is shown.
-    Sanitizer::compile(&file, KeySupply::Placeholder, Limits::default())
-        .map_err(|e| Failure::usage(e.to_string()))
-}
-
-pub(crate) fn run(args: DiffArgs) -> Result<ExitCode, Failure> {
-    let (current, candidate) = (compile(&args.rules)?, compile(&args.candidate)?);
-    let reader: Box<dyn BufRead> = if args.input.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(&args.input).map_err(|e| {
-                Failure::usage(format!("cannot read {}: {e}", args.input.display()))
-            })?,
-        ))
-    };
+    let (current, candidate) = (
+        super::placeholder_rules(&args.rules)?,
+        super::placeholder_rules(&args.candidate)?,
+    );
+    let reader = super::input(&args.input)?;
     let mut scratch = Scratch::default();
     let mut attributed = Attribution::default();
     let (mut events, mut differing) = (0u64, Vec::<(usize, Vec<Difference>)>::new());

@@ -216,21 +216,10 @@ pub(crate) fn run(args: IncidentArgs) -> Result<ExitCode, Failure> {
         .sasl_password()
         .map_err(|e| Failure::usage(e.to_string()))?;
     let group = format!("{}-incident", cfg.kafka.group_id);
-    let consumer: BaseConsumer = crate::kafka::client_config(
-        &cfg,
-        ClientRole::Consumer,
-        &[
-            ("group.id", group.as_str()),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("enable.partition.eof", "true"),
-            ("isolation.level", "read_committed"),
-        ],
-        password.as_ref(),
-    )
-    .map_err(|e| Failure::usage(e.to_string()))?
-    .create()
-    .map_err(|e| fail(e.to_string()))?;
+    let consumer: BaseConsumer = crate::kafka::scan::client_config(&cfg, &group, password.as_ref())
+        .map_err(|e| Failure::usage(e.to_string()))?
+        .create()
+        .map_err(|e| fail(e.to_string()))?;
     let topic = cfg.kafka.clean_topic.clone();
     let start = from.map_or(Start::Beginning, Start::Time);
     let end = to.map_or(End::Now, End::Time);

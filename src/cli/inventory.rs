@@ -3,9 +3,7 @@
 //! which paths no rule classifies, with a suggested rule.
 
 use super::Failure;
-use crate::engine::{KeySupply, Limits, Sanitizer};
 use crate::inventory::Inventory;
-use crate::rules::RuleFile;
 use clap::{Args, ValueEnum};
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -36,21 +34,8 @@ pub(crate) struct InventoryArgs {
 }
 
 pub(crate) fn run(args: InventoryArgs) -> Result<ExitCode, Failure> {
-    let (file, _) = RuleFile::load(&args.rules).map_err(|d| Failure {
-        message: d.to_string(),
-        code: 1,
-    })?;
-    let sanitizer = Sanitizer::compile(&file, KeySupply::Placeholder, Limits::default())
-        .map_err(|e| Failure::usage(e.to_string()))?;
-    let reader: Box<dyn BufRead> = if args.input.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(&args.input).map_err(|e| {
-                Failure::usage(format!("cannot read {}: {e}", args.input.display()))
-            })?,
-        ))
-    };
+    let sanitizer = super::placeholder_rules(&args.rules)?;
+    let reader = super::input(&args.input)?;
     let mut inv = Inventory::new(args.max_paths);
     for line in reader.split(b'\n') {
         let line = line.map_err(|e| Failure::usage(format!("cannot read the input: {e}")))?;

@@ -137,6 +137,27 @@ pub(crate) struct RulesArgs {
     max_depth: usize,
 }
 
+/// A rule file compiled with the placeholder key, for commands that show
+/// no digest (`inventory`, `diff`): rule errors exit 1.
+pub(crate) fn placeholder_rules(path: &std::path::Path) -> Result<Sanitizer, Failure> {
+    let (file, _) = RuleFile::load(path).map_err(|d| Failure {
+        message: d.to_string(),
+        code: 1,
+    })?;
+    Sanitizer::compile(&file, KeySupply::Placeholder, Limits::default())
+        .map_err(|e| Failure::usage(e.to_string()))
+}
+
+/// JSON Lines input: a file, or standard input for `-`.
+pub(crate) fn input(path: &std::path::Path) -> Result<Box<dyn std::io::BufRead>, Failure> {
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stdin().lock()));
+    }
+    let f = std::fs::File::open(path)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+    Ok(Box::new(std::io::BufReader::new(f)))
+}
+
 /// An error for a person: printed once, with the exit code to use.
 pub(crate) struct Failure {
     pub message: String,

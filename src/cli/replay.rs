@@ -195,19 +195,8 @@ pub(crate) fn run(args: ReplayArgs) -> Result<ExitCode, Failure> {
     };
     let dlq = cfg.kafka.dead_letter_topic.clone();
     let group = format!("{}-replay", cfg.kafka.group_id);
-    let consumer_cfg = crate::kafka::client_config(
-        &cfg,
-        ClientRole::Consumer,
-        &[
-            ("group.id", group.as_str()),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("enable.partition.eof", "true"),
-            ("isolation.level", "read_committed"),
-        ],
-        password.as_ref(),
-    )
-    .map_err(|e| Failure::usage(e.to_string()))?;
+    let consumer_cfg = crate::kafka::scan::client_config(&cfg, &group, password.as_ref())
+        .map_err(|e| Failure::usage(e.to_string()))?;
     let consumer: BaseConsumer = consumer_cfg.create().map_err(|e| fail(e.to_string()))?;
     let start = args.from.map_or(Start::Beginning, Start::Offset);
     // Read up to the end marks seen now: a replay that fails again does

@@ -32,6 +32,28 @@ pub(crate) enum End {
     Time(i64),
 }
 
+/// The properties of a scan's consumer: `group` only names it (a scan
+/// assigns partitions itself and never commits), and only committed
+/// records are read (exactly-once output leaves aborted ones).
+pub(crate) fn client_config(
+    cfg: &crate::config::Config,
+    group: &str,
+    password: Option<&crate::secret::Secret>,
+) -> Result<rdkafka::ClientConfig, super::ClientError> {
+    super::client_config(
+        cfg,
+        crate::config::ClientRole::Consumer,
+        &[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "true"),
+            ("isolation.level", "read_committed"),
+        ],
+        password,
+    )
+}
+
 /// A bounded read of one topic.
 pub(crate) struct Scan {
     consumer: BaseConsumer,

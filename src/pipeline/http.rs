@@ -12,15 +12,10 @@ use axum::Router;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-pub(super) async fn serve(
-    listener: tokio::net::TcpListener,
-    common: Arc<super::lane::Common>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let telemetry: Arc<Telemetry> = common.telemetry.clone();
-    let health: Arc<Health> = common.health.clone();
-    let inventory = common.inventory.as_ref().map(|f| f.inventory.clone());
-    let app = Router::new()
+/// `/metrics` and `/healthz`: what every process of this crate that runs
+/// as a service answers (the service, the auditor).
+pub(crate) fn basic(telemetry: Arc<Telemetry>) -> Router {
+    Router::new()
         .route(
             "/metrics",
             get(move || {
@@ -34,6 +29,17 @@ pub(super) async fn serve(
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
+}
+
+pub(super) async fn serve(
+    listener: tokio::net::TcpListener,
+    common: Arc<super::lane::Common>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let telemetry = common.telemetry.clone();
+    let health: Arc<Health> = common.health.clone();
+    let inventory = common.inventory.as_ref().map(|f| f.inventory.clone());
+    let app = basic(telemetry)
         .route(
             "/shadow",
             get(move || {

@@ -18,7 +18,7 @@
 
 mod canary;
 pub mod deliver;
-mod http;
+pub(crate) mod http;
 pub mod inventory;
 pub mod lane;
 pub mod route;

@@ -563,3 +563,80 @@ fn the_test_file_schema_knows_every_key_and_the_shipped_tests_use_only_those() {
         String::from_utf8(o.stdout).unwrap()
     );
 }
+
+/// `sanitize --threads N` writes the same clean bytes, the same dead
+/// letters with the same line numbers, and the same summary as one
+/// thread, over an input of many chunks with dead letters and blank and
+/// CRLF lines spread through it.
+#[test]
+fn sanitize_on_several_threads_writes_the_same_bytes_in_input_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = std::fs::read_to_string(common::root().join("tests/data/corpus.jsonl")).unwrap();
+    let bad = std::fs::read_to_string(common::root().join("tests/data/bad_lines.jsonl")).unwrap();
+    let mut input = String::new();
+    for round in 0..5 {
+        for (i, line) in corpus.lines().enumerate() {
+            input.push_str(line);
+            input.push_str(if (i + round) % 7 == 0 { "\r\n" } else { "\n" });
+            if i % 500 == round {
+                input.push_str(&bad);
+            }
+        }
+    }
+    let path = dir.path().join("in.jsonl");
+    std::fs::write(&path, &input).unwrap();
+    let run = |threads: &str| {
+        let (out, dead) = (
+            dir.path().join(format!("clean-{threads}")),
+            dir.path().join(format!("dead-{threads}")),
+        );
+        let o = Command::new(common::bin())
+            .args([
+                "sanitize",
+                "-r",
+                "rules/customerio.yaml",
+                "--placeholder-key",
+                "--threads",
+                threads,
+                "-i",
+            ])
+            .arg(&path)
+            .arg("-o")
+            .arg(&out)
+            .arg("--dead-letters")
+            .arg(&dead)
+            .current_dir(common::root())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let summary: Vec<String> = text(&o)
+            .lines()
+            .map(|l| l.split(" in ").next().unwrap().to_string()) // the time differs
+            .collect();
+        (
+            std::fs::read(out).unwrap(),
+            std::fs::read_to_string(dead).unwrap(),
+            summary,
+        )
+    };
+    let one = run("1");
+    // 10,000 corpus lines and 2 clean lines in each of 20 copies of bad_lines.
+    assert_eq!(one.0.iter().filter(|&&b| b == b'\n').count(), 10_040);
+    let dead_lines: Vec<u64> = one
+        .1
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["line"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(dead_lines.len(), 5 * 4 * 3, "{dead_lines:?}");
+    assert!(dead_lines.windows(2).all(|w| w[0] < w[1]), "in input order");
+    for threads in ["2", "3"] {
+        assert!(
+            run(threads) == one,
+            "--threads {threads} differs from --threads 1"
+        );
+    }
+}

@@ -108,3 +108,32 @@ fn same_input_same_bytes_across_scratches_and_instances() {
         assert_eq!(oa, ob);
     }
 }
+
+#[test]
+fn ids_and_timestamps_come_out_unchanged() {
+    let s = common::default_rules();
+    let events = std::fs::read_to_string(common::root().join("tests/data/corpus.jsonl")).unwrap();
+    let mut scratch = Scratch::default();
+    let mut out = Vec::new();
+    let mut checked = 0;
+    for line in events.lines() {
+        let input: serde_json::Value = serde_json::from_str(line).unwrap();
+        s.sanitize(line.as_bytes(), &mut scratch, &mut out).unwrap();
+        let clean: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let calls = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+            match v.get("batch").and_then(|b| b.as_array()) {
+                Some(b) => b.clone(),
+                None => vec![v.clone()],
+            }
+        };
+        for (a, b) in calls(&input).iter().zip(calls(&clean).iter()) {
+            for key in ["messageId", "userId", "anonymousId", "timestamp", "sentAt"] {
+                if let Some(v) = a.get(key) {
+                    assert_eq!(Some(v), b.get(key), "{key} changed in {line}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 4_000, "{checked}");
+}

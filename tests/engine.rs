@@ -405,3 +405,54 @@ fn untouched_subtrees_come_out_byte_for_byte_and_still_refuse_duplicate_keys() {
     assert_eq!(run(&none, input).unwrap(), input);
     assert_eq!(run(&none, r#"{"a":{"b":1},"a":2}"#), Err("duplicate_key"));
 }
+
+#[test]
+fn except_fields_keeps_detectors_off_ids_and_everything_below_them() {
+    let s = rules("  - { id: r, action: redact, values: [credit_card], except_fields: [\"*_id\", timestamp], replacement: X }\n");
+    let card = "4111 1111 1111 1111";
+    let input = format!(
+        r#"{{"orderId":"{card}","order_id":"{card}","timestamp":"{card}","note":"{card}","session_id":{{"deep":["{card}"]}},"list":[{{"item_id":"{card}","text":"{card}"}}]}}"#
+    );
+    assert_eq!(
+        run(&s, &input).unwrap(),
+        format!(
+            r#"{{"orderId":"{card}","order_id":"{card}","timestamp":"{card}","note":"X","session_id":{{"deep":["{card}"]}},"list":[{{"item_id":"{card}","text":"X"}}]}}"#
+        )
+    );
+}
+
+#[test]
+fn within_fields_reads_values_only_under_the_keys_named() {
+    // A bare nine-digit run is an SSN under a key that says so, not anywhere.
+    let s = rules(concat!(
+        "  - id: r\n    action: redact\n    replacement: X\n",
+        "    values: [{ name: ssn-digits, regex: \"\\\\b[0-9]{9}\\\\b\" }]\n",
+        "    within_fields: [\"*ssn*\", \"social_*\"]\n",
+    ));
+    assert_eq!(
+        run(
+            &s,
+            r#"{"ssn":"123456789","userSSN":"id 123456789","socialSecurity":{"n":["123456789"]},"order":"123456789","zip":{"ssn_like":"x"}}"#
+        )
+        .unwrap(),
+        r#"{"ssn":"X","userSSN":"id X","socialSecurity":{"n":["X"]},"order":"123456789","zip":{"ssn_like":"x"}}"#
+    );
+}
+
+#[test]
+fn except_and_within_fields_need_values() {
+    let err = event_sanitizer::rules::RuleFile::parse(
+        "t.yaml",
+        &format!("{HEAD}  - {{ id: d, action: drop, fields: [a], except_fields: [b], within_fields: [c] }}\n"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("`except_fields` says where `values` detectors read"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`within_fields` says where `values` detectors read"),
+        "{err}"
+    );
+}

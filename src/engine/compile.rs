@@ -151,6 +151,11 @@ pub(crate) struct Compiled {
     pub values_rules: Vec<u16>,
     /// Values rules without scope.
     pub values_global: u64,
+    /// Key names that stop (`except_fields`) or allow (`within_fields`)
+    /// a values rule's detectors below them: (name, rule bit, within).
+    pub values_keys: Vec<(FieldName, u8, bool)>,
+    /// Values rules that read only under their `within_fields`.
+    pub values_within: u64,
     pub detectors: Vec<Detector>,
     pub hashers: Vec<Hasher>,
     /// The file-level hasher (message keys).
@@ -239,6 +244,8 @@ impl Compiled {
             groups: Vec::new(),
             values_rules: Vec::new(),
             values_global: 0,
+            values_keys: Vec::new(),
+            values_within: 0,
             detectors: Vec::new(),
             hashers: Vec::new(),
             file_hasher: 0,
@@ -448,6 +455,15 @@ impl Builder {
                         ));
                     }
                     cr.detectors.push(d);
+                }
+                for f in &r.except_fields {
+                    self.c.values_keys.push((f.clone(), bit, false));
+                }
+                for f in &r.within_fields {
+                    self.c.values_keys.push((f.clone(), bit, true));
+                }
+                if !r.within_fields.is_empty() {
+                    self.c.values_within |= 1 << bit;
                 }
                 if r.scope.is_empty() {
                     self.c.values_global |= 1 << bit;

@@ -365,6 +365,21 @@ fn word_around(b: &[u8], start: usize, end: usize) -> (usize, usize) {
     (lo, hi)
 }
 
+/// Whether the match `start..end` stands alone as a token: not one part
+/// of a longer dash-joined word (a UUID, an order id such as
+/// `123-45-6789-0001`) and not the whole or fraction part of a decimal
+/// number (`4111111111111111.00`).
+fn standalone(b: &[u8], start: usize, end: usize) -> bool {
+    let digit = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
+    let decimal = (start >= 2 && b[start - 1] == b'.' && digit(start - 2))
+        || (b.get(end) == Some(&b'.') && digit(end + 1));
+    if decimal {
+        return false;
+    }
+    let (lo, hi) = word_around(b, start, end);
+    !b[lo..hi].contains(&b'-') || (lo, hi) == (start, end)
+}
+
 /// Card numbers: 13-19 digits in groups split by single spaces or dashes,
 /// not glued to letters or digits on either side, passing Luhn, with the
 /// prefix and length of a card scheme ([`issued`]). When a run of groups
@@ -412,11 +427,7 @@ fn find_cards(b: &[u8], id: u16, out: &mut Vec<Found>) {
                 && !alnum(b, end)
                 && luhn(&b[start..end])
                 && issued(&b[start..end])
-                && {
-                    let (lo, hi) = word_around(b, start, end);
-                    let dashed = b[lo..hi].contains(&b'-');
-                    !dashed || (lo, hi) == (start, end)
-                }
+                && standalone(b, start, end)
         });
         match found {
             Some(&(end, _)) => {
@@ -433,7 +444,7 @@ fn find_cards(b: &[u8], id: u16, out: &mut Vec<Found>) {
 }
 
 /// US SSNs: `AAA-GG-SSSS` or `AAA GG SSSS`, area not 000, 666 or 9xx,
-/// group not 00, serial not 0000.
+/// group not 00, serial not 0000, standing alone ([`standalone`]).
 fn find_ssns(b: &[u8], id: u16, out: &mut Vec<Found>) {
     let n = b.len();
     if n < 11 {
@@ -460,7 +471,8 @@ fn find_ssns(b: &[u8], id: u16, out: &mut Vec<Found>) {
             && !alnum(b, i + 11);
         if shape {
             let area = &b[i..i + 3];
-            let valid = area != b"000"
+            let valid = standalone(b, i, i + 11)
+                && area != b"000"
                 && area != b"666"
                 && area[0] != b'9'
                 && &b[i + 4..i + 6] != b"00"

@@ -6,7 +6,7 @@ use super::explain::{Decision, Trace};
 use super::hash::canonical;
 use super::json::{self, unescape, JsonError, Kind, Tok};
 use super::{DeadLetterReason, Sanitizer};
-use crate::rules::Literal;
+use crate::rules::{FieldName, Literal};
 
 /// Distinct key spellings remembered before the cache is emptied (bounds
 /// memory against messages that invent keys).
@@ -17,6 +17,10 @@ const CACHE_LIMIT: usize = 16_384;
 struct KeyClass {
     key_id: u32,
     glob_mask: u64,
+    /// Values rules (bits) whose `except_fields` name this key.
+    except_values: u64,
+    /// Values rules (bits) whose `within_fields` name this key.
+    within_values: u64,
     hits_start: u32,
     hits_len: u32,
     /// Object serial << 1 | renamed: detects duplicate keys in O(1).
@@ -78,6 +82,8 @@ struct Inherit {
     kept: bool,
     /// Values rules (bits) in scope.
     values: u64,
+    /// Values rules (bits) whose `within_fields` name a key here or above.
+    context: u64,
     /// Allow groups whose filter applies to this location's children.
     filtering: u64,
     /// Allow groups satisfied here and below.
@@ -225,6 +231,20 @@ impl<T: Trace> Walker<'_, T> {
                 glob_mask |= 1 << i;
             }
         }
+        let (mut except_values, mut within_values) = (0u64, 0u64);
+        for (f, bit, within) in &c.values_keys {
+            let named = match f {
+                FieldName::Name(n) => n.as_str() == canon.as_ref(),
+                FieldName::Glob(g) => g.matches(&canon),
+            };
+            if named {
+                *(if *within {
+                    &mut within_values
+                } else {
+                    &mut except_values
+                }) |= 1 << bit;
+            }
+        }
         let start = self.w.hits.len();
         if key_id != u32::MAX {
             self.w
@@ -241,6 +261,8 @@ impl<T: Trace> Walker<'_, T> {
         self.w.classes.push(KeyClass {
             key_id,
             glob_mask,
+            except_values,
+            within_values,
             hits_start: start as u32,
             hits_len: (self.w.hits.len() - start) as u32,
             stamp: 0,
@@ -297,6 +319,7 @@ impl<T: Trace> Walker<'_, T> {
         let inh = Inherit {
             kept: false,
             values: self.c.values_global,
+            context: 0,
             filtering: root_groups,
             free: 0,
         };
@@ -462,6 +485,14 @@ impl<T: Trace> Walker<'_, T> {
         container: bool,
     ) -> (Act, Inherit) {
         let c = self.c;
+        let mut inh = inh;
+        if let Some(class) = class {
+            // Key names as context for values rules (`except_fields`,
+            // `within_fields`): they hold here and below.
+            let kc = &self.w.classes[class as usize];
+            inh.values &= !kc.except_values;
+            inh.context |= kc.within_values;
+        }
         // The common case: nothing names this location.
         if self.w.done.is_empty()
             && inh.filtering == 0
@@ -832,8 +863,8 @@ impl<T: Trace> Walker<'_, T> {
                         }
                         self.array(vi, clo, chi, child)?;
                     }
-                    Kind::String if !child.kept && child.values & self.active_values != 0 => {
-                        match self.scan(t, child.values & self.active_values) {
+                    Kind::String if !child.kept && self.reading(child) != 0 => {
+                        match self.scan(t, self.reading(child)) {
                             StrAct::Plain => self.copy(key, t, first),
                             StrAct::Drop(r) => {
                                 self.w.counts[r as usize] += 1;
@@ -862,6 +893,13 @@ impl<T: Trace> Walker<'_, T> {
             }
         }
         Ok(())
+    }
+
+    /// The values rules (bits) that read a string here: in scope, active
+    /// for this event, and, for rules with `within_fields`, under one.
+    #[inline]
+    fn reading(&self, inh: Inherit) -> u64 {
+        inh.values & self.active_values & (!self.c.values_within | inh.context)
     }
 
     /// Whether nothing can act anywhere inside a container whose states

@@ -281,6 +281,13 @@ pub struct Rule {
     pub paths: Vec<Path>,
     /// `values`: detectors run over string contents.
     pub values: Vec<DetectorSpec>,
+    /// `except_fields` (with `values`): key names whose values, and
+    /// everything below them, the detectors do not read (ids, timestamps).
+    pub except_fields: Vec<FieldName>,
+    /// `within_fields` (with `values`): the detectors read only values
+    /// under these key names (key names as context: a bare nine-digit run
+    /// is an SSN under `ssn`, not anywhere).
+    pub within_fields: Vec<FieldName>,
     /// `scope`: where the rule applies; empty means the whole event.
     pub scope: Vec<Path>,
     /// `when`: conditions on the event, all of which must hold.

@@ -46,6 +46,8 @@ const RULE_KEYS: &[&str] = &[
     "fields",
     "paths",
     "values",
+    "except_fields",
+    "within_fields",
     "scope",
     "when",
     "normalize",
@@ -645,31 +647,23 @@ fn parse_rule(r: &mut Reporter, node: &Node, mode: KeyMatch) -> Option<Rule> {
         }
     }
 
-    let fields: Vec<FieldName> = get("fields")
-        .map(|v| {
-            strings(r, v, rid, "fields")
-                .into_iter()
-                .filter_map(|(s, n)| {
-                    if Glob::is_glob(&s) {
-                        if s.contains("**") {
-                            r.error(n, rid, format!("`{s}`: field globs use a single `*`; for any depth use `paths: [\"**.name\"]`"));
-                            return None;
-                        }
-                        return Some(FieldName::Glob(Glob::new(&s, mode)));
-                    }
-                    let canon = mode.canonical(&s);
-                    if canon.is_empty() {
-                        r.error(n, rid, format!("`{s}` is not a key name"));
-                        return None;
-                    }
-                    if s.contains(['.', '[']) {
-                        r.warn(n, rid, format!("`{s}` in `fields` matches a key spelled exactly so; to name a location use `paths: [{s}]`"));
-                    }
-                    Some(FieldName::Name(canon.into_owned()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = |r: &mut Reporter, what: &str| {
+        get(what)
+            .map(|v| parse_field_names(r, v, rid, what, mode))
+            .unwrap_or_default()
+    };
+    let fields = names(r, "fields");
+    let except_fields = names(r, "except_fields");
+    let within_fields = names(r, "within_fields");
+    for what in ["except_fields", "within_fields"] {
+        if let (Some(n), None) = (get(what), get("values")) {
+            r.error(
+                n,
+                rid,
+                format!("`{what}` says where `values` detectors read; this rule has no `values`"),
+            );
+        }
+    }
     let paths = get("paths")
         .map(|v| parse_paths(r, v, rid, "paths", mode))
         .unwrap_or_default();
@@ -738,9 +732,43 @@ fn parse_rule(r: &mut Reporter, node: &Node, mode: KeyMatch) -> Option<Rule> {
         fields,
         paths,
         values,
+        except_fields,
+        within_fields,
         scope,
         when,
     })
+}
+
+/// Key names (`fields`, `except_fields`, `within_fields`): names in
+/// canonical form, or globs with one `*`.
+fn parse_field_names(
+    r: &mut Reporter,
+    v: &Node,
+    rid: Option<&str>,
+    what: &str,
+    mode: KeyMatch,
+) -> Vec<FieldName> {
+    strings(r, v, rid, what)
+                .into_iter()
+                .filter_map(|(s, n)| {
+                    if Glob::is_glob(&s) {
+                        if s.contains("**") {
+                            r.error(n, rid, format!("`{s}`: field globs use a single `*`; for any depth use `paths: [\"**.name\"]`"));
+                            return None;
+                        }
+                        return Some(FieldName::Glob(Glob::new(&s, mode)));
+                    }
+                    let canon = mode.canonical(&s);
+                    if canon.is_empty() {
+                        r.error(n, rid, format!("`{s}` is not a key name"));
+                        return None;
+                    }
+                    if s.contains(['.', '[']) {
+                        r.warn(n, rid, format!("`{s}` in `{what}` matches a key spelled exactly so; to name a location use `paths: [{s}]`"));
+                    }
+                    Some(FieldName::Name(canon.into_owned()))
+                })
+                .collect()
 }
 
 fn parse_paths(

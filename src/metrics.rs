@@ -730,6 +730,21 @@ impl Telemetry {
         }
     }
 
+    /// Messages consumed and acknowledged so far (the sums of
+    /// `event_sanitizer_messages_in_total` and `_messages_out_total`),
+    /// without rendering every metric.
+    pub fn messages_through(&self) -> (u64, u64) {
+        use prometheus::core::Collector;
+        let sum = |v: &IntCounterVec| -> u64 {
+            v.collect()
+                .iter()
+                .flat_map(|f| f.get_metric())
+                .map(|m| m.get_counter().get_value() as u64)
+                .sum()
+        };
+        (sum(&self.messages_in), sum(&self.messages_out))
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

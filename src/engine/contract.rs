@@ -166,6 +166,7 @@ fn find(tape: &[Tok], out: &str, obj: usize, name: &str, buf: &mut String) -> Op
 pub(crate) fn check(
     d: &Destination,
     out: &mut Vec<u8>,
+    placed: Option<&[(u32, u32)]>,
     w: &mut ContractWork,
 ) -> Result<Records, DeadLetterReason> {
     // The engine wrote `out` from validated JSON: only what the contract
@@ -173,7 +174,26 @@ pub(crate) fn check(
     #[cfg(debug_assertions)]
     json::tokenize(out, usize::MAX, &mut Vec::new(), &mut Vec::new())
         .expect("the engine writes JSON");
-    json::skim(out, &mut w.tape).map_err(|e| {
+    let from_walk = match placed {
+        Some(m) => from_members(out, m, &mut w.tape, &mut w.text),
+        None => Ok(false),
+    };
+    let read = match from_walk {
+        Ok(true) => Ok(()),
+        _ => json::skim(out, &mut w.tape),
+    };
+    #[cfg(debug_assertions)]
+    if from_walk == Ok(true) {
+        let mut skimmed = Vec::new();
+        json::skim(out, &mut skimmed).expect("the engine writes JSON");
+        let view = |t: &[Tok]| -> Vec<(u32, u32, u32, u32)> {
+            members(t, 0)
+                .map(|(k, v)| (t[k].start, t[k].end, t[v].start, t[v].end))
+                .collect()
+        };
+        assert_eq!(view(&w.tape), view(&skimmed), "the walk's member spans");
+    }
+    read.map_err(|e| {
         // Cannot happen (the sanitizer writes JSON); fail closed if it does.
         DeadLetterReason::InvalidJson {
             offset: match e {
@@ -249,6 +269,84 @@ pub(crate) fn check(
     std::mem::swap(out, &mut parts);
     w.parts = parts;
     Ok(Records { ends })
+}
+
+/// The contract's tape of a clean output whose top-level members the walk
+/// placed (`members`: from each key's quote to the end of its value): each
+/// key and scalar read where it is, `traits` opened, any other object or
+/// array one token spanning it, nothing else read. `Ok(false)` for a batch
+/// (its calls are read by [`json::skim`]) or spans that do not fit.
+fn from_members(
+    out: &[u8],
+    m: &[(u32, u32)],
+    tape: &mut Vec<Tok>,
+    name: &mut String,
+) -> Result<bool, json::JsonError> {
+    tape.clear();
+    tape.push(Tok {
+        kind: Kind::Object,
+        escaped: false,
+        start: 0,
+        end: out.len() as u32,
+        next: 0,
+    });
+    for &(start, end) in m {
+        let (start, end) = (start as usize, end as usize);
+        if out.get(start) != Some(&b'"') {
+            return Ok(false);
+        }
+        let (kend, escaped) = json::scan_string(out, start)?;
+        tape.push(Tok {
+            kind: Kind::String,
+            escaped,
+            start: start as u32 + 1,
+            end: kend as u32,
+            next: tape.len() as u32 + 1,
+        });
+        let key = text_of(out, start + 1, kend, escaped, name);
+        if key == Some("batch") {
+            return Ok(false);
+        }
+        let v = json::skip_ws(out, json::skip_ws(out, kend + 1) + 1);
+        let after = match out.get(v) {
+            Some(b'{') if key == Some("traits") => {
+                json::skim_value(out, v, tape, json::Skim::Members)?
+            }
+            Some(&c @ (b'{' | b'[')) => {
+                tape.push(Tok {
+                    kind: if c == b'{' { Kind::Object } else { Kind::Array },
+                    escaped: false,
+                    start: v as u32,
+                    end: end as u32,
+                    next: tape.len() as u32 + 1,
+                });
+                end
+            }
+            _ => json::skim_value(out, v, tape, json::Skim::Whole)?,
+        };
+        if after != end {
+            return Ok(false);
+        }
+    }
+    tape[0].next = tape.len() as u32;
+    Ok(true)
+}
+
+/// The decoded text of `out[start..end]`, a string's content.
+fn text_of<'a>(
+    out: &'a [u8],
+    start: usize,
+    end: usize,
+    escaped: bool,
+    buf: &'a mut String,
+) -> Option<&'a str> {
+    let raw = std::str::from_utf8(&out[start..end]).ok()?;
+    if !escaped {
+        return Some(raw);
+    }
+    buf.clear();
+    json::unescape(raw, buf);
+    Some(buf)
 }
 
 /// Checks one call (the object at `obj`).

@@ -416,7 +416,7 @@ pub(crate) fn escape_into(s: &str, out: &mut Vec<u8>) {
 /// Which parts of a clean output [`skim`] records token by token; the
 /// rest it records as one token per value.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Skim {
+pub(crate) enum Skim {
     /// A value whose insides nothing reads.
     Whole,
     /// A call: its members, with `batch` and `traits` opened.
@@ -445,7 +445,12 @@ pub(crate) fn skim(b: &[u8], tape: &mut Vec<Tok>) -> Result<(), JsonError> {
     Ok(())
 }
 
-fn skim_value(b: &[u8], i: usize, tape: &mut Vec<Tok>, how: Skim) -> Result<usize, JsonError> {
+pub(crate) fn skim_value(
+    b: &[u8],
+    i: usize,
+    tape: &mut Vec<Tok>,
+    how: Skim,
+) -> Result<usize, JsonError> {
     let Some(&c) = b.get(i) else {
         return Err(JsonError::Syntax(i));
     };

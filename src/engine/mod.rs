@@ -265,18 +265,22 @@ impl Sanitizer {
         out: &mut Vec<u8>,
     ) -> Result<Records, DeadLetterReason> {
         walk::run(self, input, &mut scratch.w, out, &mut explain::NoTrace)?;
-        self.contract(out, &mut scratch.contract)
+        let members = scratch.w.members_known.then_some(&scratch.w.members[..]);
+        self.contract(out, members, &mut scratch.contract)
     }
 
+    /// Checks the delivery contract on `out`; `members` are where the walk
+    /// wrote the top-level members, when it knows.
     pub(crate) fn contract(
         &self,
         out: &mut Vec<u8>,
+        members: Option<&[(u32, u32)]>,
         w: &mut contract::ContractWork,
     ) -> Result<Records, DeadLetterReason> {
         let Some(d) = &self.c.destination else {
             return Ok(Records::default());
         };
-        contract::check(d, out, w).inspect_err(|_| out.clear())
+        contract::check(d, out, members, w).inspect_err(|_| out.clear())
     }
 
     /// Sanitizes one value and says what was done where.
@@ -284,8 +288,10 @@ impl Sanitizer {
         let mut trace = explain::Recorder::default();
         let mut w = walk::Work::default();
         let mut out = Vec::new();
-        let result = walk::run(self, input, &mut w, &mut out, &mut trace)
-            .and_then(|()| self.contract(&mut out, &mut Default::default()));
+        let result = walk::run(self, input, &mut w, &mut out, &mut trace).and_then(|()| {
+            let members = w.members_known.then_some(&w.members[..]);
+            self.contract(&mut out, members, &mut Default::default())
+        });
         let (output, records) = match result {
             Ok(records) => (Ok(out), records),
             Err(e) => (Err(e), Records::default()),

@@ -58,6 +58,12 @@ pub(crate) struct Work {
     compact: bool,
     /// Key spans of one object, for the duplicate check of a verbatim copy.
     keys: Vec<(u32, u32)>,
+    /// Where each member of the clean top-level object is in the output
+    /// (from its key's quote to the end of its value), as the walk wrote
+    /// it: the delivery contract reads these instead of tokenizing the
+    /// output. Valid when `members_known`.
+    pub members: Vec<(u32, u32)>,
+    pub members_known: bool,
 }
 
 impl Work {
@@ -114,6 +120,8 @@ pub(crate) fn run<T: Trace>(
     trace: &mut T,
 ) -> Result<(), DeadLetterReason> {
     out.clear();
+    w.members.clear();
+    w.members_known = false;
     let c = &s.c;
     if input.iter().all(u8::is_ascii_whitespace) {
         return Err(DeadLetterReason::Empty);
@@ -324,10 +332,23 @@ impl<T: Trace> Walker<'_, T> {
             free: 0,
         };
         let r = if batch.is_none() && self.untouched(lo, hi, inh) {
-            self.verbatim(root)
+            let r = self.verbatim(root);
+            if root == 0 && r.is_ok() {
+                // Copied as it came: the members are where the input has them.
+                let base = self.tape[0].start;
+                for (k, v) in json::members(self.tape, 0) {
+                    let (key, val) = (self.tape[k], self.tape[v]);
+                    let end = val.end + u32::from(val.kind == Kind::String);
+                    self.w.members.push((key.start - 1 - base, end - base));
+                }
+            }
+            r
         } else {
             self.object(root, lo, hi, inh, batch)
         };
+        if root == 0 {
+            self.w.members_known = r.is_ok();
+        }
         self.w.states.truncate(lo);
         r
     }
@@ -682,7 +703,10 @@ impl<T: Trace> Walker<'_, T> {
         self.out.push(b'{');
         let mut first = true;
         let mut i = idx + 1;
+        // The top-level object records where its members went.
+        let record = idx == 0;
         while i < end {
+            let before = self.out.len();
             let k = self.tape[i];
             let vi = i + 1;
             let next = self.tape[vi].next as usize;
@@ -706,6 +730,10 @@ impl<T: Trace> Walker<'_, T> {
             }
             if T::ON {
                 self.path.truncate(plen);
+            }
+            if record && self.out.len() > before {
+                let start = before + usize::from(self.out[before] == b',');
+                self.w.members.push((start as u32, self.out.len() as u32));
             }
             i = next;
         }

@@ -354,6 +354,17 @@ fn config(
     }
 }
 
+/// With `BENCH_PERF_CTL=<fifo>` (perf record's `--control fifo:<fifo>`
+/// with `-D -1`): profiles only the measured window of (b) to (e).
+fn perf_control(command: &str) {
+    if let Ok(path) = std::env::var("BENCH_PERF_CTL") {
+        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(path) {
+            use std::io::Write;
+            let _ = writeln!(f, "{command}");
+        }
+    }
+}
+
 fn read(t: &Telemetry, name: &str) -> f64 {
     t.render()
         .lines()
@@ -408,6 +419,7 @@ fn service(
             if start.is_none() && consumed > 0 {
                 start = Some(Instant::now());
                 cpu0 = cpu_seconds();
+                perf_control("enable");
             }
             let out = out as f64;
             if out >= n {
@@ -426,6 +438,7 @@ fn service(
         }
         let secs = start.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let cpu = cpu_seconds() - cpu0;
+        perf_control("disable");
         tx.send(()).unwrap();
         service.await.unwrap().unwrap();
         (secs, cpu)

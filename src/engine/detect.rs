@@ -205,7 +205,9 @@ impl Stats {
         if let Some(r) = self.run {
             return r;
         }
-        let r = if self.digits(b) < 9 {
+        // Shorter than an SSN (11 bytes) or with fewer digits than one:
+        // no run worth measuring.
+        let r = if b.len() < 11 || self.digits(b) < 9 {
             0
         } else {
             longest_run(b)

@@ -83,7 +83,7 @@ fn stops(chunk: u64) -> u64 {
 /// Scans a string whose opening quote is at `i`; returns (index of the
 /// closing quote, has escapes). Eight bytes per step (SWAR): the first
 /// byte needing attention is found from the stop mask's trailing zeros.
-#[inline]
+#[inline(always)]
 pub(crate) fn scan_string(b: &[u8], i: usize) -> Result<(usize, bool), JsonError> {
     let mut j = i + 1;
     let mut escaped = false;

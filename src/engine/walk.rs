@@ -1021,18 +1021,22 @@ impl<T: Trace> Walker<'_, T> {
     #[inline]
     fn copy(&mut self, key: Option<(&str, u64)>, t: Tok, first: &mut bool) {
         self.sep(first);
+        let b = self.src.as_bytes();
+        // The value's bytes, with a string's quotes.
+        let quoted = usize::from(t.kind == Kind::String);
+        let (vs, ve) = (t.start as usize - quoted, t.end as usize + quoted);
         if let Some((raw, _)) = key {
+            // A key read from the input is a slice of it: at `ks`, between
+            // its quotes. When its value follows its `":` directly (compact
+            // input), `"key":value` is one span of the input, copied once.
+            let ks = (raw.as_ptr() as usize).wrapping_sub(b.as_ptr() as usize);
+            if ks >= 1 && ks + raw.len() <= b.len() && ks + raw.len() + 2 == vs {
+                self.out.extend_from_slice(&b[ks - 1..ve]);
+                return;
+            }
             self.write_key(raw);
         }
-        if t.kind == Kind::String {
-            self.out.push(b'"');
-            self.out
-                .extend_from_slice(&self.src.as_bytes()[t.start as usize..t.end as usize]);
-            self.out.push(b'"');
-        } else {
-            self.out
-                .extend_from_slice(&self.src.as_bytes()[t.start as usize..t.end as usize]);
-        }
+        self.out.extend_from_slice(&b[vs..ve]);
     }
 
     fn found_note(&self) -> String {

@@ -303,15 +303,23 @@ fn from_members(
             end: kend as u32,
             next: tape.len() as u32 + 1,
         });
-        let key = text_of(out, start + 1, kend, escaped, name);
-        if key == Some("batch") {
+        let raw = &out[start + 1..kend];
+        let key: &[u8] = if escaped {
+            let Ok(raw) = std::str::from_utf8(raw) else {
+                return Ok(false);
+            };
+            name.clear();
+            json::unescape(raw, name);
+            name.as_bytes()
+        } else {
+            raw
+        };
+        if key == b"batch" {
             return Ok(false);
         }
         let v = json::skip_ws(out, json::skip_ws(out, kend + 1) + 1);
         let after = match out.get(v) {
-            Some(b'{') if key == Some("traits") => {
-                json::skim_value(out, v, tape, json::Skim::Members)?
-            }
+            Some(b'{') if key == b"traits" => json::skim_value(out, v, tape, json::Skim::Members)?,
             Some(&c @ (b'{' | b'[')) => {
                 tape.push(Tok {
                     kind: if c == b'{' { Kind::Object } else { Kind::Array },
@@ -330,23 +338,6 @@ fn from_members(
     }
     tape[0].next = tape.len() as u32;
     Ok(true)
-}
-
-/// The decoded text of `out[start..end]`, a string's content.
-fn text_of<'a>(
-    out: &'a [u8],
-    start: usize,
-    end: usize,
-    escaped: bool,
-    buf: &'a mut String,
-) -> Option<&'a str> {
-    let raw = std::str::from_utf8(&out[start..end]).ok()?;
-    if !escaped {
-        return Some(raw);
-    }
-    buf.clear();
-    json::unescape(raw, buf);
-    Some(buf)
 }
 
 /// Checks one call (the object at `obj`).

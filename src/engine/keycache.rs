@@ -42,16 +42,31 @@ fn mix(a: u64, b: u64) -> u64 {
     (p as u64) ^ ((p >> 64) as u64)
 }
 
+/// The first 16 bytes of `key` as two little-endian words, zero-padded:
+/// with overlapping fixed-size loads instead of a variable-length copy.
 #[inline(always)]
 fn words(key: &[u8]) -> (u64, u64) {
-    let mut buf = [0u8; 16];
-    let n = key.len().min(16);
-    buf[..n].copy_from_slice(&key[..n]);
-    let (a, b) = buf.split_at(8);
-    (
-        u64::from_le_bytes(a.try_into().unwrap_or([0; 8])),
-        u64::from_le_bytes(b.try_into().unwrap_or([0; 8])),
-    )
+    let n = key.len();
+    let load8 = |at: usize| u64::from_le_bytes(key[at..at + 8].try_into().unwrap_or([0; 8]));
+    let load4 = |at: usize| {
+        u64::from(u32::from_le_bytes(
+            key[at..at + 4].try_into().unwrap_or([0; 4]),
+        ))
+    };
+    match n {
+        16.. => (load8(0), load8(8)),
+        // Bytes 8..n are the top n - 8 bytes of the last eight.
+        9..=15 => (load8(0), load8(n - 8) >> (8 * (16 - n))),
+        8 => (load8(0), 0),
+        // Bytes 4..n are the top n - 4 bytes of the last four.
+        4..=7 => (load4(0) | ((load4(n - 4) >> (8 * (8 - n))) << 32), 0),
+        _ => (
+            key.iter()
+                .enumerate()
+                .fold(0, |w, (i, &c)| w | (u64::from(c) << (8 * i))),
+            0,
+        ),
+    }
 }
 
 impl KeyCache {
@@ -147,6 +162,21 @@ impl KeyCache {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn words_are_the_zero_padded_first_sixteen_bytes() {
+        let text = b"abcdefghijklmnopqrstuvwxyz";
+        for n in 0..=text.len() {
+            let key = &text[..n];
+            let mut buf = [0u8; 16];
+            buf[..n.min(16)].copy_from_slice(&key[..n.min(16)]);
+            let want = (
+                u64::from_le_bytes(buf[..8].try_into().unwrap()),
+                u64::from_le_bytes(buf[8..].try_into().unwrap()),
+            );
+            assert_eq!(super::words(key), want, "{n} bytes");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -390,6 +390,17 @@ fn untouched_subtrees_come_out_byte_for_byte_and_still_refuse_duplicate_keys() {
         run(&s, r#"{"context":{"a":{"k":1,"\u006b":2}}}"#),
         Err("duplicate_key")
     );
+    // Keys longer than 16 bytes that agree on their first 16 bytes.
+    let long =
+        r#"{"context":{"a_long_key_name_one":1,"a_long_key_name_two":2,"a_long_key_name_on":3}}"#;
+    assert_eq!(run(&s, long).unwrap(), long);
+    assert_eq!(
+        run(
+            &s,
+            r#"{"context":{"a_long_key_name_one":1,"b":2,"a_long_key_name_one":3}}"#
+        ),
+        Err("duplicate_key")
+    );
     let many: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
     let wide = format!("{{\"context\":{{{},\"k7\":0}}}}", many.join(","));
     assert_eq!(run(&s, &wide), Err("duplicate_key"));

@@ -45,7 +45,7 @@ fn mix(a: u64, b: u64) -> u64 {
 /// The first 16 bytes of `key` as two little-endian words, zero-padded:
 /// with overlapping fixed-size loads instead of a variable-length copy.
 #[inline(always)]
-fn words(key: &[u8]) -> (u64, u64) {
+pub(crate) fn words(key: &[u8]) -> (u64, u64) {
     let n = key.len();
     let load8 = |at: usize| u64::from_le_bytes(key[at..at + 8].try_into().unwrap_or([0; 8]));
     let load4 = |at: usize| {

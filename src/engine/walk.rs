@@ -978,9 +978,21 @@ impl<T: Trace> Walker<'_, T> {
         let b = self.src.as_bytes();
         let text = |&(s, e): &(u32, u32)| &b[s as usize..e as usize];
         let duplicate = if plain && keys.len() <= PAIRWISE {
-            keys.iter()
-                .enumerate()
-                .any(|(n, k)| keys[n + 1..].iter().any(|o| text(o) == text(k)))
+            // Pairs compared by length and first 16 bytes (exact for
+            // shorter keys), the bytes only when those agree.
+            let mut prints = [(0usize, 0u64, 0u64); PAIRWISE];
+            for (p, k) in prints.iter_mut().zip(&keys) {
+                let t = text(k);
+                let (w0, w1) = super::keycache::words(t);
+                *p = (t.len(), w0, w1);
+            }
+            let prints = &prints[..keys.len()];
+            prints.iter().enumerate().any(|(n, p)| {
+                prints[n + 1..]
+                    .iter()
+                    .enumerate()
+                    .any(|(m, o)| o == p && (p.0 <= 16 || text(&keys[n]) == text(&keys[n + 1 + m])))
+            })
         } else {
             self.w.serial += 1;
             let serial = self.w.serial;

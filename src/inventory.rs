@@ -168,6 +168,9 @@ impl Inventory {
         // what is under it).
         let mut decided: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for d in rules.explain(payload).decisions {
+            if d.action == crate::engine::NOT_SCANNED {
+                continue;
+            }
             decided
                 .entry(folded(&d.location))
                 .or_default()

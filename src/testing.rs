@@ -225,7 +225,12 @@ impl TestFile {
         let mut ids = BTreeSet::new();
         for case in &self.cases {
             let exp = sanitizer.explain(&case.input);
-            ids.extend(exp.decisions.into_iter().map(|d| d.rule));
+            ids.extend(
+                exp.decisions
+                    .into_iter()
+                    .filter(|d| d.action != crate::engine::NOT_SCANNED)
+                    .map(|d| d.rule),
+            );
             ids.extend(exp.reached);
         }
         Ok(ids)

@@ -433,6 +433,20 @@ fn except_fields_keeps_detectors_off_ids_and_everything_below_them() {
 }
 
 #[test]
+fn explain_says_where_except_fields_stopped_the_detectors() {
+    let s =
+        rules("  - { id: r, action: redact, values: [credit_card], except_fields: [\"*_id\"] }\n");
+    let e = s.explain(br#"{"order_id":"4111 1111 1111 1111","note":"x"}"#);
+    let stopped: Vec<_> = e
+        .decisions
+        .iter()
+        .filter(|d| d.action == event_sanitizer::engine::NOT_SCANNED)
+        .map(|d| (d.location.as_str(), d.rule.as_str()))
+        .collect();
+    assert_eq!(stopped, [("order_id", "r")]);
+}
+
+#[test]
 fn within_fields_reads_values_only_under_the_keys_named() {
     // A bare nine-digit run is an SSN under a key that says so, not anywhere.
     let s = rules(concat!(

@@ -3,6 +3,11 @@
 use super::DeadLetterReason;
 use std::fmt;
 
+/// The action of a [`Decision`] that records where `except_fields`
+/// stopped a values rule's detectors: a note on the rule, not an action on
+/// the data (coverage and the inventory do not count it).
+pub const NOT_SCANNED: &str = "not scanned";
+
 /// One decision on one location.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {

@@ -26,7 +26,7 @@ mod walk;
 
 pub use compile::{CompileError, KeySupply};
 pub use contract::{Limit, Records, Violation};
-pub use explain::{push_key, Decision, Explanation};
+pub use explain::{push_key, Decision, Explanation, NOT_SCANNED};
 pub use identity::{Id, NamedBy, RefusedCall, Sanitized, SCAN_MAX_BYTES};
 
 use crate::rules::{Destination, HeaderPolicy, MessageKeyAction};

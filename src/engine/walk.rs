@@ -511,8 +511,19 @@ impl<T: Trace> Walker<'_, T> {
             // Key names as context for values rules (`except_fields`,
             // `within_fields`): they hold here and below.
             let kc = &self.w.classes[class as usize];
-            inh.values &= !kc.except_values;
-            inh.context |= kc.within_values;
+            let (except, within) = (kc.except_values, kc.within_values);
+            let stopped = inh.values & except & self.active_values;
+            inh.values &= !except;
+            inh.context |= within;
+            if T::ON && stopped != 0 {
+                let mut bits = stopped;
+                while bits != 0 {
+                    let rule = c.values_rules[bits.trailing_zeros() as usize];
+                    bits &= bits - 1;
+                    let note = "`except_fields` names this key: the rule's detectors read nothing here or below";
+                    self.record(None, super::explain::NOT_SCANNED, rule, Some(note.into()));
+                }
+            }
         }
         // The common case: nothing names this location.
         if self.w.done.is_empty()

@@ -78,10 +78,7 @@ struct Names(Vec<FieldName>);
 
 impl Names {
     fn matches(&self, canonical: &str) -> bool {
-        self.0.iter().any(|f| match f {
-            FieldName::Name(n) => n == canonical,
-            FieldName::Glob(g) => g.matches(canonical),
-        })
+        self.0.iter().any(|f| f.matches(canonical))
     }
 
     /// The `fields` of `file`'s rules with this action and no `when` or

@@ -295,31 +295,17 @@ fn from_members(
         if out.get(start) != Some(&b'"') {
             return Ok(false);
         }
-        let (kend, escaped) = json::scan_string(out, start)?;
-        tape.push(Tok {
-            kind: Kind::String,
-            escaped,
-            start: start as u32 + 1,
-            end: kend as u32,
-            next: tape.len() as u32 + 1,
-        });
-        let raw = &out[start + 1..kend];
-        let key: &[u8] = if escaped {
-            let Ok(raw) = std::str::from_utf8(raw) else {
-                return Ok(false);
-            };
-            name.clear();
-            json::unescape(raw, name);
-            name.as_bytes()
-        } else {
-            raw
+        let (kend, escaped) = json::string_token(out, start, tape)?;
+        let how = match json::call_member(&out[start + 1..kend], escaped, name) {
+            // A batch's calls are read by `json::skim`.
+            None | Some(json::Skim::Calls) => return Ok(false),
+            Some(how) => how,
         };
-        if key == b"batch" {
-            return Ok(false);
-        }
         let v = json::skip_ws(out, json::skip_ws(out, kend + 1) + 1);
         let after = match out.get(v) {
-            Some(b'{') if key == b"traits" => json::skim_value(out, v, tape, json::Skim::Members)?,
+            Some(b'{') if how == json::Skim::Members => {
+                json::skim_value(out, v, tape, json::Skim::Members)?
+            }
             Some(&c @ (b'{' | b'[')) => {
                 tape.push(Tok {
                     kind: if c == b'{' { Kind::Object } else { Kind::Array },

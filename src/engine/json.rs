@@ -237,14 +237,7 @@ pub(crate) fn tokenize(
                 // Empty container: fall through to closing below.
             }
             b'"' => {
-                let (end, escaped) = scan_string(b, i)?;
-                tape.push(Tok {
-                    kind: Kind::String,
-                    escaped,
-                    start: i as u32 + 1,
-                    end: end as u32,
-                    next: tape.len() as u32 + 1,
-                });
+                let (end, _) = string_token(b, i, tape)?;
                 i = end + 1;
             }
             b'-' | b'0'..=b'9' => {
@@ -262,23 +255,15 @@ pub(crate) fn tokenize(
                 i = end;
             }
             _ => {
-                let (kind, word): (Kind, &[u8]) = match c {
-                    b't' => (Kind::True, b"true"),
-                    b'f' => (Kind::False, b"false"),
-                    b'n' => (Kind::Null, b"null"),
-                    _ => return Err(JsonError::Syntax(i)),
-                };
-                if !b[i..].starts_with(word) {
-                    return Err(JsonError::Syntax(i));
-                }
+                let (kind, end) = literal(b, i)?;
                 tape.push(Tok {
                     kind,
                     escaped: false,
                     start: i as u32,
-                    end: (i + word.len()) as u32,
+                    end: end as u32,
                     next: tape.len() as u32 + 1,
                 });
-                i += word.len();
+                i = end;
             }
         }
         // After a value (or at an empty container's closing bracket).
@@ -317,6 +302,40 @@ pub(crate) fn tokenize(
     }
 }
 
+/// The `true`, `false` or `null` at `i`: its kind and the index after it.
+#[inline(always)]
+fn literal(b: &[u8], i: usize) -> Result<(Kind, usize), JsonError> {
+    let (kind, word): (Kind, &[u8]) = match b.get(i) {
+        Some(b't') => (Kind::True, b"true"),
+        Some(b'f') => (Kind::False, b"false"),
+        Some(b'n') => (Kind::Null, b"null"),
+        _ => return Err(JsonError::Syntax(i)),
+    };
+    if !b[i..].starts_with(word) {
+        return Err(JsonError::Syntax(i));
+    }
+    Ok((kind, i + word.len()))
+}
+
+/// Scans the string whose opening quote is at `i` and pushes its token;
+/// returns (index of the closing quote, has escapes).
+#[inline(always)]
+pub(crate) fn string_token(
+    b: &[u8],
+    i: usize,
+    tape: &mut Vec<Tok>,
+) -> Result<(usize, bool), JsonError> {
+    let (end, escaped) = scan_string(b, i)?;
+    tape.push(Tok {
+        kind: Kind::String,
+        escaped,
+        start: i as u32 + 1,
+        end: end as u32,
+        next: tape.len() as u32 + 1,
+    });
+    Ok((end, escaped))
+}
+
 /// Reads `"key" :` at `i`; returns the index of the value.
 #[inline]
 fn object_key(
@@ -328,14 +347,7 @@ fn object_key(
     if b.get(i) != Some(&b'"') {
         return Err(JsonError::Syntax(i));
     }
-    let (end, escaped) = scan_string(b, i)?;
-    tape.push(Tok {
-        kind: Kind::String,
-        escaped,
-        start: i as u32 + 1,
-        end: end as u32,
-        next: tape.len() as u32 + 1,
-    });
+    let (end, _) = string_token(b, i, tape)?;
     let j = ws(end + 1);
     if b.get(j) != Some(&b':') {
         return Err(JsonError::Syntax(j));
@@ -455,11 +467,8 @@ pub(crate) fn skim_value(
         return Err(JsonError::Syntax(i));
     };
     let at = tape.len();
-    let (kind, escaped, start, end, after) = match c {
-        b'"' => {
-            let (end, escaped) = scan_string(b, i)?;
-            (Kind::String, escaped, i + 1, end, end + 1)
-        }
+    let (kind, end) = match c {
+        b'"' => return Ok(string_token(b, i, tape)?.0 + 1),
         b'{' | b'[' => {
             let kind = if c == b'{' { Kind::Object } else { Kind::Array };
             tape.push(Tok {
@@ -480,31 +489,17 @@ pub(crate) fn skim_value(
             t.next = next;
             return Ok(end);
         }
-        b'-' | b'0'..=b'9' => {
-            let end = scan_number(b, i)?;
-            (Kind::Number, false, i, end, end)
-        }
-        _ => {
-            let (kind, word): (Kind, &[u8]) = match c {
-                b't' => (Kind::True, b"true"),
-                b'f' => (Kind::False, b"false"),
-                b'n' => (Kind::Null, b"null"),
-                _ => return Err(JsonError::Syntax(i)),
-            };
-            if !b[i..].starts_with(word) {
-                return Err(JsonError::Syntax(i));
-            }
-            (kind, false, i, i + word.len(), i + word.len())
-        }
+        b'-' | b'0'..=b'9' => (Kind::Number, scan_number(b, i)?),
+        _ => literal(b, i)?,
     };
     tape.push(Tok {
         kind,
-        escaped,
-        start: start as u32,
+        escaped: false,
+        start: i as u32,
         end: end as u32,
         next: at as u32 + 1,
     });
-    Ok(after)
+    Ok(end)
 }
 
 /// The members of the object opening at `open`; returns the index after
@@ -519,32 +514,10 @@ fn skim_members(b: &[u8], open: usize, tape: &mut Vec<Tok>, how: Skim) -> Result
         if b.get(i) != Some(&b'"') {
             return Err(JsonError::Syntax(i));
         }
-        let (end, escaped) = scan_string(b, i)?;
-        tape.push(Tok {
-            kind: Kind::String,
-            escaped,
-            start: i as u32 + 1,
-            end: end as u32,
-            next: tape.len() as u32 + 1,
-        });
+        let (end, escaped) = string_token(b, i, tape)?;
         let child = match how {
             Skim::Call => {
-                let raw = &b[i + 1..end];
-                let key: &[u8] = if escaped {
-                    name.clear();
-                    unescape(
-                        std::str::from_utf8(raw).map_err(|_| JsonError::Syntax(i))?,
-                        &mut name,
-                    );
-                    name.as_bytes()
-                } else {
-                    raw
-                };
-                match key {
-                    b"batch" => Skim::Calls,
-                    b"traits" => Skim::Members,
-                    _ => Skim::Whole,
-                }
+                call_member(&b[i + 1..end], escaped, &mut name).ok_or(JsonError::Syntax(i))?
             }
             _ => Skim::Whole,
         };
@@ -560,6 +533,24 @@ fn skim_members(b: &[u8], open: usize, tape: &mut Vec<Tok>, how: Skim) -> Result
             _ => return Err(JsonError::Syntax(i)),
         }
     }
+}
+
+/// How a call's member is skimmed, by its key (`raw`, decoded into
+/// `buf` when `escaped`): `batch` holds calls, `traits` is opened, the
+/// rest is read whole. `None` when an escaped key is not UTF-8.
+pub(crate) fn call_member(raw: &[u8], escaped: bool, buf: &mut String) -> Option<Skim> {
+    let key: &[u8] = if escaped {
+        buf.clear();
+        unescape(std::str::from_utf8(raw).ok()?, buf);
+        buf.as_bytes()
+    } else {
+        raw
+    };
+    Some(match key {
+        b"batch" => Skim::Calls,
+        b"traits" => Skim::Members,
+        _ => Skim::Whole,
+    })
 }
 
 /// The elements of the array opening at `open`, each as a call.

@@ -6,7 +6,7 @@ use super::explain::{Decision, Trace};
 use super::hash::canonical;
 use super::json::{self, unescape, JsonError, Kind, Tok};
 use super::{DeadLetterReason, Sanitizer};
-use crate::rules::{FieldName, Literal};
+use crate::rules::Literal;
 
 /// Distinct key spellings remembered before the cache is emptied (bounds
 /// memory against messages that invent keys).
@@ -241,11 +241,7 @@ impl<T: Trace> Walker<'_, T> {
         }
         let (mut except_values, mut within_values) = (0u64, 0u64);
         for (f, bit, within) in &c.values_keys {
-            let named = match f {
-                FieldName::Name(n) => n.as_str() == canon.as_ref(),
-                FieldName::Glob(g) => g.matches(&canon),
-            };
-            if named {
+            if f.matches(&canon) {
                 *(if *within {
                     &mut within_values
                 } else {

@@ -365,6 +365,14 @@ impl FieldName {
             FieldName::Glob(g) => g.as_str(),
         }
     }
+
+    /// Whether it names the key whose canonical form is `canonical`.
+    pub fn matches(&self, canonical: &str) -> bool {
+        match self {
+            FieldName::Name(n) => n == canonical,
+            FieldName::Glob(g) => g.matches(canonical),
+        }
+    }
 }
 
 /// A built-in value detector.

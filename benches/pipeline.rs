@@ -194,6 +194,50 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU ticks of each thread of this process, by thread id: (name, ticks).
+fn thread_ticks() -> std::collections::HashMap<String, (String, u64)> {
+    let mut all = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map_or("", |(_, n)| n).to_string();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        all.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            (name, t(11) + t(12)),
+        );
+    }
+    all
+}
+
+/// With `BENCH_TRACE`: the CPU each thread took since `before`, busiest first.
+fn print_thread_cpu(before: &std::collections::HashMap<String, (String, u64)>, secs: f64) {
+    let mut rows: Vec<(u64, String)> = thread_ticks()
+        .into_iter()
+        .map(|(tid, (name, t))| {
+            (
+                t - before.get(&tid).map_or(0, |b| b.1),
+                format!("{name} [{tid}]"),
+            )
+        })
+        .filter(|r| r.0 > 0)
+        .collect();
+    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    for (t, name) in rows {
+        eprintln!(
+            "  {:>5.1}% of a core  {name}",
+            t as f64 / 100.0 / secs * 100.0
+        );
+    }
+}
+
 /// One run's figures.
 #[derive(Clone, Copy)]
 struct Run {
@@ -254,6 +298,7 @@ fn naive(events: &[Vec<u8>]) -> Run {
         if start.is_none() {
             start = Some(Instant::now());
             cpu0 = cpu_seconds();
+            perf_control("enable");
         }
         let mut rec = BaseRecord::with_opaque_to(&c.clean, Box::new((m.partition(), m.offset())))
             .payload(m.payload().unwrap_or_default());
@@ -266,6 +311,7 @@ fn naive(events: &[Vec<u8>]) -> Run {
         }
     }
     let secs = start.map_or(f64::NAN, |s| s.elapsed().as_secs_f64());
+    perf_control("disable");
     Run {
         rate: n as f64 / secs,
         cpu_per_million: (cpu_seconds() - cpu0) / n as f64 * 1e6,
@@ -412,6 +458,7 @@ fn service(
         // group join is not the pipeline's speed).
         let mut start = None;
         let mut cpu0 = 0.0;
+        let mut threads0 = Default::default();
         loop {
             // Read without rendering every metric: a render every 10 ms
             // would take CPU from the service it measures.
@@ -419,6 +466,7 @@ fn service(
             if start.is_none() && consumed > 0 {
                 start = Some(Instant::now());
                 cpu0 = cpu_seconds();
+                threads0 = thread_ticks();
                 perf_control("enable");
             }
             let out = out as f64;
@@ -439,6 +487,9 @@ fn service(
         let secs = start.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let cpu = cpu_seconds() - cpu0;
         perf_control("disable");
+        if trace || std::env::var("BENCH_THREADS").is_ok() {
+            print_thread_cpu(&threads0, secs);
+        }
         tx.send(()).unwrap();
         service.await.unwrap().unwrap();
         (secs, cpu)

@@ -509,9 +509,10 @@ impl Delivery for AtLeastOnce {
     fn close(&self, common: &Common, consumer: &LaneConsumer, deadline: Instant) -> usize {
         let tracks = common.tracks_of(consumer);
         self.drain(common, &tracks, deadline);
-        let _ = self
-            .producer
-            .flush(deadline.saturating_duration_since(Instant::now()));
+        let _ = crate::kafka::native::flush(
+            self.producer.client(),
+            deadline.saturating_duration_since(Instant::now()),
+        );
         // What the broker has not acknowledged by the deadline is given
         // up (its offset is not stored: consumed again after the restart),
         // so closing the producer does not wait on a slow broker.
@@ -657,7 +658,7 @@ impl ExactlyOnce {
         messages: &[Arc<InFlight>],
         within: Duration,
     ) -> Result<(), KafkaError> {
-        self.producer.flush(within)?;
+        crate::kafka::native::flush(self.producer.client(), within)?;
         if self.producer.context().failed.swap(false, Ordering::AcqRel) {
             return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
         }

@@ -346,7 +346,7 @@ impl Listener {
         let _ = watcher.await;
         let _ = tokio::task::spawn_blocking(move || {
             use rdkafka::producer::Producer;
-            let _ = shared.producer.flush(grace);
+            let _ = crate::kafka::native::flush(shared.producer.client(), grace);
         })
         .await;
     }

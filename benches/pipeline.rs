@@ -229,7 +229,7 @@ fn print_thread_cpu(before: &std::collections::HashMap<String, (String, u64)>, s
         })
         .filter(|r| r.0 > 0)
         .collect();
-    rows.sort_by(|a, b| b.0.cmp(&a.0));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
     for (t, name) in rows {
         eprintln!(
             "  {:>5.1}% of a core  {name}",

@@ -406,6 +406,12 @@ fn untouched_subtrees_come_out_byte_for_byte_and_still_refuse_duplicate_keys() {
     assert_eq!(run(&s, &wide), Err("duplicate_key"));
     let fine = format!("{{\"context\":{{{}}}}}", many.join(","));
     assert_eq!(run(&s, &fine).unwrap(), fine);
+    // Past 64 keys an object is checked through the key classes.
+    let more: Vec<String> = (0..70).map(|i| format!("\"k{i}\":{i}")).collect();
+    let wider = format!("{{\"context\":{{{},\"k69\":0}}}}", more.join(","));
+    assert_eq!(run(&s, &wider), Err("duplicate_key"));
+    let fine = format!("{{\"context\":{{{}}}}}", more.join(","));
+    assert_eq!(run(&s, &fine).unwrap(), fine);
     // Spaced input still comes out compact (the copy is for compact input).
     assert_eq!(
         run(&s, "{ \"context\" : { \"a\" : [ 1 , 2 ] } }\n").unwrap(),

@@ -966,11 +966,13 @@ impl<T: Trace> Walker<'_, T> {
         Ok(())
     }
 
-    /// Checks the keys of the object at `idx` for duplicates: small objects
-    /// of plain keys by comparing their bytes pairwise; others through the
-    /// key classes (which decode escapes), as the walk does.
+    /// Checks the keys of the object at `idx` for duplicates: objects of
+    /// up to 64 plain keys by a fingerprint of each (its length and first
+    /// 16 bytes) hashed to one of 64 bits, comparing bytes only where a
+    /// bit is hit twice; others through the key classes (which decode
+    /// escapes), as the walk does.
     fn unique_keys(&mut self, idx: usize) -> Result<(), DeadLetterReason> {
-        const PAIRWISE: usize = 16;
+        const HASHED: usize = 64;
         let end = self.tape[idx].next as usize;
         let mut keys = std::mem::take(&mut self.w.keys);
         keys.clear();
@@ -984,22 +986,29 @@ impl<T: Trace> Walker<'_, T> {
         }
         let b = self.src.as_bytes();
         let text = |&(s, e): &(u32, u32)| &b[s as usize..e as usize];
-        let duplicate = if plain && keys.len() <= PAIRWISE {
-            // Pairs compared by length and first 16 bytes (exact for
-            // shorter keys), the bytes only when those agree.
-            let mut prints = [(0usize, 0u64, 0u64); PAIRWISE];
-            for (p, k) in prints.iter_mut().zip(&keys) {
+        let duplicate = if plain && keys.len() <= HASHED {
+            let mut seen = 0u64;
+            let mut prints = [0u64; HASHED];
+            let mut dup = false;
+            for (n, k) in keys.iter().enumerate() {
                 let t = text(k);
                 let (w0, w1) = super::keycache::words(t);
-                *p = (t.len(), w0, w1);
+                let print = (w0 ^ w1.rotate_left(23) ^ (t.len() as u64).rotate_left(47))
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let bit = 1u64 << (print >> 58);
+                if seen & bit != 0
+                    && prints[..n]
+                        .iter()
+                        .zip(&keys)
+                        .any(|(&p, other)| p == print && text(other) == t)
+                {
+                    dup = true;
+                    break;
+                }
+                seen |= bit;
+                prints[n] = print;
             }
-            let prints = &prints[..keys.len()];
-            prints.iter().enumerate().any(|(n, p)| {
-                prints[n + 1..]
-                    .iter()
-                    .enumerate()
-                    .any(|(m, o)| o == p && (p.0 <= 16 || text(&keys[n]) == text(&keys[n + 1 + m])))
-            })
+            dup
         } else {
             self.w.serial += 1;
             let serial = self.w.serial;

@@ -208,16 +208,15 @@ impl ProducerContext for ProducerCallbacks {
 fn finish(common: &Common, f: &InFlight) {
     f.track.finish(f.offset);
     common.budget.give(1, f.bytes);
-    let delay = f.timestamp.map(|ts| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        (now - ts) as f64 / 1000.0
-    });
+    // One clock read: the wall-clock time is derived from it.
+    let now = Instant::now();
+    let delay = f
+        .timestamp
+        .map(|ts| (common.wall.millis_at(now) - ts) as f64 / 1000.0);
     common.metrics.finished(
         &f.track.topic,
         f.how,
-        f.consumed_at.elapsed().as_secs_f64(),
+        now.saturating_duration_since(f.consumed_at).as_secs_f64(),
         delay,
     );
     common.counts.add(f.how);

@@ -16,6 +16,7 @@ use super::{Health, PipelineError};
 use crate::config::{ClientRole, Config, DeliveryMode};
 use crate::deadletter::Sealer;
 use crate::engine::{Id, Sanitizer, Scratch};
+use crate::kafka::native::{Batch, Fetched, PartitionFeed};
 use crate::metrics::{DeliveryMetrics, Finished, Telemetry};
 use crate::privacy::reader::Privacy;
 use crate::reload::RuleSource;
@@ -49,6 +50,9 @@ pub struct Common {
     pub budget: Budget,
     /// Outcome counts for the summary.
     pub counts: Counts,
+    /// Wall-clock time from a monotonic reading (one clock read per
+    /// acknowledgement instead of two).
+    pub wall: WallClock,
     /// Readiness.
     pub health: Arc<Health>,
     /// The SASL password the clients start with.
@@ -133,6 +137,7 @@ impl Common {
             privacy,
             sealer,
             counts: Counts::default(),
+            wall: WallClock::new(),
             health,
             password,
             stop: AtomicBool::new(false),
@@ -185,17 +190,67 @@ impl Common {
     }
 }
 
+/// Wall-clock milliseconds derived from `Instant`s: re-based from the
+/// system clock at every batch, so it follows clock adjustments within a
+/// batch's time.
+pub struct WallClock {
+    base: Instant,
+    /// Wall-clock milliseconds at `base`, as of the last re-base.
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl WallClock {
+    fn new() -> WallClock {
+        let c = WallClock {
+            base: Instant::now(),
+            offset_ms: std::sync::atomic::AtomicI64::new(0),
+        };
+        c.rebase(c.base);
+        c
+    }
+
+    /// Reads the system clock once; `now` is the monotonic reading taken
+    /// with it.
+    pub fn rebase(&self, now: Instant) {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let since = now.saturating_duration_since(self.base).as_millis() as i64;
+        self.offset_ms.store(wall - since, Ordering::Relaxed);
+    }
+
+    /// Wall-clock milliseconds at `at`.
+    pub fn millis_at(&self, at: Instant) -> i64 {
+        self.offset_ms.load(Ordering::Relaxed)
+            + at.saturating_duration_since(self.base).as_millis() as i64
+    }
+}
+
+/// An atomic counter on a cache line of its own: the lane thread and the
+/// acknowledgement thread update different counters, and sharing a line
+/// would bounce it between them on every message.
+#[derive(Default)]
+#[repr(align(64))]
+pub struct Padded(pub AtomicU64);
+
+impl std::ops::Deref for Padded {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
+}
+
 /// Outcome counts for [`super::Summary`].
 #[derive(Default)]
 pub struct Counts {
     /// Messages consumed.
-    pub consumed: AtomicU64,
+    pub consumed: Padded,
     /// Messages whose clean records (or commands) were acknowledged.
-    pub clean: AtomicU64,
+    pub clean: Padded,
     /// Dead letters acknowledged.
-    pub dead: AtomicU64,
+    pub dead: Padded,
     /// Messages not produced (suppressed people).
-    pub suppressed: AtomicU64,
+    pub suppressed: Padded,
 }
 
 impl Counts {
@@ -217,6 +272,10 @@ pub struct LaneContext {
     common: Arc<Common>,
     tracks: Mutex<Tracks>,
     delivery: OnceLock<Arc<dyn Delivery>>,
+    /// Where the lane reads its partitions' messages (taken in
+    /// `pre_rebalance`, before they are assigned); `None` once the lane
+    /// is closing.
+    feed: Mutex<Option<Arc<PartitionFeed>>>,
 }
 
 impl LaneContext {
@@ -265,6 +324,17 @@ fn describe(tpl: &TopicPartitionList) -> String {
 
 impl ConsumerContext for LaneContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // Before the assignment starts fetching: every message of these
+            // partitions goes to the lane's feed, none to the consumer's
+            // own queue first.
+            let feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(feed) = feed.as_ref() {
+                for e in tpl.elements() {
+                    feed.take(consumer.client(), e.topic(), e.partition());
+                }
+            }
+        }
         if let Rebalance::Revoke(tpl) = rebalance {
             let revoked: Vec<Arc<Track>> = {
                 let mut tracks = self.tracks();
@@ -335,6 +405,9 @@ const CONSUMER_BASE: &[(&str, &str)] = &[
 
 /// One lane, created and subscribed, not yet running.
 pub struct Lane {
+    /// Dropped before `consumer` (see `Drop`): librdkafka requires a
+    /// consumer's queues destroyed before it is closed.
+    feed: Option<Arc<PartitionFeed>>,
     consumer: LaneConsumer,
     delivery: Arc<dyn Delivery>,
     common: Arc<Common>,
@@ -364,7 +437,14 @@ impl Lane {
             common: common.clone(),
             tracks: Mutex::default(),
             delivery: OnceLock::new(),
+            feed: Mutex::new(None),
         })?;
+        let feed = Arc::new(PartitionFeed::new(consumer.client()));
+        *consumer
+            .context()
+            .feed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(feed.clone());
         let delivery: Arc<dyn Delivery> = match cfg.kafka.delivery {
             DeliveryMode::AtLeastOnce => Arc::new(AtLeastOnce::new(common)?),
             DeliveryMode::ExactlyOnce => {
@@ -374,6 +454,7 @@ impl Lane {
         };
         let _ = consumer.context().delivery.set(delivery.clone());
         Ok(Lane {
+            feed: Some(feed),
             consumer,
             delivery,
             common: common.clone(),
@@ -405,17 +486,32 @@ impl Lane {
     /// The lane's loop, on its own thread, until shutdown or a fatal
     /// error; then it finishes what is in flight and commits. Returns the
     /// messages left unfinished.
+    ///
+    /// Messages come from the lane's feed a batch at a time; the group's
+    /// events (rebalances, commits, errors) are served between batches,
+    /// never while a batch is half handled. Every message of a batch is
+    /// handled in order, or, when the output stays blocked, given back
+    /// (its partition is sought to it): a partition never goes on past a
+    /// message that was not handled.
     pub fn run(&self) -> usize {
         let c = &*self.common;
+        let client = self.consumer.client();
+        let Some(feed) = self.feed.as_deref() else {
+            return 0;
+        };
         let mut work = Work::new(c.rules.current(), c.sealer.clone());
+        let mut batch = Batch::new(client, BATCH);
+        // The next message of `batch` to handle.
+        let mut next = 0;
+        let mut consumed_at = Instant::now();
         // Since when the budget is spent, and whether the lane paused its
         // partitions for it.
         let mut full_since: Option<Instant> = None;
         let mut paused_at: Option<Instant> = None;
         let poll_wait = match c.cfg.kafka.delivery {
-            DeliveryMode::AtLeastOnce => Duration::from_millis(100),
+            DeliveryMode::AtLeastOnce => Duration::from_millis(50),
             DeliveryMode::ExactlyOnce => (c.cfg.kafka.transaction.interval / 4)
-                .clamp(Duration::from_millis(1), Duration::from_millis(100)),
+                .clamp(Duration::from_millis(1), Duration::from_millis(50)),
         };
         while !c.stopping() {
             if let Err(e) = self.delivery.tick(c, &self.consumer) {
@@ -423,7 +519,7 @@ impl Lane {
                 break;
             }
             c.metrics.in_flight(c.budget.messages(), c.budget.bytes());
-            let wait = if c.budget.full() {
+            if c.budget.full() {
                 let since = *full_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < PAUSE_AFTER {
                     // A spent budget is most often freed within
@@ -434,46 +530,62 @@ impl Lane {
                     std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
-                // The output is slow or gone: pause (again every 100 ms: a
-                // rebalance may have assigned partitions that are not
-                // paused) and keep serving the group.
+                // The output is slow or gone: give back what the batch
+                // still holds, pause (again every 100 ms: a rebalance may
+                // have assigned partitions that are not paused) and keep
+                // serving the group.
+                if next < batch.len() {
+                    self.give_back(&batch, next);
+                    batch.clear();
+                    next = 0;
+                }
                 if paused_at.is_none_or(|t| t.elapsed() > Duration::from_millis(100)) {
                     if let Ok(a) = self.consumer.assignment() {
                         let _ = self.consumer.pause(&a);
                     }
                     paused_at = Some(Instant::now());
                 }
-                Duration::from_millis(5)
-            } else {
-                full_since = None;
-                if paused_at.take().is_some() {
-                    if let Ok(a) = self.consumer.assignment() {
-                        let _ = self.consumer.resume(&a);
-                    }
-                }
-                poll_wait
-            };
-            match self.consumer.poll(wait) {
-                None => work.idle(c),
-                Some(Err(e)) => {
-                    crate::kafka::report(&c.telemetry, "consumer", &e);
-                    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-                        c.fail(e.to_string());
-                    }
-                    // Which topic: the error does not say; the broker does.
-                    let topic = (e.rdkafka_error_code()
-                        == Some(RDKafkaErrorCode::TopicAuthorizationFailed))
-                    .then(|| crate::kafka::refused_topic(self.consumer.client(), &c.reads))
-                    .flatten();
-                    c.refused("consumer", &e, topic.as_deref());
-                }
-                Some(Ok(m)) => {
-                    if let Err(e) = self.handle(&mut work, &m) {
-                        c.fail(e.to_string());
-                    }
+                self.serve_group(&mut work, Duration::from_millis(5));
+                continue;
+            }
+            full_since = None;
+            if paused_at.take().is_some() {
+                if let Ok(a) = self.consumer.assignment() {
+                    let _ = self.consumer.resume(&a);
                 }
             }
+            if next < batch.len() {
+                // Handle until the batch is done, the budget spent or the
+                // lane stopping.
+                for m in batch.iter().skip(next) {
+                    if c.stopping() || c.budget.full() {
+                        break;
+                    }
+                    next += 1;
+                    match m.error() {
+                        Some(e) => self.consumer_error(&e),
+                        None => {
+                            if let Err(e) = self.handle(&mut work, &m, consumed_at) {
+                                c.fail(e.to_string());
+                            }
+                        }
+                    }
+                }
+                work.count_consumed(c);
+                continue;
+            }
+            // The batch is done: the group's events, then the next batch.
+            self.serve_group(&mut work, Duration::ZERO);
+            feed.consume(client, poll_wait, &mut batch);
+            next = 0;
+            if batch.len() == 0 {
+                work.idle(c);
+            } else {
+                consumed_at = Instant::now();
+                c.wall.rebase(consumed_at);
+            }
         }
+        drop(batch);
         work.idle(c);
         let deadline = c
             .deadline()
@@ -481,13 +593,81 @@ impl Lane {
         self.delivery.close(c, &self.consumer, deadline)
     }
 
+    /// Serves the consumer's own queue: rebalances, commit results,
+    /// errors, and any message that reached it instead of the feed
+    /// (handled like the others, in order).
+    fn serve_group(&self, work: &mut Work, wait: Duration) {
+        let c = &*self.common;
+        let mut wait = wait;
+        loop {
+            match self.consumer.poll(wait) {
+                None => return,
+                Some(Err(e)) => self.consumer_error(&e),
+                Some(Ok(m)) => {
+                    if let Err(e) = self.handle(work, &m, Instant::now()) {
+                        c.fail(e.to_string());
+                    }
+                    work.count_consumed(c);
+                }
+            }
+            if c.stopping() {
+                return;
+            }
+            wait = Duration::ZERO;
+        }
+    }
+
+    fn consumer_error(&self, e: &KafkaError) {
+        let c = &*self.common;
+        crate::kafka::report(&c.telemetry, "consumer", e);
+        if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            c.fail(e.to_string());
+        }
+        // Which topic: the error does not say; the broker does.
+        let topic = (e.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAuthorizationFailed))
+            .then(|| crate::kafka::refused_topic(self.consumer.client(), &c.reads))
+            .flatten();
+        c.refused("consumer", e, topic.as_deref());
+    }
+
+    /// The output stayed blocked with messages of `batch` from `from` on
+    /// not handled: each of their partitions is sought back to its first
+    /// one, so they are fetched again (librdkafka's position is already
+    /// past the whole batch).
+    fn give_back(&self, batch: &Batch<'_>, from: usize) {
+        let mut first: Vec<(&str, i32, i64)> = Vec::new();
+        for m in batch.iter().skip(from) {
+            if m.error().is_none()
+                && !first
+                    .iter()
+                    .any(|(t, p, _)| *t == m.topic() && *p == m.partition())
+            {
+                first.push((m.topic(), m.partition(), m.offset()));
+            }
+        }
+        for (topic, partition, offset) in first {
+            if let Err(e) = self.consumer.seek(
+                topic,
+                partition,
+                rdkafka::Offset::Offset(offset),
+                Duration::from_secs(5),
+            ) {
+                crate::kafka::report(&self.common.telemetry, "consumer", &e);
+                // Not sought: the lane must not go on past the gap.
+                self.common.fail(format!(
+                    "could not rewind {topic}/{partition} to {offset} after the output stayed blocked: {e}"
+                ));
+            }
+        }
+    }
+
     fn handle(
         &self,
         work: &mut Work,
-        m: &rdkafka::message::BorrowedMessage<'_>,
+        m: &impl Incoming,
+        consumed_at: Instant,
     ) -> Result<(), DeliveryError> {
         let c = &*self.common;
-        let consumed_at = Instant::now();
         let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
         if let Some(p) = c.privacy.as_ref().filter(|p| p.topic != topic) {
             // Every request acknowledged before this event was produced is
@@ -500,8 +680,7 @@ impl Lane {
                 }
             }
         }
-        c.metrics.consumed(topic, 1);
-        c.counts.consumed.fetch_add(1, Ordering::Relaxed);
+        work.tally(c, topic);
         work.follow(c);
         let track = self.consumer.context().tracks().get(topic, partition);
         let input = Input {
@@ -517,6 +696,7 @@ impl Lane {
             scratch,
             out,
             since_flush,
+            timed,
             ..
         } = work;
         let routed = match &c.privacy {
@@ -543,8 +723,13 @@ impl Lane {
                     .filter(|s| !s.is_empty());
                 let suppressed = |id: Id<'_>| set.is_some_and(|s| s.holds(id));
                 let suppressed: Option<&dyn Fn(Id<'_>) -> bool> = set.map(|_| &suppressed as _);
+                // One message in 16 is timed (two clock reads each).
+                *timed = timed.wrapping_add(1);
+                let start = (*timed % 16 == 0).then(Instant::now);
                 let routed = router.event(&input, suppressed, scratch, out);
-                c.metrics.sanitized(consumed_at.elapsed().as_secs_f64());
+                if let Some(start) = start {
+                    c.metrics.sanitized(start.elapsed().as_secs_f64());
+                }
                 // A suppressed person's event goes nowhere, the inventory
                 // included.
                 if let (Some(p), None) = (m.payload(), routed.suppressed_by) {
@@ -600,12 +785,94 @@ impl Lane {
     }
 }
 
+/// Messages taken from the feed at a time.
+const BATCH: usize = 512;
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        // The feed goes before the consumer closes (librdkafka requires
+        // it): the context's reference first, then the lane's own.
+        self.consumer
+            .context()
+            .feed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.feed.take();
+    }
+}
+
+/// What the lane reads of a consumed message, whichever queue it came
+/// from.
+trait Incoming {
+    fn topic(&self) -> &str;
+    fn partition(&self) -> i32;
+    fn offset(&self) -> i64;
+    fn key(&self) -> Option<&[u8]>;
+    fn payload(&self) -> Option<&[u8]>;
+    fn headers(&self) -> Option<&rdkafka::message::BorrowedHeaders>;
+    fn timestamp(&self) -> rdkafka::Timestamp;
+}
+
+impl Incoming for Fetched<'_> {
+    fn topic(&self) -> &str {
+        Fetched::topic(self)
+    }
+    fn partition(&self) -> i32 {
+        Fetched::partition(self)
+    }
+    fn offset(&self) -> i64 {
+        Fetched::offset(self)
+    }
+    fn key(&self) -> Option<&[u8]> {
+        Fetched::key(self)
+    }
+    fn payload(&self) -> Option<&[u8]> {
+        Fetched::payload(self)
+    }
+    fn headers(&self) -> Option<&rdkafka::message::BorrowedHeaders> {
+        Fetched::headers(self)
+    }
+    fn timestamp(&self) -> rdkafka::Timestamp {
+        Fetched::timestamp(self)
+    }
+}
+
+impl Incoming for rdkafka::message::BorrowedMessage<'_> {
+    fn topic(&self) -> &str {
+        Message::topic(self)
+    }
+    fn partition(&self) -> i32 {
+        Message::partition(self)
+    }
+    fn offset(&self) -> i64 {
+        Message::offset(self)
+    }
+    fn key(&self) -> Option<&[u8]> {
+        Message::key(self)
+    }
+    fn payload(&self) -> Option<&[u8]> {
+        Message::payload(self)
+    }
+    fn headers(&self) -> Option<&rdkafka::message::BorrowedHeaders> {
+        Message::headers(self)
+    }
+    fn timestamp(&self) -> rdkafka::Timestamp {
+        Message::timestamp(self)
+    }
+}
+
 /// A lane's reusable buffers and the rules it routes with.
 struct Work {
     router: Router,
     scratch: Scratch,
     out: Vec<u8>,
     since_flush: u32,
+    /// Messages routed (one in 16 is timed).
+    timed: u32,
+    /// Messages consumed per topic of `Common::reads` since the last
+    /// count (counted a batch at a time).
+    consumed: Vec<u64>,
     /// The privacy gate's released marks, as last read.
     released: HashMap<String, HashMap<i32, i64>>,
 }
@@ -617,6 +884,8 @@ impl Work {
             scratch: Scratch::default(),
             out: Vec::with_capacity(64 * 1024),
             since_flush: 0,
+            timed: 0,
+            consumed: Vec::new(),
             released: HashMap::new(),
         }
     }
@@ -641,6 +910,32 @@ impl Work {
         }
     }
 
+    /// Counts a message of `topic` consumed (reported by
+    /// [`Work::count_consumed`]).
+    fn tally(&mut self, c: &Common, topic: &str) {
+        if self.consumed.len() != c.reads.len() {
+            self.consumed.resize(c.reads.len(), 0);
+        }
+        if let Some(i) = c.reads.iter().position(|t| t == topic) {
+            self.consumed[i] += 1;
+        }
+    }
+
+    /// Reports the messages consumed since the last report.
+    fn count_consumed(&mut self, c: &Common) {
+        let mut all = 0;
+        for (i, n) in self.consumed.iter_mut().enumerate() {
+            if *n > 0 {
+                c.metrics.consumed(&c.reads[i], *n);
+                all += *n;
+                *n = 0;
+            }
+        }
+        if all > 0 {
+            c.counts.consumed.fetch_add(all, Ordering::Relaxed);
+        }
+    }
+
     /// Switches to the rules in use if they were reloaded.
     fn follow(&mut self, c: &Common) {
         if !c.rules.is_current(self.router.sanitizer()) {
@@ -651,6 +946,7 @@ impl Work {
 
     /// Nothing arrived: report the rule counts so a quiet service shows them.
     fn idle(&mut self, c: &Common) {
+        self.count_consumed(c);
         if self.since_flush > 0 {
             flush_counts(&mut self.scratch, self.router.sanitizer(), &c.telemetry);
             self.since_flush = 0;

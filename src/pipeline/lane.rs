@@ -785,8 +785,11 @@ impl Lane {
     }
 }
 
-/// Messages taken from the feed at a time.
-const BATCH: usize = 512;
+/// Messages taken from the feed at a time. Each waits for those before it
+/// in its batch (at default rules about 10 us each), so batches stay
+/// small: 64 took the lane's share of consume-to-acknowledge at half rate
+/// from up to 9 ms to under 1 ms, at no cost in throughput.
+const BATCH: usize = 64;
 
 impl Drop for Lane {
     fn drop(&mut self) {

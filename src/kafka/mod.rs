@@ -5,7 +5,7 @@
 //! reader and the webhook listener; imports nothing above `config` and
 //! `metrics`.
 
-pub(crate) mod native;
+pub mod native;
 pub(crate) mod sasl;
 pub(crate) mod scan;
 

@@ -16,10 +16,7 @@ use std::time::Duration;
 /// with the time to wait, `rd_kafka_flush` sends what lingers at once and
 /// sleeps on a condition variable until the count of records reaches
 /// zero, while the producer's thread serves the acknowledgements.
-pub(crate) fn flush<C: ClientContext>(
-    client: &Client<C>,
-    within: Duration,
-) -> Result<(), KafkaError> {
+pub fn flush<C: ClientContext>(client: &Client<C>, within: Duration) -> Result<(), KafkaError> {
     let ms = within.as_millis().min(i32::MAX as u128) as i32;
     // SAFETY: `client.native_ptr()` is the live `rd_kafka_t` owned by
     // `client`, which the borrow keeps alive for the whole call.
@@ -52,8 +49,9 @@ use std::ptr::NonNull;
 ///
 /// It must be dropped before the consumer it was made for is closed
 /// (rdkafka.h: `rd_kafka_queue_destroy()` MUST be called before
-/// `rd_kafka_consumer_close()`); its owner arranges that.
-pub(crate) struct PartitionFeed {
+/// `rd_kafka_consumer_close()`): [`PartitionFeed::new`] is `unsafe` for
+/// that promise.
+pub struct PartitionFeed {
     queue: NonNull<rd::rd_kafka_queue_t>,
     /// The consumer it belongs to: every call checks that it is given
     /// this one.
@@ -69,7 +67,14 @@ unsafe impl Sync for PartitionFeed {}
 
 impl PartitionFeed {
     /// A new, empty feed on `client` (a consumer).
-    pub(crate) fn new<C: ClientContext>(client: &Client<C>) -> PartitionFeed {
+    ///
+    /// # Safety
+    ///
+    /// The feed must be dropped before `client` is closed or dropped
+    /// (librdkafka requires a consumer's queues destroyed before
+    /// `rd_kafka_consumer_close`; destroying one later touches the freed
+    /// handle).
+    pub unsafe fn new<C: ClientContext>(client: &Client<C>) -> PartitionFeed {
         let rk = client.native_ptr();
         // SAFETY: `rk` is the live handle owned by `client`, borrowed for
         // the call. `rd_kafka_queue_new` allocates a queue owned by the
@@ -86,12 +91,7 @@ impl PartitionFeed {
     /// over, in order). Call it before the partition is assigned, so no
     /// message of it reaches the consumer's own queue first. Whether
     /// librdkafka knew the partition.
-    pub(crate) fn take<C: ClientContext>(
-        &self,
-        client: &Client<C>,
-        topic: &str,
-        partition: i32,
-    ) -> bool {
+    pub fn take<C: ClientContext>(&self, client: &Client<C>, topic: &str, partition: i32) -> bool {
         assert_eq!(
             client.native_ptr(),
             self.rk,
@@ -121,7 +121,7 @@ impl PartitionFeed {
 
     /// Refills `batch` with the messages waiting, up to its capacity;
     /// when none is waiting, waits up to `wait` for the first one.
-    pub(crate) fn consume<'c, C: ClientContext>(
+    pub fn consume<'c, C: ClientContext>(
         &self,
         client: &'c Client<C>,
         wait: Duration,
@@ -185,7 +185,7 @@ impl Drop for PartitionFeed {
 
 /// Messages taken from a [`PartitionFeed`], owned until the next refill
 /// (or drop); `'c` is the consumer's borrow, so a batch cannot outlive it.
-pub(crate) struct Batch<'c> {
+pub struct Batch<'c> {
     messages: Vec<*mut rd::rd_kafka_message_t>,
     capacity: usize,
     _consumer: PhantomData<&'c ()>,
@@ -193,7 +193,7 @@ pub(crate) struct Batch<'c> {
 
 impl<'c> Batch<'c> {
     /// Room for `capacity` messages per refill.
-    pub(crate) fn new<C: ClientContext>(_consumer: &'c Client<C>, capacity: usize) -> Batch<'c> {
+    pub fn new<C: ClientContext>(_consumer: &'c Client<C>, capacity: usize) -> Batch<'c> {
         Batch {
             messages: Vec::with_capacity(capacity.max(1)),
             capacity: capacity.max(1),
@@ -202,13 +202,18 @@ impl<'c> Batch<'c> {
     }
 
     /// How many messages it holds.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.messages.len()
+    }
+
+    /// Whether it holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
     }
 
     /// The messages, in the order librdkafka handed them out (each
     /// partition's in offset order).
-    pub(crate) fn iter(&self) -> impl Iterator<Item = Fetched<'_>> {
+    pub fn iter(&self) -> impl Iterator<Item = Fetched<'_>> {
         // SAFETY: every pointer is a message this batch owns, alive until
         // `clear`, which needs `&mut self` (so no `Fetched` borrowed from
         // `&self` outlives it). librdkafka does not write to a message once
@@ -217,7 +222,7 @@ impl<'c> Batch<'c> {
     }
 
     /// Destroys the messages.
-    pub(crate) fn clear(&mut self) {
+    pub fn clear(&mut self) {
         for m in self.messages.drain(..) {
             // SAFETY: `m` came from `rd_kafka_consume_batch_queue`, is owned
             // by this batch and is destroyed once (drained).
@@ -233,7 +238,7 @@ impl Drop for Batch<'_> {
 }
 
 /// One message of a [`Batch`].
-pub(crate) struct Fetched<'b> {
+pub struct Fetched<'b> {
     m: &'b rd::rd_kafka_message_t,
 }
 
@@ -246,7 +251,7 @@ const _: () = assert!(std::mem::size_of::<BorrowedHeaders>() == 0);
 impl<'b> Fetched<'b> {
     /// The error librdkafka put in place of a message (a fetch error,
     /// for example), if this is one.
-    pub(crate) fn error(&self) -> Option<KafkaError> {
+    pub fn error(&self) -> Option<KafkaError> {
         if self.m.err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
             return None;
         }
@@ -265,17 +270,17 @@ impl<'b> Fetched<'b> {
     }
 
     /// Its key.
-    pub(crate) fn key(&self) -> Option<&'b [u8]> {
+    pub fn key(&self) -> Option<&'b [u8]> {
         Self::bytes(self.m.key, self.m.key_len)
     }
 
     /// Its value.
-    pub(crate) fn payload(&self) -> Option<&'b [u8]> {
+    pub fn payload(&self) -> Option<&'b [u8]> {
         Self::bytes(self.m.payload, self.m.len)
     }
 
     /// Its topic.
-    pub(crate) fn topic(&self) -> &'b str {
+    pub fn topic(&self) -> &'b str {
         if self.m.rkt.is_null() {
             return "";
         }
@@ -287,17 +292,17 @@ impl<'b> Fetched<'b> {
     }
 
     /// Its partition.
-    pub(crate) fn partition(&self) -> i32 {
+    pub fn partition(&self) -> i32 {
         self.m.partition
     }
 
     /// Its offset.
-    pub(crate) fn offset(&self) -> i64 {
+    pub fn offset(&self) -> i64 {
         self.m.offset
     }
 
     /// Its timestamp.
-    pub(crate) fn timestamp(&self) -> Timestamp {
+    pub fn timestamp(&self) -> Timestamp {
         let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
         // SAFETY: a live message and a local to write the kind into.
         let ms = unsafe { rd::rd_kafka_message_timestamp(self.m, &mut kind) };
@@ -314,7 +319,7 @@ impl<'b> Fetched<'b> {
     }
 
     /// Its headers.
-    pub(crate) fn headers(&self) -> Option<&'b BorrowedHeaders> {
+    pub fn headers(&self) -> Option<&'b BorrowedHeaders> {
         let mut h: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
         // SAFETY: a live message; librdkafka parses its headers once, keeps
         // them in the message (alive until it is destroyed) and writes the

@@ -362,6 +362,17 @@ fn send_record(
                 if producer.context().refuse(&e, back.topic) {
                     return;
                 }
+                // A fatal error (this producer was fenced, say) never
+                // clears: the service stops, and the record is not sent
+                // (its input is consumed again after the restart). Nor is
+                // one sent past the shutdown deadline.
+                if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+                    common.fail(format!("fatal producer error: {e}"));
+                    return;
+                }
+                if common.fatal.is_set() || common.deadline().is_some_and(|d| Instant::now() >= d) {
+                    return;
+                }
                 rec = back;
             }
         }

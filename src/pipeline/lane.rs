@@ -439,12 +439,6 @@ impl Lane {
             delivery: OnceLock::new(),
             feed: Mutex::new(None),
         })?;
-        let feed = Arc::new(PartitionFeed::new(consumer.client()));
-        *consumer
-            .context()
-            .feed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(feed.clone());
         let delivery: Arc<dyn Delivery> = match cfg.kafka.delivery {
             DeliveryMode::AtLeastOnce => Arc::new(AtLeastOnce::new(common)?),
             DeliveryMode::ExactlyOnce => {
@@ -453,6 +447,18 @@ impl Lane {
             }
         };
         let _ = consumer.context().delivery.set(delivery.clone());
+        // Last, after every step that can fail, so the `Lane` (whose `Drop`
+        // keeps the order) owns it from its creation on.
+        // SAFETY: the feed is dropped before the consumer: `Lane`'s `Drop`
+        // takes the context's reference and its own before its fields
+        // (the consumer among them) are dropped, and no other reference
+        // is made (the context's is only borrowed, in `pre_rebalance`).
+        let feed = Arc::new(unsafe { PartitionFeed::new(consumer.client()) });
+        *consumer
+            .context()
+            .feed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(feed.clone());
         Ok(Lane {
             feed: Some(feed),
             consumer,
@@ -578,7 +584,7 @@ impl Lane {
             self.serve_group(&mut work, Duration::ZERO);
             feed.consume(client, poll_wait, &mut batch);
             next = 0;
-            if batch.len() == 0 {
+            if batch.is_empty() {
                 work.idle(c);
             } else {
                 consumed_at = Instant::now();

@@ -5,7 +5,8 @@
 //!   poll, `BaseProducer` send with the service's durability settings
 //!   (idempotent, `acks=all`), the offset stored when its record is
 //!   acknowledged; no sanitizing, no headers;
-//! - (b) the service with an empty rule set;
+//! - (b) the service with an empty rule set, one lane per core
+//!   (`limits.workers: 0`; `BENCH_WORKERS` sets another count);
 //! - (c) the service with the default rules;
 //! - (d) (c) with `kafka.delivery: exactly_once`.
 //! - (e) (c) with shadow rules (`rules.shadow_file`: the default rules and
@@ -362,10 +363,7 @@ fn config(
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(LimitsConfig::default().max_in_flight),
-            workers: std::env::var("BENCH_WORKERS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(LimitsConfig::default().workers),
+            workers: workers(),
             ..LimitsConfig::default()
         },
         http: HttpConfig {
@@ -398,6 +396,16 @@ fn config(
         canary: Default::default(),
         inventory: Default::default(),
     }
+}
+
+/// The lanes of (b) to (e): `BENCH_WORKERS`, else 0 (one per core, as a
+/// replica on this many cores is configured; the default of
+/// `limits.workers`, 1, leaves a core of two to librdkafka).
+fn workers() -> usize {
+    std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// With `BENCH_PERF_CTL=<fifo>` (perf record's `--control fifo:<fifo>`
@@ -728,7 +736,11 @@ fn main() {
     } else {
         "the in-process mock cluster"
     };
-    println!("\npipeline through {through}, {n} corpus events, {PARTITIONS} partitions, {rounds} rounds (medians)");
+    let lanes = match workers() {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    println!("\npipeline through {through}, {n} corpus events, {PARTITIONS} partitions, {rounds} rounds (medians), the service with {lanes} lane(s)");
     println!(
         "(a) naive consume-then-produce loop: {:>9.0} msg/s   {:.1} CPU s per million events",
         rate(0),

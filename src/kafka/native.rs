@@ -30,7 +30,7 @@ pub fn flush<C: ClientContext>(client: &Client<C>, within: Duration) -> Result<(
 }
 
 use rdkafka::bindings as rd;
-use rdkafka::message::{BorrowedHeaders, Timestamp};
+use rdkafka::message::{BorrowedHeaders, Message, Timestamp};
 use std::ffi::{CStr, CString};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -268,19 +268,27 @@ impl<'b> Fetched<'b> {
         // `len` bytes owned by it (rdkafka.h, `rd_kafka_message_t`).
         (!ptr.is_null()).then(|| unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) })
     }
+}
 
-    /// Its key.
-    pub fn key(&self) -> Option<&'b [u8]> {
+/// What the lanes read of a message, as rust-rdkafka's own messages offer
+/// it.
+impl Message for Fetched<'_> {
+    type Headers = BorrowedHeaders;
+
+    fn key(&self) -> Option<&[u8]> {
         Self::bytes(self.m.key, self.m.key_len)
     }
 
-    /// Its value.
-    pub fn payload(&self) -> Option<&'b [u8]> {
+    fn payload(&self) -> Option<&[u8]> {
         Self::bytes(self.m.payload, self.m.len)
     }
 
-    /// Its topic.
-    pub fn topic(&self) -> &'b str {
+    /// Never: a fetched message is read, not changed.
+    unsafe fn payload_mut(&mut self) -> Option<&mut [u8]> {
+        None
+    }
+
+    fn topic(&self) -> &str {
         if self.m.rkt.is_null() {
             return "";
         }
@@ -291,18 +299,15 @@ impl<'b> Fetched<'b> {
             .unwrap_or("")
     }
 
-    /// Its partition.
-    pub fn partition(&self) -> i32 {
+    fn partition(&self) -> i32 {
         self.m.partition
     }
 
-    /// Its offset.
-    pub fn offset(&self) -> i64 {
+    fn offset(&self) -> i64 {
         self.m.offset
     }
 
-    /// Its timestamp.
-    pub fn timestamp(&self) -> Timestamp {
+    fn timestamp(&self) -> Timestamp {
         let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
         // SAFETY: a live message and a local to write the kind into.
         let ms = unsafe { rd::rd_kafka_message_timestamp(self.m, &mut kind) };
@@ -318,8 +323,7 @@ impl<'b> Fetched<'b> {
         }
     }
 
-    /// Its headers.
-    pub fn headers(&self) -> Option<&'b BorrowedHeaders> {
+    fn headers(&self) -> Option<&BorrowedHeaders> {
         let mut h: *mut rd::rd_kafka_headers_t = std::ptr::null_mut();
         // SAFETY: a live message; librdkafka parses its headers once, keeps
         // them in the message (alive until it is destroyed) and writes the

@@ -16,7 +16,7 @@ use super::{Health, PipelineError};
 use crate::config::{ClientRole, Config, DeliveryMode};
 use crate::deadletter::Sealer;
 use crate::engine::{Id, Sanitizer, Scratch};
-use crate::kafka::native::{Batch, Fetched, PartitionFeed};
+use crate::kafka::native::{Batch, PartitionFeed};
 use crate::metrics::{DeliveryMetrics, Finished, Telemetry};
 use crate::privacy::reader::Privacy;
 use crate::reload::RuleSource;
@@ -641,19 +641,19 @@ impl Lane {
     /// one, so they are fetched again (librdkafka's position is already
     /// past the whole batch).
     fn give_back(&self, batch: &Batch<'_>, from: usize) {
-        let mut first: Vec<(&str, i32, i64)> = Vec::new();
+        let mut first: Vec<(String, i32, i64)> = Vec::new();
         for m in batch.iter().skip(from) {
             if m.error().is_none()
                 && !first
                     .iter()
-                    .any(|(t, p, _)| *t == m.topic() && *p == m.partition())
+                    .any(|(t, p, _)| t == m.topic() && *p == m.partition())
             {
-                first.push((m.topic(), m.partition(), m.offset()));
+                first.push((m.topic().to_string(), m.partition(), m.offset()));
             }
         }
         for (topic, partition, offset) in first {
             if let Err(e) = self.consumer.seek(
-                topic,
+                &topic,
                 partition,
                 rdkafka::Offset::Offset(offset),
                 Duration::from_secs(5),
@@ -670,7 +670,7 @@ impl Lane {
     fn handle(
         &self,
         work: &mut Work,
-        m: &impl Incoming,
+        m: &impl Message<Headers = rdkafka::message::BorrowedHeaders>,
         consumed_at: Instant,
     ) -> Result<(), DeliveryError> {
         let c = &*self.common;
@@ -808,66 +808,6 @@ impl Drop for Lane {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         self.feed.take();
-    }
-}
-
-/// What the lane reads of a consumed message, whichever queue it came
-/// from.
-trait Incoming {
-    fn topic(&self) -> &str;
-    fn partition(&self) -> i32;
-    fn offset(&self) -> i64;
-    fn key(&self) -> Option<&[u8]>;
-    fn payload(&self) -> Option<&[u8]>;
-    fn headers(&self) -> Option<&rdkafka::message::BorrowedHeaders>;
-    fn timestamp(&self) -> rdkafka::Timestamp;
-}
-
-impl Incoming for Fetched<'_> {
-    fn topic(&self) -> &str {
-        Fetched::topic(self)
-    }
-    fn partition(&self) -> i32 {
-        Fetched::partition(self)
-    }
-    fn offset(&self) -> i64 {
-        Fetched::offset(self)
-    }
-    fn key(&self) -> Option<&[u8]> {
-        Fetched::key(self)
-    }
-    fn payload(&self) -> Option<&[u8]> {
-        Fetched::payload(self)
-    }
-    fn headers(&self) -> Option<&rdkafka::message::BorrowedHeaders> {
-        Fetched::headers(self)
-    }
-    fn timestamp(&self) -> rdkafka::Timestamp {
-        Fetched::timestamp(self)
-    }
-}
-
-impl Incoming for rdkafka::message::BorrowedMessage<'_> {
-    fn topic(&self) -> &str {
-        Message::topic(self)
-    }
-    fn partition(&self) -> i32 {
-        Message::partition(self)
-    }
-    fn offset(&self) -> i64 {
-        Message::offset(self)
-    }
-    fn key(&self) -> Option<&[u8]> {
-        Message::key(self)
-    }
-    fn payload(&self) -> Option<&[u8]> {
-        Message::payload(self)
-    }
-    fn headers(&self) -> Option<&rdkafka::message::BorrowedHeaders> {
-        Message::headers(self)
-    }
-    fn timestamp(&self) -> rdkafka::Timestamp {
-        Message::timestamp(self)
     }
 }
 

@@ -419,8 +419,10 @@ pub struct LimitsConfig {
     #[serde(default = "default_in_flight_bytes")]
     pub max_in_flight_bytes: usize,
     /// Delivery lanes: each is one thread with its own consumer (a member
-    /// of the group) and its own producer, which consumes, sanitizes and
-    /// produces its partitions in order. 0: one per core.
+    /// of the group), which consumes, sanitizes and produces its
+    /// partitions in order (at least once through one producer the lanes
+    /// share; exactly once through a transactional producer per lane).
+    /// 0: one per core.
     #[serde(default = "default_workers")]
     pub workers: usize,
 }

@@ -40,9 +40,11 @@ async fn sanitizes_in_order_dead_letters_with_reasons_and_commits() {
 
     let telemetry = Arc::new(Telemetry::new());
     let group = "g-order";
-    let p = Pipeline::new(config(&bs, &rules, &key, group), telemetry.clone())
-        .await
-        .unwrap();
+    // Two lanes (two group members) sharing one producer: order per key
+    // holds across them.
+    let mut cfg = config(&bs, &rules, &key, group);
+    cfg.limits.workers = 2;
+    let p = Pipeline::new(cfg, telemetry.clone()).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let service = tokio::spawn(p.run(async move {
         let _ = rx.await;
@@ -366,9 +368,11 @@ async fn two_instances_split_partitions_and_a_rebalance_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (rules, key) = common::rules_and_key(dir.path());
     let (ta, tb) = (Arc::new(Telemetry::new()), Arc::new(Telemetry::new()));
-    let a = Pipeline::new(config(&bs, &rules, &key, "g-two"), ta.clone())
-        .await
-        .unwrap();
+    // Instance a runs two lanes: three group members on four partitions,
+    // then a's two leave together.
+    let mut cfg_a = config(&bs, &rules, &key, "g-two");
+    cfg_a.limits.workers = 2;
+    let a = Pipeline::new(cfg_a, ta.clone()).await.unwrap();
     let b = Pipeline::new(config(&bs, &rules, &key, "g-two"), tb.clone())
         .await
         .unwrap();

@@ -2,7 +2,8 @@
 //! when its input offset counts as done. One interface ([`Delivery`]),
 //! two modes (`kafka.delivery`):
 //!
-//! - [`AtLeastOnce`]: an idempotent producer; an input offset is stored
+//! - [`AtLeastOnce`]: one idempotent producer that every lane shares
+//!   ([`Plan`]); an input offset is stored
 //!   for librdkafka's auto-commit only after the broker acknowledged that
 //!   message's records and every earlier message of its partition is done.
 //!   A crash replays the uncommitted tail: nothing lost, some duplicates.
@@ -20,7 +21,7 @@
 use super::lane::{Common, LaneConsumer};
 use super::route::{DeletionAudit, Routed, Topic};
 use super::tracker::Track;
-use crate::config::TransactionConfig;
+use crate::config::{DeliveryMode, TransactionConfig};
 use crate::metrics::Finished;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -381,9 +382,81 @@ fn send_record(
     }
 }
 
-/// At-least-once delivery ([module docs](self)).
+/// How the lanes deliver, decided once for the replica: at least once,
+/// every lane handing its records to one idempotent producer; or exactly
+/// once, each lane with a transactional producer of its own (its
+/// transactions commit its own consumer's offsets).
+pub enum Plan {
+    /// `kafka.delivery: at_least_once`, with the producer the lanes share.
+    AtLeastOnce(Arc<LaneProducer>),
+    /// `kafka.delivery: exactly_once`; lane `n`'s `transactional.id` is
+    /// this followed by `-n`.
+    ExactlyOnce {
+        /// [`transactional_id`] of the configuration.
+        transactional_id: String,
+    },
+}
+
+impl Plan {
+    /// Creates what the lanes share (the at-least-once producer).
+    ///
+    /// One producer for every lane, rather than one each: the records of
+    /// all lanes fill the same batches and requests, and one set of broker
+    /// threads serves them. Measured in the pipeline bench (empty rule set,
+    /// two lanes): 0.63 -> 0.76 of the naive loop, 4.5 -> 4.2 CPU seconds
+    /// per million events. Order per partition is kept: a partition
+    /// belongs to one lane, which hands its records over in order, and the
+    /// idempotent producer keeps each output partition's order.
+    pub fn new(common: &Arc<Common>) -> Result<Plan, super::PipelineError> {
+        Ok(match common.cfg.kafka.delivery {
+            DeliveryMode::AtLeastOnce => Plan::AtLeastOnce(Arc::new(producer(
+                common,
+                Mode::AtLeastOnce,
+                None,
+                &common.cfg.kafka.transaction,
+            )?)),
+            DeliveryMode::ExactlyOnce => Plan::ExactlyOnce {
+                transactional_id: transactional_id(&common.cfg),
+            },
+        })
+    }
+
+    /// Lane `index`'s delivery (with exactly-once, its producer, its
+    /// transactions initialized).
+    pub fn lane(
+        &self,
+        common: &Arc<Common>,
+        index: usize,
+    ) -> Result<Arc<dyn Delivery>, super::PipelineError> {
+        Ok(match self {
+            Plan::AtLeastOnce(producer) => Arc::new(AtLeastOnce {
+                producer: producer.clone(),
+                stored: Mutex::default(),
+                last_store: Mutex::new(Instant::now()),
+            }),
+            Plan::ExactlyOnce { transactional_id } => Arc::new(ExactlyOnce::new(
+                common,
+                &format!("{transactional_id}-{index}"),
+            )?),
+        })
+    }
+}
+
+/// `kafka.transactional_id`, else `<group_id>-<HOSTNAME>` (the pod name in
+/// Kubernetes), else `<group_id>`.
+pub fn transactional_id(cfg: &crate::config::Config) -> String {
+    cfg.kafka.transactional_id.clone().unwrap_or_else(|| {
+        match std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()) {
+            Some(h) => format!("{}-{h}", cfg.kafka.group_id),
+            None => cfg.kafka.group_id.clone(),
+        }
+    })
+}
+
+/// At-least-once delivery ([module docs](self)): a lane's view of the
+/// shared producer, and the offsets it stored.
 pub struct AtLeastOnce {
-    producer: LaneProducer,
+    producer: Arc<LaneProducer>,
     /// The offset last stored for each partition.
     stored: Mutex<HashMap<(String, i32), i64>>,
     last_store: Mutex<Instant>,
@@ -393,20 +466,6 @@ pub struct AtLeastOnce {
 const STORE_EVERY: Duration = Duration::from_millis(20);
 
 impl AtLeastOnce {
-    /// Creates the lane's idempotent producer.
-    pub fn new(common: &Arc<Common>) -> Result<AtLeastOnce, super::PipelineError> {
-        Ok(AtLeastOnce {
-            producer: producer(
-                common,
-                Mode::AtLeastOnce,
-                None,
-                &common.cfg.kafka.transaction,
-            )?,
-            stored: Mutex::default(),
-            last_store: Mutex::new(Instant::now()),
-        })
-    }
-
     /// Stores the committable offset of each of `tracks` that advanced.
     fn store(&self, consumer: &LaneConsumer, tracks: &[Arc<Track>]) {
         let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());

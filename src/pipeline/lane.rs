@@ -1,15 +1,16 @@
 //! A delivery lane: one thread with its own consumer (a member of the
-//! group) and its own producer, which polls its partitions, routes each
-//! message where it was consumed (no hand-off, no copy of the input) and
-//! hands the records to its [`Delivery`]. Per-partition order holds
-//! because a partition belongs to one lane and a lane produces in
+//! group), which polls its partitions, routes each message where it was
+//! consumed (no hand-off, no copy of the input) and hands the records to
+//! its [`Delivery`] (at least once: the producer every lane shares;
+//! exactly once: a transactional producer of its own). Per-partition order
+//! holds because a partition belongs to one lane and a lane produces in
 //! consumption order.
 //!
 //! Backpressure: when the shared [`Budget`] of messages or bytes in flight
 //! is spent, the lane pauses its partitions and keeps polling (so group
 //! membership and rebalances are served) until acknowledgements free it.
 
-use super::deliver::{AtLeastOnce, Consumed, Delivery, DeliveryError, ExactlyOnce};
+use super::deliver::{Consumed, Delivery, DeliveryError, Plan};
 use super::route::{DeletionAudit, Input, Outcome, RequestRecord, Router};
 use super::tracker::{Budget, Track, Tracks};
 use super::{Health, PipelineError};
@@ -414,9 +415,9 @@ pub struct Lane {
 }
 
 impl Lane {
-    /// Creates lane `index`'s consumer and producer (with exactly-once,
-    /// initializing its transactions).
-    pub fn new(common: &Arc<Common>, index: usize) -> Result<Lane, PipelineError> {
+    /// Creates lane `index`'s consumer and its delivery from `plan` (with
+    /// exactly-once, its producer, transactions initialized).
+    pub fn new(common: &Arc<Common>, plan: &Plan, index: usize) -> Result<Lane, PipelineError> {
         let cfg = &common.cfg;
         let mut base = CONSUMER_BASE.to_vec();
         base.push(("group.id", &cfg.kafka.group_id));
@@ -439,13 +440,7 @@ impl Lane {
             delivery: OnceLock::new(),
             feed: Mutex::new(None),
         })?;
-        let delivery: Arc<dyn Delivery> = match cfg.kafka.delivery {
-            DeliveryMode::AtLeastOnce => Arc::new(AtLeastOnce::new(common)?),
-            DeliveryMode::ExactlyOnce => {
-                let id = format!("{}-{index}", transactional_id(cfg));
-                Arc::new(ExactlyOnce::new(common, &id)?)
-            }
-        };
+        let delivery = plan.lane(common, index)?;
         let _ = consumer.context().delivery.set(delivery.clone());
         // Last, after every step that can fail, so the `Lane` (whose `Drop`
         // keeps the order) owns it from its creation on.
@@ -905,15 +900,4 @@ impl Work {
 
 fn flush_counts(scratch: &mut Scratch, s: &Sanitizer, t: &Telemetry) {
     scratch.drain_rule_counts(|i, n| t.rule_actions(s.rule_id(i), s.rule_action(i), n));
-}
-
-/// `kafka.transactional_id`, else `<group_id>-<HOSTNAME>` (the pod name in
-/// Kubernetes), else `<group_id>`.
-pub fn transactional_id(cfg: &Config) -> String {
-    cfg.kafka.transactional_id.clone().unwrap_or_else(|| {
-        match std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()) {
-            Some(h) => format!("{}-{h}", cfg.kafka.group_id),
-            None => cfg.kafka.group_id.clone(),
-        }
-    })
 }

@@ -200,8 +200,9 @@ impl Pipeline {
             fatal,
         };
         let common = Arc::new(Common::new(cfg, telemetry, started));
+        let plan = deliver::Plan::new(&common)?;
         let lanes = (0..lanes)
-            .map(|i| Lane::new(&common, i).map(Arc::new))
+            .map(|i| Lane::new(&common, &plan, i).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Pipeline {
             common,

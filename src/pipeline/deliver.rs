@@ -403,7 +403,7 @@ impl Plan {
     /// One producer for every lane, rather than one each: the records of
     /// all lanes fill the same batches and requests, and one set of broker
     /// threads serves them. Measured in the pipeline bench (empty rule set,
-    /// two lanes): 0.63 -> 0.76 of the naive loop, 4.5 -> 4.2 CPU seconds
+    /// two lanes): 0.63 -> 0.72-0.79 of the naive loop, 4.5 -> 3.9-4.2 CPU seconds
     /// per million events. Order per partition is kept: a partition
     /// belongs to one lane, which hands its records over in order, and the
     /// idempotent producer keeps each output partition's order.

@@ -252,35 +252,51 @@ struct StoreOnAck {
     consumer: Arc<BaseConsumer>,
     input: String,
     acked: AtomicU64,
+    /// Consume-to-acknowledge seconds of the messages that carry their
+    /// consume time (the paced run only: the throughput run reads no
+    /// clock).
+    latencies: std::sync::Mutex<Vec<f64>>,
 }
+
+/// What the naive loop's delivery callback gets: the input position, and
+/// when it was consumed (paced run only).
+type Consumed = Box<(i32, i64, Option<Instant>)>;
 
 impl ClientContext for StoreOnAck {}
 
 impl ProducerContext for StoreOnAck {
-    type DeliveryOpaque = Box<(i32, i64)>;
-    fn delivery(&self, r: &DeliveryResult<'_>, at: Box<(i32, i64)>) {
+    type DeliveryOpaque = Consumed;
+    fn delivery(&self, r: &DeliveryResult<'_>, at: Consumed) {
         if r.is_ok() {
             let _ = self.consumer.store_offset(&self.input, at.0, at.1);
+            if let Some(t) = at.2 {
+                let secs = t.elapsed().as_secs_f64();
+                self.latencies.lock().unwrap().push(secs);
+            }
             self.acked.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-/// (a): the simplest program that moves the same messages.
-fn naive(events: &[Vec<u8>]) -> Run {
-    let c = cluster(events);
-    let bs = &c.bootstrap;
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bs)
+/// The naive loop's clients on `c`: a consumer of the input topic (plus
+/// `consumer` properties) and an idempotent, `acks=all` producer that
+/// stores each offset when its record is acknowledged.
+fn naive_clients(
+    c: &Cluster,
+    consumer: &[(&str, String)],
+) -> (Arc<BaseConsumer>, BaseProducer<StoreOnAck>) {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &c.bootstrap)
         .set("group.id", format!("naive-{}", c.group))
         .set("auto.offset.reset", "earliest")
-        .set("enable.auto.offset.store", "false")
-        .create()
-        .unwrap();
-    let consumer = Arc::new(consumer);
+        .set("enable.auto.offset.store", "false");
+    for (k, v) in consumer {
+        cc.set(*k, v);
+    }
+    let consumer: Arc<BaseConsumer> = Arc::new(cc.create().unwrap());
     consumer.subscribe(&[&c.raw]).unwrap();
     let producer: BaseProducer<StoreOnAck> = ClientConfig::new()
-        .set("bootstrap.servers", bs)
+        .set("bootstrap.servers", &c.bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
@@ -288,8 +304,36 @@ fn naive(events: &[Vec<u8>]) -> Run {
             consumer: consumer.clone(),
             input: c.raw.clone(),
             acked: AtomicU64::new(0),
+            latencies: Default::default(),
         })
         .unwrap();
+    (consumer, producer)
+}
+
+/// The naive loop's step: sends `m` on to the clean topic (`consumed_at`:
+/// when it was consumed, for the paced run).
+fn naive_forward(
+    producer: &BaseProducer<StoreOnAck>,
+    clean: &str,
+    m: &rdkafka::message::BorrowedMessage<'_>,
+    consumed_at: Option<Instant>,
+) {
+    let mut rec =
+        BaseRecord::with_opaque_to(clean, Box::new((m.partition(), m.offset(), consumed_at)))
+            .payload(m.payload().unwrap_or_default());
+    if let Some(k) = m.key() {
+        rec = rec.key(k);
+    }
+    while let Err((_, back)) = producer.send(rec) {
+        rec = back;
+        producer.poll(Duration::from_millis(1));
+    }
+}
+
+/// (a): the simplest program that moves the same messages.
+fn naive(events: &[Vec<u8>]) -> Run {
+    let c = cluster(events);
+    let (consumer, producer) = naive_clients(&c, &[]);
     let n = events.len() as u64;
     let mut start = None;
     let mut cpu0 = 0.0;
@@ -303,15 +347,7 @@ fn naive(events: &[Vec<u8>]) -> Run {
             cpu0 = cpu_seconds();
             perf_control("enable");
         }
-        let mut rec = BaseRecord::with_opaque_to(&c.clean, Box::new((m.partition(), m.offset())))
-            .payload(m.payload().unwrap_or_default());
-        if let Some(k) = m.key() {
-            rec = rec.key(k);
-        }
-        while let Err((_, back)) = producer.send(rec) {
-            rec = back;
-            producer.poll(Duration::from_millis(1));
-        }
+        naive_forward(&producer, &c.clean, &m, None);
     }
     let secs = start.map_or(f64::NAN, |s| s.elapsed().as_secs_f64());
     perf_control("disable");
@@ -511,46 +547,107 @@ fn service(
     (run, telemetry)
 }
 
-/// Upper bound of the bucket holding the q-quantile of histogram `name`
-/// (series matching `filter`).
-fn quantile(t: &Telemetry, name: &str, filter: &str, q: f64) -> f64 {
-    let text = t.render();
-    let mut buckets: Vec<(f64, f64)> = text
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}_bucket")) && l.contains(filter))
-        .filter_map(|l| {
-            let le = l.split("le=\"").nth(1)?.split('"').next()?;
-            let v: f64 = l.rsplit(' ').next()?.parse().ok()?;
-            Some((
-                if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().ok()?
-                },
-                v,
-            ))
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total = buckets.last().map_or(0.0, |b| b.1);
-    buckets
-        .iter()
-        .find(|(_, c)| *c >= q * total)
-        .map_or(f64::NAN, |b| b.0)
+/// A histogram's buckets: (upper bound, cumulative count), ascending, the
+/// last one `+Inf`.
+struct Buckets(Vec<(f64, f64)>);
+
+impl Buckets {
+    /// Histogram `name` as the exposition format shows it, the series
+    /// matching `filter` added up.
+    fn read(t: &Telemetry, name: &str, filter: &str) -> Buckets {
+        let mut by_bound: Vec<(f64, f64)> = Vec::new();
+        for l in t.render().lines() {
+            if !(l.starts_with(&format!("{name}_bucket")) && l.contains(filter)) {
+                continue;
+            }
+            let Some(le) = l.split("le=\"").nth(1).and_then(|r| r.split('"').next()) else {
+                continue;
+            };
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::NAN)
+            };
+            let count: f64 = l
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            match by_bound.iter_mut().find(|(b, _)| *b == bound) {
+                Some((_, c)) => *c += count,
+                None => by_bound.push((bound, count)),
+            }
+        }
+        by_bound.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Buckets(by_bound)
+    }
+
+    /// `samples` counted into the same bounds as `like`.
+    fn count(like: &Buckets, samples: &[f64]) -> Buckets {
+        Buckets(
+            like.0
+                .iter()
+                .map(|&(bound, _)| {
+                    (
+                        bound,
+                        samples.iter().filter(|&&s| s <= bound).count() as f64,
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Upper bound of the bucket holding the q-quantile.
+    fn quantile(&self, q: f64) -> f64 {
+        let total = self.0.last().map_or(0.0, |b| b.1);
+        self.0
+            .iter()
+            .find(|(_, c)| *c >= q * total)
+            .map_or(f64::NAN, |b| b.0)
+    }
+
+    /// The share of observations at or under the bucket bound `le`.
+    fn within(&self, le: f64) -> f64 {
+        let total = self.0.last().map_or(0.0, |b| b.1);
+        self.0
+            .iter()
+            .find(|(b, _)| *b == le)
+            .map_or(f64::NAN, |b| b.1 / total)
+    }
+
+    /// `p50 <= .. ms, p99 <= .. ms (bucket bounds); ..% within 10 ms`.
+    fn latency(&self) -> String {
+        format!(
+            "p50 <= {:.0} ms, p99 <= {:.0} ms (bucket bounds); {:.1}% within 10 ms",
+            self.quantile(0.5) * 1e3,
+            self.quantile(0.99) * 1e3,
+            self.within(0.01) * 100.0
+        )
+    }
 }
 
-/// The share of histogram `name`'s observations (series matching
-/// `filter`) at or under the bucket bound `le`.
-fn within(t: &Telemetry, name: &str, filter: &str, le: f64) -> f64 {
-    let text = t.render();
-    let count = |bound: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{name}_bucket")) && l.contains(filter))
-            .filter(|l| l.contains(&format!("le=\"{bound}\"")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    count(&le.to_string()) / count("+Inf")
+/// Produces `events` to `topic` at `rate` events/s (as an upstream
+/// service would, `linger.ms` 1), until all are acknowledged.
+fn feed(bootstrap: &str, topic: &str, events: &[Vec<u8>], rate: f64) {
+    let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "1")
+        .create()
+        .unwrap();
+    let start = Instant::now();
+    for (i, e) in events.iter().enumerate() {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let key = format!("user-{}", i % 5000);
+        let mut rec = BaseRecord::to(topic).payload(e).key(&key);
+        while let Err((_, back)) = p.send(rec) {
+            rec = back;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
 }
 
 /// (c) at `rate` events/s: produced while the service runs; the service's
@@ -561,9 +658,8 @@ fn paced(
     rate: f64,
     fetch_wait_ms: Option<u32>,
     rt: &tokio::runtime::Runtime,
-) -> (f64, f64, f64) {
+) -> Buckets {
     let c = cluster(&[]);
-    let bs = c.bootstrap.clone();
     let dir = tempfile::tempdir().unwrap();
     let rules = dir.path().join("rules.yaml");
     std::fs::write(&rules, rules_text).unwrap();
@@ -588,31 +684,10 @@ fn paced(
         tokio::time::sleep(Duration::from_millis(500)).await;
         let events = events.to_vec();
         let n = events.len();
-        let raw = c.raw.clone();
-        tokio::task::spawn_blocking(move || {
-            let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
-                ClientConfig::new()
-                    .set("bootstrap.servers", &bs)
-                    .set("linger.ms", "1")
-                    .create()
-                    .unwrap();
-            let start = Instant::now();
-            for (i, e) in events.iter().enumerate() {
-                let due = start + Duration::from_secs_f64(i as f64 / rate);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                let key = format!("user-{}", i % 5000);
-                let mut rec = BaseRecord::to(&raw).payload(e).key(&key);
-                while let Err((_, back)) = p.send(rec) {
-                    rec = back;
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-            p.flush(Duration::from_secs(30)).unwrap();
-        })
-        .await
-        .unwrap();
+        let (bs, raw) = (c.bootstrap.clone(), c.raw.clone());
+        tokio::task::spawn_blocking(move || feed(&bs, &raw, &events, rate))
+            .await
+            .unwrap();
         while read(&telemetry, "event_sanitizer_messages_out_total") < n as f64 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -627,11 +702,44 @@ fn paced(
             }
         }
     }
-    (
-        quantile(&telemetry, l, "outcome=\"clean\"", 0.5),
-        quantile(&telemetry, l, "outcome=\"clean\"", 0.99),
-        within(&telemetry, l, "outcome=\"clean\"", 0.01),
-    )
+    Buckets::read(&telemetry, l, "outcome=\"clean\"")
+}
+
+/// The naive loop of (a) at `rate` events/s, produced while it runs: its
+/// consume-to-acknowledge times, counted into the bounds of `like`.
+fn naive_paced(
+    events: &[Vec<u8>],
+    rate: f64,
+    fetch_wait_ms: Option<u32>,
+    like: &Buckets,
+) -> Buckets {
+    let c = cluster(&[]);
+    let extra: Vec<(&str, String)> = fetch_wait_ms
+        .map(|ms| ("fetch.wait.max.ms", ms.to_string()))
+        .into_iter()
+        .collect();
+    let (consumer, producer) = naive_clients(&c, &extra);
+    // Joined and assigned before the input starts, as the service is.
+    let joined = Instant::now() + Duration::from_secs(60);
+    while consumer.assignment().map_or(true, |a| a.count() == 0) && Instant::now() < joined {
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+    let settle = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < settle {
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+    let n = events.len() as u64;
+    std::thread::scope(|s| {
+        s.spawn(|| feed(&c.bootstrap, &c.raw, events, rate));
+        while producer.context().acked.load(Ordering::Relaxed) < n {
+            producer.poll(Duration::ZERO);
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(1)) {
+                naive_forward(&producer, &c.clean, &m, Some(Instant::now()));
+            }
+        }
+    });
+    let samples = std::mem::take(&mut *producer.context().latencies.lock().unwrap());
+    Buckets::count(like, &samples)
 }
 
 /// Extra librdkafka properties from the environment: `k=v,k=v`.
@@ -775,8 +883,8 @@ fn main() {
     let Some(t) = last else { return };
     println!(
         "(c), last round: sanitize p50 <= {:.1} us, p99 <= {:.1} us (bucket bounds)",
-        quantile(&t, "event_sanitizer_processing_seconds", "", 0.5) * 1e6,
-        quantile(&t, "event_sanitizer_processing_seconds", "", 0.99) * 1e6,
+        Buckets::read(&t, "event_sanitizer_processing_seconds", "").quantile(0.5) * 1e6,
+        Buckets::read(&t, "event_sanitizer_processing_seconds", "").quantile(0.99) * 1e6,
     );
     if !only.contains('c') {
         return;
@@ -799,16 +907,19 @@ fn main() {
         (" (service settings)", [None, Some(10)].as_slice())
     };
     for &wait in short_wait {
-        let (p50, p99, in_10ms) = paced(&events[..paced_n], &default_rules, half, wait, &rt);
+        let service = paced(&events[..paced_n], &default_rules, half, wait, &rt);
+        let naive = naive_paced(&events[..paced_n], half, wait, &service);
         let how = match wait {
             None => on_mock.to_string(),
             Some(ms) => format!(" (fetch.wait.max.ms={ms}, as a broker answers)"),
         };
         println!(
-            "(c) at half its rate{how} ({half:.0} msg/s, {paced_n} events): consume-to-ack p50 <= {:.0} ms, p99 <= {:.0} ms (bucket bounds); {:.1}% within 10 ms",
-            p50 * 1e3,
-            p99 * 1e3,
-            in_10ms * 100.0
+            "(c) at half its rate{how} ({half:.0} msg/s, {paced_n} events): consume-to-ack {}",
+            service.latency()
+        );
+        println!(
+            "    the naive loop (a) at the same rate and settings:          consume-to-ack {}",
+            naive.latency()
         );
     }
     println!(

@@ -492,7 +492,7 @@ impl<T: Trace> Walker<'_, T> {
 
     /// The structural decision for a location whose states are
     /// `states[clo..chi]` and completions `done`.
-    #[inline]
+    #[inline(always)]
     fn decide(
         &mut self,
         class: Option<u32>,
@@ -534,6 +534,22 @@ impl<T: Trace> Walker<'_, T> {
                 },
             );
         }
+        self.decide_named(class, inh, clo, chi, container)
+    }
+
+    /// [`Self::decide`] where a rule's pattern names the location or
+    /// filtering is under way: out of line, so the common case stays in
+    /// the walk's loop.
+    #[inline(never)]
+    fn decide_named(
+        &mut self,
+        class: Option<u32>,
+        inh: Inherit,
+        clo: usize,
+        chi: usize,
+        container: bool,
+    ) -> (Act, Inherit) {
+        let c = self.c;
         let mut best: Option<(u8, u16)> = None;
         if let Some(class) = class {
             let kc = self.w.classes[class as usize];

@@ -59,6 +59,11 @@ fn overflows(num: &[u8]) -> bool {
 
 #[inline(always)]
 pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    // Compact JSON, the common case: one comparison (every whitespace
+    // byte is at most a space).
+    if b.get(i).is_none_or(|&c| c > b' ') {
+        return i;
+    }
     while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
         i += 1;
     }

@@ -74,15 +74,12 @@ impl Hasher {
         match self.encoding {
             Encoding::Hex => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
-                for (i, byte) in d.iter().enumerate() {
-                    if 2 * i >= self.keep {
-                        break;
-                    }
-                    out.push(HEX[(byte >> 4) as usize]);
-                    if 2 * i + 1 < self.keep {
-                        out.push(HEX[(byte & 15) as usize]);
-                    }
+                let mut buf = [0u8; 64];
+                for (pair, byte) in buf.chunks_exact_mut(2).zip(d) {
+                    pair[0] = HEX[(byte >> 4) as usize];
+                    pair[1] = HEX[(byte & 15) as usize];
                 }
+                out.extend_from_slice(&buf[..self.keep.min(64)]);
             }
             Encoding::Base64Url => {
                 let mut buf = [0u8; 44];

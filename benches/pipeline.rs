@@ -17,9 +17,13 @@
 //! ratios to (a) are reported, with CPU seconds (user + sys, the whole
 //! process, mock cluster included) per million events for (a) and (c).
 //! Then the consume-to-acknowledge p99 of (c) at half its rate, produced
-//! while it runs (on the mock cluster twice: with the service's settings,
-//! and with a 10 ms `fetch.wait.max.ms`, since the mock holds an empty
-//! fetch for the whole wait where a broker answers when data arrives). `cargo bench --bench pipeline`; `BENCH_EVENTS`, `ROUNDS`.
+//! while it runs, and of the naive loop of (a) fed the same way (the
+//! latency the broker and librdkafka allow here). On the mock cluster
+//! twice: with the service's settings, and with a 10 ms
+//! `fetch.wait.max.ms`, since the mock holds an empty fetch for the whole
+//! wait where a broker answers when data arrives.
+//!
+//! `cargo bench --bench pipeline`; `BENCH_EVENTS`, `ROUNDS`.
 //! For experiments: `BENCH_ONLY=ab` (runs only those), `BENCH_TRACE=1`
 //! (progress every 10 ms and librdkafka logs per `RUST_LOG`),
 //! `BENCH_CONSUMER` / `BENCH_PRODUCER` (`k=v,k=v` librdkafka properties),

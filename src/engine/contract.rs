@@ -6,6 +6,7 @@
 //! and redactions change sizes and can remove identifiers.
 
 use super::json::{self, members, Kind, Tok};
+use super::walk::Placed;
 use super::DeadLetterReason;
 use crate::rules::Destination;
 use smallvec::SmallVec;
@@ -166,7 +167,7 @@ fn find(tape: &[Tok], out: &str, obj: usize, name: &str, buf: &mut String) -> Op
 pub(crate) fn check(
     d: &Destination,
     out: &mut Vec<u8>,
-    placed: Option<&[(u32, u32)]>,
+    placed: Option<&Placed>,
     w: &mut ContractWork,
 ) -> Result<Records, DeadLetterReason> {
     // The engine wrote `out` from validated JSON: only what the contract
@@ -175,7 +176,7 @@ pub(crate) fn check(
     json::tokenize(out, usize::MAX, &mut Vec::new(), &mut Vec::new())
         .expect("the engine writes JSON");
     let from_walk = match placed {
-        Some(m) => from_members(out, m, &mut w.tape, &mut w.text),
+        Some(p) => from_walk(out, p, &mut w.tape, &mut w.text),
         None => Ok(false),
     };
     let read = match from_walk {
@@ -186,12 +187,7 @@ pub(crate) fn check(
     if from_walk == Ok(true) {
         let mut skimmed = Vec::new();
         json::skim(out, &mut skimmed).expect("the engine writes JSON");
-        let view = |t: &[Tok]| -> Vec<(u32, u32, u32, u32)> {
-            members(t, 0)
-                .map(|(k, v)| (t[k].start, t[k].end, t[v].start, t[v].end))
-                .collect()
-        };
-        assert_eq!(view(&w.tape), view(&skimmed), "the walk's member spans");
+        assert_eq!(w.tape, skimmed, "the contract's tape from the walk's spans");
     }
     read.map_err(|e| {
         // Cannot happen (the sanitizer writes JSON); fail closed if it does.
@@ -271,42 +267,69 @@ pub(crate) fn check(
     Ok(Records { ends })
 }
 
-/// The contract's tape of a clean output whose top-level members the walk
-/// placed (`members`: from each key's quote to the end of its value): each
-/// key and scalar read where it is, `traits` opened, any other object or
-/// array one token spanning it, nothing else read. `Ok(false)` for a batch
-/// (its calls are read by [`json::skim`]) or spans that do not fit.
-fn from_members(
+/// The contract's tape of a clean output from where the walk placed its
+/// top-level members (`placed.members`: from each key's quote to the end
+/// of its value) and a batch's calls: the same tape [`json::skim`] gives,
+/// each key and scalar read where it is, `traits` opened, any other object
+/// or array one token spanning it, nothing else read. `Ok(false)` when
+/// the spans do not fit what is there (then the output is skimmed).
+fn from_walk(
     out: &[u8],
-    m: &[(u32, u32)],
+    placed: &Placed,
     tape: &mut Vec<Tok>,
     name: &mut String,
 ) -> Result<bool, json::JsonError> {
     tape.clear();
+    if !out.starts_with(b"{") {
+        return Ok(false);
+    }
+    let fits = object_from(out, 0, out.len(), &placed.members, Some(placed), tape, name)?;
+    Ok(fits)
+}
+
+/// Pushes the object at `start..end` of `out`, whose members are
+/// `members`, and their tokens as [`json::skim`] reads a call (`batch`
+/// from `calls` when given, else refused). Returns whether the spans fit.
+fn object_from(
+    out: &[u8],
+    start: usize,
+    end: usize,
+    members: &[(u32, u32)],
+    calls: Option<&Placed>,
+    tape: &mut Vec<Tok>,
+    name: &mut String,
+) -> Result<bool, json::JsonError> {
+    if out.get(start) != Some(&b'{') || end == 0 || out.get(end - 1) != Some(&b'}') {
+        return Ok(false);
+    }
+    let obj = tape.len();
     tape.push(Tok {
         kind: Kind::Object,
         escaped: false,
-        start: 0,
-        end: out.len() as u32,
+        start: start as u32,
+        end: end as u32,
         next: 0,
     });
-    for &(start, end) in m {
+    for &(start, end) in members {
         let (start, end) = (start as usize, end as usize);
         if out.get(start) != Some(&b'"') {
             return Ok(false);
         }
         let (kend, escaped) = json::string_token(out, start, tape)?;
-        let how = match json::call_member(&out[start + 1..kend], escaped, name) {
-            // A batch's calls are read by `json::skim`.
-            None | Some(json::Skim::Calls) => return Ok(false),
-            Some(how) => how,
+        let Some(how) = json::call_member(&out[start + 1..kend], escaped, name) else {
+            return Ok(false);
         };
         let v = json::skip_ws(out, json::skip_ws(out, kend + 1) + 1);
-        let after = match out.get(v) {
-            Some(b'{') if how == json::Skim::Members => {
+        let after = match (out.get(v), how) {
+            (Some(b'['), json::Skim::Calls) => match calls {
+                Some(p) if calls_from(out, v, end, p, tape, name)? => end,
+                _ => return Ok(false),
+            },
+            (_, json::Skim::Calls) => json::skim_value(out, v, tape, json::Skim::Calls)?,
+            (Some(b'{'), json::Skim::Members) => {
                 json::skim_value(out, v, tape, json::Skim::Members)?
             }
-            Some(&c @ (b'{' | b'[')) => {
+            (Some(&c @ (b'{' | b'[')), _) => {
                 tape.push(Tok {
                     kind: if c == b'{' { Kind::Object } else { Kind::Array },
                     escaped: false,
@@ -322,7 +345,52 @@ fn from_members(
             return Ok(false);
         }
     }
-    tape[0].next = tape.len() as u32;
+    tape[obj].next = tape.len() as u32;
+    Ok(true)
+}
+
+/// Pushes the batch array at `open..end` of `out` and each call the walk
+/// placed in it; whether they fill it exactly (one comma between calls).
+fn calls_from(
+    out: &[u8],
+    open: usize,
+    end: usize,
+    placed: &Placed,
+    tape: &mut Vec<Tok>,
+    name: &mut String,
+) -> Result<bool, json::JsonError> {
+    let arr = tape.len();
+    tape.push(Tok {
+        kind: Kind::Array,
+        escaped: false,
+        start: open as u32,
+        end: end as u32,
+        next: 0,
+    });
+    // Where the next call must start.
+    let mut at = open + 1;
+    for (n, call) in placed.calls.iter().enumerate() {
+        let (start, stop) = (call.start as usize, call.end as usize);
+        if n > 0 {
+            if out.get(at) != Some(&b',') {
+                return Ok(false);
+            }
+            at += 1;
+        }
+        let first = call.first as usize;
+        let Some(members) = placed.call_members.get(first..first + call.len as usize) else {
+            return Ok(false);
+        };
+        // A call's own `batch` is read by skimming (calls inside calls).
+        if start != at || !object_from(out, start, stop, members, None, tape, name)? {
+            return Ok(false);
+        }
+        at = stop;
+    }
+    if at + 1 != end || out.get(at) != Some(&b']') {
+        return Ok(false);
+    }
+    tape[arr].next = tape.len() as u32;
     Ok(true)
 }
 

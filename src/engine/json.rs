@@ -21,7 +21,7 @@ pub(crate) enum Kind {
 /// One token. For containers `start..end` spans the brackets and `next` is
 /// the tape index just past the container's last token; for strings
 /// `start..end` is the content between the quotes.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Tok {
     pub kind: Kind,
     /// Strings: whether the content has a backslash escape.

@@ -265,22 +265,22 @@ impl Sanitizer {
         out: &mut Vec<u8>,
     ) -> Result<Records, DeadLetterReason> {
         walk::run(self, input, &mut scratch.w, out, &mut explain::NoTrace)?;
-        let members = scratch.w.members_known.then_some(&scratch.w.members[..]);
-        self.contract(out, members, &mut scratch.contract)
+        let placed = scratch.w.placed.known.then_some(&scratch.w.placed);
+        self.contract(out, placed, &mut scratch.contract)
     }
 
-    /// Checks the delivery contract on `out`; `members` are where the walk
-    /// wrote the top-level members, when it knows.
+    /// Checks the delivery contract on `out`; `placed` is where the walk
+    /// wrote what the contract reads, when it knows.
     pub(crate) fn contract(
         &self,
         out: &mut Vec<u8>,
-        members: Option<&[(u32, u32)]>,
+        placed: Option<&walk::Placed>,
         w: &mut contract::ContractWork,
     ) -> Result<Records, DeadLetterReason> {
         let Some(d) = &self.c.destination else {
             return Ok(Records::default());
         };
-        contract::check(d, out, members, w).inspect_err(|_| out.clear())
+        contract::check(d, out, placed, w).inspect_err(|_| out.clear())
     }
 
     /// Sanitizes one value and says what was done where.
@@ -289,8 +289,8 @@ impl Sanitizer {
         let mut w = walk::Work::default();
         let mut out = Vec::new();
         let result = walk::run(self, input, &mut w, &mut out, &mut trace).and_then(|()| {
-            let members = w.members_known.then_some(&w.members[..]);
-            self.contract(&mut out, members, &mut Default::default())
+            let placed = w.placed.known.then_some(&w.placed);
+            self.contract(&mut out, placed, &mut Default::default())
         });
         let (output, records) = match result {
             Ok(records) => (Ok(out), records),

@@ -58,12 +58,45 @@ pub(crate) struct Work {
     compact: bool,
     /// Key spans of one object, for the duplicate check of a verbatim copy.
     keys: Vec<(u32, u32)>,
-    /// Where each member of the clean top-level object is in the output
-    /// (from its key's quote to the end of its value), as the walk wrote
-    /// it: the delivery contract reads these instead of tokenizing the
-    /// output. Valid when `members_known`.
+    /// Where the walk wrote what the delivery contract reads.
+    pub placed: Placed,
+    /// The tape index of the batch call being walked (whose members go to
+    /// `placed.call_members`); `usize::MAX` outside a batch.
+    call_root: usize,
+}
+
+/// Where the walk wrote the members of the clean top-level object and,
+/// for a batch, each call and its members: the delivery contract reads
+/// these instead of tokenizing the output. Valid when `known`.
+#[derive(Default)]
+pub(crate) struct Placed {
+    /// Each top-level member, from its key's quote to the end of its
+    /// value.
     pub members: Vec<(u32, u32)>,
-    pub members_known: bool,
+    /// Each call of the batch, in order.
+    pub calls: Vec<PlacedCall>,
+    /// The members of every call, as `members` (each call names its run).
+    pub call_members: Vec<(u32, u32)>,
+    pub known: bool,
+}
+
+/// One call of a batch as the walk wrote it.
+pub(crate) struct PlacedCall {
+    /// From its opening brace to just past its closing one.
+    pub start: u32,
+    pub end: u32,
+    /// Its members: `call_members[first..first + len]`.
+    pub first: u32,
+    pub len: u32,
+}
+
+impl Placed {
+    fn clear(&mut self) {
+        self.members.clear();
+        self.calls.clear();
+        self.call_members.clear();
+        self.known = false;
+    }
 }
 
 impl Work {
@@ -120,8 +153,8 @@ pub(crate) fn run<T: Trace>(
     trace: &mut T,
 ) -> Result<(), DeadLetterReason> {
     out.clear();
-    w.members.clear();
-    w.members_known = false;
+    w.placed.clear();
+    w.call_root = usize::MAX;
     let c = &s.c;
     if input.iter().all(u8::is_ascii_whitespace) {
         return Err(DeadLetterReason::Empty);
@@ -328,14 +361,21 @@ impl<T: Trace> Walker<'_, T> {
             free: 0,
         };
         let r = if batch.is_none() && self.untouched(lo, hi, inh) {
+            let at = self.out.len() as u32;
             let r = self.verbatim(root);
-            if root == 0 && r.is_ok() {
-                // Copied as it came: the members are where the input has them.
-                let base = self.tape[0].start;
-                for (k, v) in json::members(self.tape, 0) {
+            if (root == 0 || root == self.w.call_root) && r.is_ok() {
+                // Copied as it came: the members are where the input has
+                // them, moved to where the copy starts.
+                let base = self.tape[root].start;
+                for (k, v) in json::members(self.tape, root) {
                     let (key, val) = (self.tape[k], self.tape[v]);
                     let end = val.end + u32::from(val.kind == Kind::String);
-                    self.w.members.push((key.start - 1 - base, end - base));
+                    let span = (key.start - 1 - base + at, end - base + at);
+                    if root == 0 {
+                        self.w.placed.members.push(span);
+                    } else {
+                        self.w.placed.call_members.push(span);
+                    }
                 }
             }
             r
@@ -343,7 +383,7 @@ impl<T: Trace> Walker<'_, T> {
             self.object(root, lo, hi, inh, batch)
         };
         if root == 0 {
-            self.w.members_known = r.is_ok();
+            self.w.placed.known = r.is_ok();
         }
         self.w.states.truncate(lo);
         r
@@ -726,8 +766,9 @@ impl<T: Trace> Walker<'_, T> {
         self.out.push(b'{');
         let mut first = true;
         let mut i = idx + 1;
-        // The top-level object records where its members went.
-        let record = idx == 0;
+        // The top-level object and a batch's calls record where their
+        // members went.
+        let (record, in_call) = (idx == 0, idx == self.w.call_root);
         while i < end {
             let before = self.out.len();
             let k = self.tape[i];
@@ -754,9 +795,14 @@ impl<T: Trace> Walker<'_, T> {
             if T::ON {
                 self.path.truncate(plen);
             }
-            if record && self.out.len() > before {
+            if (record || in_call) && self.out.len() > before {
                 let start = before + usize::from(self.out[before] == b',');
-                self.w.members.push((start as u32, self.out.len() as u32));
+                let span = (start as u32, self.out.len() as u32);
+                if record {
+                    self.w.placed.members.push(span);
+                } else {
+                    self.w.placed.call_members.push(span);
+                }
             }
             i = next;
         }
@@ -786,11 +832,21 @@ impl<T: Trace> Walker<'_, T> {
             if T::ON {
                 self.path.push_str(&format!("[{n}]"));
             }
+            let start = self.out.len() as u32;
+            let first = self.w.placed.call_members.len() as u32;
+            self.w.call_root = i;
             self.event(i, None)?;
+            self.w.placed.calls.push(PlacedCall {
+                start,
+                end: self.out.len() as u32,
+                first,
+                len: self.w.placed.call_members.len() as u32 - first,
+            });
             self.path.truncate(plen);
             i = self.tape[i].next as usize;
             n += 1;
         }
+        self.w.call_root = usize::MAX;
         self.out.push(b']');
         self.w.active = saved_active;
         self.active_values = saved_values;

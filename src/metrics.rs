@@ -110,6 +110,7 @@ pub struct Telemetry {
     produce_retries: IntCounter,
     commits: IntCounterVec,
     rebalances: IntCounterVec,
+    assigned: IntGauge,
     _build: IntGaugeVec,
     added_latency: HistogramVec,
     /// The (name, hash) shown by `rule_set` for each rule file.
@@ -605,6 +606,12 @@ impl Telemetry {
             "Partition assignments and revocations.",
             &["kind"],
         );
+        let assigned = IntGauge::new(
+            "event_sanitizer_assigned_partitions",
+            "Input partitions this replica's lanes hold now (an uneven spread across replicas, or 0, shows here).",
+        )
+        .expect("valid");
+        r.register(Box::new(assigned.clone())).expect("once");
         let build = IntGaugeVec::new(
             Opts::new("event_sanitizer_build_info", "Build information (value 1)."),
             &["version", "commit"],
@@ -714,6 +721,7 @@ impl Telemetry {
             produce_retries,
             commits,
             rebalances,
+            assigned,
             _build: build,
             added_latency: latency,
             rule_sets: Default::default(),
@@ -901,8 +909,14 @@ impl Telemetry {
     }
 
     /// Partitions were assigned or revoked.
-    pub fn rebalance(&self, kind: &str, partitions: &str) {
+    /// `count` partitions were assigned or revoked.
+    pub fn rebalance(&self, kind: &str, partitions: &str, count: usize) {
         self.rebalances.with_label_values(&[kind]).inc();
+        let count = count as i64;
+        match kind {
+            "assign" => self.assigned.add(count),
+            _ => self.assigned.sub(count),
+        }
         tracing::info!(kind, partitions, "rebalance");
     }
 

@@ -36,7 +36,6 @@ async fn sanitizes_in_order_dead_letters_with_reasons_and_commits() {
     let batch = serde_json::to_vec(&serde_json::json!({ "batch": calls })).unwrap();
     assert!(batch.len() > 850_000);
     input.push((Some("user-batch".into()), batch));
-    produce(&bs, &input).await;
 
     let telemetry = Arc::new(Telemetry::new());
     let group = "g-order";
@@ -49,6 +48,21 @@ async fn sanitizes_in_order_dead_letters_with_reasons_and_commits() {
     let service = tokio::spawn(p.run(async move {
         let _ = rx.await;
     }));
+    // The input is produced once both lanes hold their partitions: a lane
+    // joining later rebalances the group, and offsets whose commit the
+    // rebalance refuses are consumed again (at least once allows it; the
+    // rebalance tests count what it costs), which would blur the exact
+    // counts below.
+    common::wait_for("both lanes to hold the four partitions", || {
+        metric(&telemetry, "event_sanitizer_assigned_partitions", &[]) == 4.0
+            && metric(
+                &telemetry,
+                "event_sanitizer_rebalances_total",
+                &[("kind", "assign")],
+            ) >= 2.0
+    })
+    .await;
+    produce(&bs, &input).await;
     let out = read_outputs(&bs, input.len() + 1, Duration::from_secs(60)).await;
     assert_eq!(
         out.len(),

@@ -352,7 +352,9 @@ impl ConsumerContext for LaneContext {
                 d.revoking(&self.common, consumer, &revoked, deadline);
             }
             self.common.telemetry.clear_lag();
-            self.common.telemetry.rebalance("revoke", &describe(tpl));
+            self.common
+                .telemetry
+                .rebalance("revoke", &describe(tpl), tpl.count());
         }
     }
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -368,7 +370,9 @@ impl ConsumerContext for LaneContext {
                     crate::kafka::report(&self.common.telemetry, "consumer", &e);
                 }
                 self.common.health.joined.store(true, Ordering::Relaxed);
-                self.common.telemetry.rebalance("assign", &describe(tpl));
+                self.common
+                    .telemetry
+                    .rebalance("assign", &describe(tpl), tpl.count());
             }
             Rebalance::Error(e) => {
                 self.common

@@ -80,6 +80,18 @@ pub fn metric(
     metric_in(&telemetry.render(), name, labels).unwrap_or(0.0)
 }
 
+/// Waits (up to 60 s) until `ready` holds; panics naming `what` if not.
+pub async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < until,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// The sum of `name`'s samples whose labels include `labels` in `text`
 /// (the Prometheus exposition format); `None` when it has none.
 pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

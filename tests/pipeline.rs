@@ -398,6 +398,13 @@ async fn two_instances_split_partitions_and_a_rebalance_loses_nothing() {
     let sb = tokio::spawn(b.run(async move {
         let _ = rx_b.await;
     }));
+    // Traffic starts once b holds partitions too: a member that joins
+    // after a's lanes drained everything would get nothing to consume.
+    let assigned = |t: &Telemetry| metric(t, "event_sanitizer_assigned_partitions", &[]);
+    common::wait_for("both instances to hold partitions", || {
+        assigned(&tb) >= 1.0 && assigned(&ta) + assigned(&tb) == 4.0
+    })
+    .await;
     let first = sequenced(40, 25, "t1");
     produce(&bs, &first).await;
     read_unique(&bs, first.len(), Duration::from_secs(60)).await;

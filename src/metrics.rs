@@ -908,8 +908,7 @@ impl Telemetry {
         }
     }
 
-    /// Partitions were assigned or revoked.
-    /// `count` partitions were assigned or revoked.
+    /// `count` partitions were assigned (`kind` "assign") or revoked.
     pub fn rebalance(&self, kind: &str, partitions: &str, count: usize) {
         self.rebalances.with_label_values(&[kind]).inc();
         let count = count as i64;

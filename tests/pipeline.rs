@@ -73,6 +73,17 @@ async fn sanitizes_in_order_dead_letters_with_reasons_and_commits() {
     let summary = service.await.unwrap().unwrap();
     assert_eq!(summary.consumed as usize, input.len());
     assert_eq!(summary.dead_letters, 4);
+    // A clean stop reports no failed commit: the lanes commit at close,
+    // and the second lane's repeated commit as it leaves a group the
+    // first one's leaving rebalances is no failure.
+    assert_eq!(
+        metric(
+            &telemetry,
+            "event_sanitizer_offset_commits_total",
+            &[("result", "failure")]
+        ),
+        0.0
+    );
 
     // Clean: sanitized, lineage headers, key kept, per-key order.
     let mut last_seq: HashMap<String, i64> = HashMap::new();

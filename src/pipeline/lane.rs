@@ -277,6 +277,9 @@ pub struct LaneContext {
     /// `pre_rebalance`, before they are assigned); `None` once the lane
     /// is closing.
     feed: Mutex<Option<Arc<PartitionFeed>>>,
+    /// The lane has finished and committed what it consumed (`close`);
+    /// what follows is its consumer leaving the group.
+    closed: AtomicBool,
 }
 
 impl LaneContext {
@@ -385,6 +388,15 @@ impl ConsumerContext for LaneContext {
     fn commit_callback(&self, result: KafkaResult<()>, _: &TopicPartitionList) {
         match result {
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            // Leaving the group after `close` committed everything: the
+            // revoke's commit repeats those offsets, and a group that
+            // another lane's leaving is rebalancing refuses it. Nothing is
+            // lost, and there is no next interval to retry in.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::RebalanceInProgress))
+                if self.closed.load(Ordering::Acquire) =>
+            {
+                tracing::debug!("the group refused the leaving lane's repeated commit (rebalancing); its offsets were committed at close");
+            }
             Err(e) => self.common.telemetry.committed(false, &e.to_string()),
             Ok(()) => self.common.telemetry.committed(true, ""),
         }
@@ -443,6 +455,7 @@ impl Lane {
             tracks: Mutex::default(),
             delivery: OnceLock::new(),
             feed: Mutex::new(None),
+            closed: AtomicBool::new(false),
         })?;
         let delivery = plan.lane(common, index)?;
         let _ = consumer.context().delivery.set(delivery.clone());
@@ -595,7 +608,12 @@ impl Lane {
         let deadline = c
             .deadline()
             .unwrap_or_else(|| Instant::now() + c.cfg.shutdown.timeout);
-        self.delivery.close(c, &self.consumer, deadline)
+        let unfinished = self.delivery.close(c, &self.consumer, deadline);
+        self.consumer
+            .context()
+            .closed
+            .store(true, Ordering::Release);
+        unfinished
     }
 
     /// Serves the consumer's own queue: rebalances, commit results,

@@ -194,27 +194,35 @@ async fn exactly_once_across_sigkills_a_zombie_and_a_rebalance() {
     let main = write_config(dir.path(), "main", &t, &b.plaintext, &eos("es-eos-main"));
     let other = write_config(dir.path(), "other", &t, &b.plaintext, &eos("es-eos-other"));
     let log = dir.path().join("service.log");
-    let first = inputs("a", 60, 120);
-    let second = inputs("b", 60, 120);
-    produce_to(&b.plaintext, &t.raw, &first).await;
+    // Every instance started below gets a fresh batch of input, so it
+    // has work whatever the one before it finished: an instance can drain
+    // a whole batch before the test sees its progress and kills it.
+    let mut fed = Vec::new();
+    let mut feed = async |tag: &str| {
+        let batch = inputs(tag, 60, 120);
+        produce_to(&b.plaintext, &t.raw, &batch).await;
+        fed.extend(batch);
+    };
 
     // Kill 1 and 2: SIGKILL while transactions are open (they commit
     // every 100 ms and the stream is busy).
     let mut at = 0;
-    for _ in 0..2 {
+    for tag in ["a", "b"] {
+        feed(tag).await;
         let mut child = common::start_service(&main, &log);
         at = wait_progress(&t, at, 1_500, &log);
         common::signal(&child, "-KILL");
         child.wait().unwrap();
     }
-    produce_to(&b.plaintext, &t.raw, &second).await;
 
     // A zombie: stopped mid-stream, replaced by a new instance with the
     // same transactional id (which fences it and aborts its open
     // transaction), then woken: it must write nothing and stop.
+    feed("c").await;
     let zombie = common::start_service(&main, &log);
     at = wait_progress(&t, at, 1_500, &log);
     common::signal(&zombie, "-STOP");
+    feed("d").await;
     let mut successor = common::start_service(&main, &log);
     at = wait_progress(&t, at, 1_000, &log);
     common::signal(&zombie, "-CONT");
@@ -228,9 +236,11 @@ async fn exactly_once_across_sigkills_a_zombie_and_a_rebalance() {
     assert!(!status.success(), "a fenced instance exits with an error");
 
     // Kill 3, then a second instance joins and leaves while the last one runs.
+    feed("e").await;
     at = wait_progress(&t, at, 500, &log);
     common::signal(&successor, "-KILL");
     successor.wait().unwrap();
+    feed("f").await;
     let mut last = common::start_service(&main, &log);
     let mut joiner = common::start_service(&other, &log);
     // Joined (and its signal handler installed) before it is asked to leave.
@@ -248,7 +258,7 @@ async fn exactly_once_across_sigkills_a_zombie_and_a_rebalance() {
     for r in &committed {
         *seen.entry(id_of(&r.payload)).or_default() += 1;
     }
-    let want: Vec<String> = first.iter().chain(&second).map(|(_, p)| id_of(p)).collect();
+    let want: Vec<String> = fed.iter().map(|(_, p)| id_of(p)).collect();
     let lost: Vec<&String> = want.iter().filter(|id| !seen.contains_key(*id)).collect();
     let dups: Vec<(&String, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(

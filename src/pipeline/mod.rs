@@ -386,9 +386,21 @@ impl Pipeline {
             let _ = tokio::time::timeout_at(deadline.into(), stopping).await;
         }
         http_task.abort();
-        // The lanes' consumers leave the group and close here.
-        let closing = tokio::task::spawn_blocking(move || drop(lanes));
-        let _ = tokio::time::timeout_at(deadline.into(), closing).await;
+        // The lanes' consumers leave the group and close here, on a thread
+        // of their own: a close that outlasts the deadline (librdkafka
+        // waiting on a group that is gone) is left behind, and neither the
+        // stop nor the runtime's own shutdown waits for it (the runtime
+        // waits for its blocking pool without a bound).
+        let (closed, closing) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("closing".into())
+            .spawn(move || {
+                drop(lanes);
+                let _ = closed.send(());
+            });
+        if spawned.is_ok() {
+            let _ = tokio::time::timeout_at(deadline.into(), closing).await;
+        }
         let counts = &common.counts;
         let summary = Summary {
             consumed: counts.consumed.load(Ordering::Relaxed),

@@ -37,6 +37,7 @@ fn replay(cfg: &std::path::Path, args: &[&str]) -> Output {
 }
 
 use common::output_text as stdout;
+use common::until;
 
 /// An identify too large for a 400-byte limit, with a phone number and
 /// an email header (the test producer adds `x-user-email`).
@@ -46,14 +47,6 @@ fn big_event(user: &str, seq: u32) -> (Option<String>, Vec<u8>) {
         "traits": {"phone": format!("+1-555-01{seq:02}"), "plan": "pro", "bio": "x".repeat(500)}
     });
     (Some(user.into()), serde_json::to_vec(&v).unwrap())
-}
-
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -53,7 +53,7 @@ async fn sanitizes_in_order_dead_letters_with_reasons_and_commits() {
     // rebalance refuses are consumed again (at least once allows it; the
     // rebalance tests count what it costs), which would blur the exact
     // counts below.
-    common::wait_for("both lanes to hold the four partitions", || {
+    common::until("both lanes to hold the four partitions", || {
         metric(&telemetry, "event_sanitizer_assigned_partitions", &[]) == 4.0
             && metric(
                 &telemetry,
@@ -412,7 +412,7 @@ async fn two_instances_split_partitions_and_a_rebalance_loses_nothing() {
     // Traffic starts once b holds partitions too: a member that joins
     // after a's lanes drained everything would get nothing to consume.
     let assigned = |t: &Telemetry| metric(t, "event_sanitizer_assigned_partitions", &[]);
-    common::wait_for("both instances to hold partitions", || {
+    common::until("both instances to hold partitions", || {
         assigned(&tb) >= 1.0 && assigned(&ta) + assigned(&tb) == 4.0
     })
     .await;

@@ -6,7 +6,7 @@
 mod common;
 use common::http::{free_port, get};
 use common::kafka::*;
-use common::metric;
+use common::{metric, until};
 use event_sanitizer::config::PrivacyConfig;
 use event_sanitizer::metrics::Telemetry;
 use event_sanitizer::pipeline::Pipeline;
@@ -65,15 +65,6 @@ fn all_committed(bs: &str, group: &str, topic: &str, partitions: i32) -> bool {
     c.iter()
         .zip(&hw)
         .all(|(c, h)| c == h || (*h == 0 && *c < 0))
-}
-
-/// Polls `cond` every 100 ms until it holds; panics with `what` after 60 s.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn hmac_with(key: &[u8], data: &[u8]) -> Vec<u8> {

@@ -80,15 +80,12 @@ pub fn metric(
     metric_in(&telemetry.render(), name, labels).unwrap_or(0.0)
 }
 
-/// Waits (up to 60 s) until `ready` holds; panics naming `what` if not.
-pub async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !ready() {
-        assert!(
-            std::time::Instant::now() < until,
-            "gave up waiting for {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+/// Polls `cond` every 100 ms until it holds; panics with `what` after 60 s.
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

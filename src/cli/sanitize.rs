@@ -8,10 +8,10 @@ use crate::engine::{DeadLetterReason, Sanitizer, Scratch};
 use base64::Engine as _;
 use clap::Args;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::io::{BufWriter, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -47,9 +47,9 @@ fn open_out(path: &Option<PathBuf>) -> Result<Box<dyn Write>, Failure> {
     })
 }
 
-/// Lines per chunk, and the size after which a chunk is closed early.
-const CHUNK_LINES: usize = 2048;
-const CHUNK_BYTES: usize = 4 << 20;
+/// The input read per chunk: a chunk is every whole line in about this
+/// much input (a longer line makes a chunk of its own, however long).
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// Consecutive input lines: `data` holds them with their line ends,
 /// `lines` the span of each without its `\n` (or `\r\n`).
@@ -61,30 +61,90 @@ struct Chunk {
     lines: Vec<(usize, usize)>,
 }
 
-/// Reads the next chunk; `None` at the end of the input.
-fn read_chunk(r: &mut dyn BufRead, first: u64) -> Result<Option<Chunk>, Failure> {
-    let mut c = Chunk {
-        first,
-        ..Chunk::default()
-    };
-    while c.lines.len() < CHUNK_LINES && c.data.len() < CHUNK_BYTES {
-        let start = c.data.len();
-        let n = r
-            .read_until(b'\n', &mut c.data)
-            .map_err(|e| Failure::usage(format!("cannot read the input: {e}")))?;
-        if n == 0 {
-            break;
+/// Reads the input in chunks of whole lines, straight from the file into
+/// each chunk's buffer (no line-by-line copy): the part of a line a read
+/// cuts off is carried into the next chunk.
+struct Lines {
+    input: Box<dyn Read + Send>,
+    carry: Vec<u8>,
+    next_line: u64,
+    done: bool,
+}
+
+impl Lines {
+    fn new(input: Box<dyn Read + Send>) -> Lines {
+        Lines {
+            input,
+            carry: Vec::new(),
+            next_line: 1,
+            done: false,
         }
-        let mut end = c.data.len();
-        if c.data[end - 1] == b'\n' {
-            end -= 1;
-        }
-        if end > start && c.data[end - 1] == b'\r' {
-            end -= 1;
-        }
-        c.lines.push((start, end));
     }
-    Ok((!c.lines.is_empty()).then_some(c))
+
+    /// The next chunk, in `data` (a recycled buffer); `None` at the end
+    /// of the input.
+    fn next(&mut self, mut data: Vec<u8>) -> Result<Option<Chunk>, Failure> {
+        data.clear();
+        data.append(&mut self.carry);
+        // Input before `scanned` has no line end (a line longer than a
+        // chunk is read until it ends).
+        let mut scanned = 0;
+        let whole = loop {
+            if data.len() >= CHUNK_BYTES || self.done {
+                match memchr::memrchr(b'\n', &data[scanned..]) {
+                    Some(nl) => break scanned + nl + 1,
+                    None if self.done => break data.len(),
+                    None => scanned = data.len(),
+                }
+            }
+            let want = CHUNK_BYTES.saturating_sub(data.len()).max(1 << 16) as u64;
+            let n = (&mut self.input)
+                .take(want)
+                .read_to_end(&mut data)
+                .map_err(|e| Failure::usage(format!("cannot read the input: {e}")))?;
+            self.done = n == 0;
+        };
+        self.carry.extend_from_slice(&data[whole..]);
+        data.truncate(whole);
+        let mut lines = Vec::new();
+        let mut start = 0;
+        while start < data.len() {
+            let nl = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
+            let mut end = nl;
+            if end > start && data[end - 1] == b'\r' {
+                end -= 1;
+            }
+            lines.push((start, end));
+            start = nl + 1;
+        }
+        if lines.is_empty() {
+            return Ok(None);
+        }
+        let first = self.next_line;
+        self.next_line += lines.len() as u64;
+        Ok(Some(Chunk { first, data, lines }))
+    }
+}
+
+/// Buffers handed back once their chunk is written, so that each holds
+/// its pages from one chunk to the next instead of being allocated,
+/// grown and freed per chunk.
+#[derive(Default)]
+struct Buffers(Mutex<Vec<Vec<u8>>>);
+
+impl Buffers {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give(&self, mut b: Vec<u8>) {
+        b.clear();
+        self.0.lock().expect("not poisoned").push(b);
+    }
 }
 
 /// Counts for the summary, added up over chunks.
@@ -128,9 +188,10 @@ fn sanitize_chunk(
     dead_records: bool,
     scratch: &mut Scratch,
     buf: &mut Vec<u8>,
+    clean: Vec<u8>,
 ) -> Done {
     let mut d = Done {
-        clean: Vec::with_capacity(chunk.data.len()),
+        clean,
         ..Done::default()
     };
     for (n, &(start, end)) in chunk.lines.iter().enumerate() {
@@ -181,8 +242,10 @@ struct Sink {
 }
 
 impl Sink {
-    fn write(&mut self, d: Done) -> Result<(), Failure> {
+    /// Writes a sanitized chunk and hands its clean buffer back.
+    fn write(&mut self, d: Done, buffers: &Buffers) -> Result<(), Failure> {
         self.out.write_all(&d.clean).map_err(write_failed)?;
+        buffers.give(d.clean);
         match &mut self.dead {
             Some(w) => w.write_all(&d.dead).map_err(write_failed)?,
             None => std::io::stderr().write_all(&d.dead).map_err(write_failed)?,
@@ -209,14 +272,14 @@ fn write_failed(e: std::io::Error) -> Failure {
 
 pub(crate) fn run(args: SanitizeArgs) -> Result<ExitCode, Failure> {
     let sanitizer = args.rules.sanitizer()?;
-    let mut reader: Box<dyn BufRead + Send> = match &args.input {
-        Some(p) => Box::new(BufReader::with_capacity(
-            1 << 20,
+    let mut lines = Lines::new(match &args.input {
+        Some(p) => Box::new(
             std::fs::File::open(p)
                 .map_err(|e| Failure::usage(format!("cannot open {}: {e}", p.display())))?,
-        )),
-        None => Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())),
-    };
+        ),
+        None => Box::new(std::io::stdin()),
+    });
+    let buffers = Buffers::default();
     let mut sink = Sink {
         out: open_out(&args.output)?,
         dead: match &args.dead_letters {
@@ -235,23 +298,25 @@ pub(crate) fn run(args: SanitizeArgs) -> Result<ExitCode, Failure> {
     let mut counts = vec![0u64; sanitizer.rule_count()];
     if threads == 1 {
         let (mut scratch, mut buf) = (Scratch::default(), Vec::new());
-        let mut first = 1;
-        while let Some(chunk) = read_chunk(&mut reader, first)? {
-            first += chunk.lines.len() as u64;
-            sink.write(sanitize_chunk(
+        while let Some(chunk) = lines.next(buffers.take())? {
+            let done = sanitize_chunk(
                 &sanitizer,
                 &chunk,
                 dead_records,
                 &mut scratch,
                 &mut buf,
-            ))?;
+                buffers.take(),
+            );
+            buffers.give(chunk.data);
+            sink.write(done, &buffers)?;
         }
         scratch.drain_rule_counts(|i, n| counts[i] += n);
     } else {
         in_parallel(
             &sanitizer,
             threads,
-            reader,
+            lines,
+            &buffers,
             dead_records,
             &mut sink,
             &mut counts,
@@ -266,7 +331,8 @@ pub(crate) fn run(args: SanitizeArgs) -> Result<ExitCode, Failure> {
 fn in_parallel(
     sanitizer: &Sanitizer,
     threads: usize,
-    mut reader: Box<dyn BufRead + Send>,
+    mut lines: Lines,
+    buffers: &Buffers,
     dead_records: bool,
     sink: &mut Sink,
     counts: &mut [u64],
@@ -283,8 +349,15 @@ fn in_parallel(
             workers.push(scope.spawn(move || {
                 let (mut scratch, mut buf) = (Scratch::default(), Vec::new());
                 for chunk in in_rx {
-                    let done =
-                        sanitize_chunk(sanitizer, &chunk, dead_records, &mut scratch, &mut buf);
+                    let done = sanitize_chunk(
+                        sanitizer,
+                        &chunk,
+                        dead_records,
+                        &mut scratch,
+                        &mut buf,
+                        buffers.take(),
+                    );
+                    buffers.give(chunk.data);
                     if out_tx.send(done).is_err() {
                         break;
                     }
@@ -295,12 +368,10 @@ fn in_parallel(
             }));
         }
         let read = scope.spawn(move || -> Result<(), Failure> {
-            let mut first = 1;
             for turn in 0.. {
-                let Some(chunk) = read_chunk(&mut reader, first)? else {
+                let Some(chunk) = lines.next(buffers.take())? else {
                     return Ok(());
                 };
-                first += chunk.lines.len() as u64;
                 if inputs[turn % threads].send(chunk).is_err() {
                     return Ok(()); // the writer stopped on an error
                 }
@@ -311,7 +382,7 @@ fn in_parallel(
         'turns: for turn in 0.. {
             match results[turn % threads].recv() {
                 Ok(done) => {
-                    if let Err(e) = sink.write(done) {
+                    if let Err(e) = sink.write(done, buffers) {
                         written = Err(e);
                         break 'turns;
                     }
@@ -390,4 +461,62 @@ fn dead_letter_record(line: u64, reason: &DeadLetterReason, raw: &[u8]) -> Strin
         Err(_) => rec["raw_base64"] = base64::engine::general_purpose::STANDARD.encode(raw).into(),
     }
     rec.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands out its input a few bytes per read, so reads end anywhere
+    /// in a line, a line end or a `\r\n`.
+    struct Trickle(std::io::Cursor<Vec<u8>>, usize);
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.1 = self.1 % 13 + 1;
+            let n = buf.len().min(self.1);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    /// Every line, numbered from 1, as [`Lines`] reads them.
+    fn read_all(input: Box<dyn Read + Send>) -> Vec<(u64, Vec<u8>)> {
+        let mut lines = Lines::new(input);
+        let mut all = Vec::new();
+        let mut recycled = Vec::new();
+        let next = |l: &mut Lines, b| l.next(b).unwrap_or_else(|f| panic!("{}", f.message));
+        while let Some(chunk) = next(&mut lines, std::mem::take(&mut recycled)) {
+            assert_eq!(chunk.first, all.len() as u64 + 1);
+            for &(start, end) in &chunk.lines {
+                all.push((all.len() as u64 + 1, chunk.data[start..end].to_vec()));
+            }
+            recycled = chunk.data;
+        }
+        all
+    }
+
+    #[test]
+    fn lines_are_read_whole_across_chunks_and_reads() {
+        let mut input = b"first\r\n\n\r\n".to_vec();
+        input.extend(vec![b'x'; CHUNK_BYTES * 2 + 17]); // longer than a chunk
+        input.push(b'\n');
+        for i in 0..200_000 {
+            input.extend(format!("line {i}{}", if i % 3 == 0 { "\r\n" } else { "\n" }).bytes());
+        }
+        input.extend(b"no line end at the end");
+        let expected: Vec<(u64, Vec<u8>)> = input
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l).to_vec())
+            .enumerate()
+            .map(|(i, l)| (i as u64 + 1, l))
+            .collect();
+        assert_eq!(expected.len(), 200_005);
+        let whole = read_all(Box::new(std::io::Cursor::new(input.clone())));
+        assert!(whole == expected, "read whole");
+        let trickled = read_all(Box::new(Trickle(std::io::Cursor::new(input), 0)));
+        assert!(trickled == expected, "read a few bytes at a time");
+        assert!(read_all(Box::new(std::io::empty())).is_empty());
+        let one = read_all(Box::new(&b"only\n"[..]));
+        assert_eq!(one, vec![(1, b"only".to_vec())]);
+    }
 }

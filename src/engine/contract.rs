@@ -132,6 +132,8 @@ impl Records {
 #[derive(Default)]
 pub(crate) struct ContractWork {
     tape: Vec<Tok>,
+    /// A call's `traits`, opened when the contract reads it.
+    traits: Vec<Tok>,
     parts: Vec<u8>,
     text: String,
 }
@@ -204,7 +206,7 @@ pub(crate) fn check(
     let tape = &w.tape;
     let batch = find(tape, src, 0, "batch", &mut w.text).filter(|&v| tape[v].kind == Kind::Array);
     let Some(batch) = batch else {
-        call(d, tape, src, 0, None, &mut w.text)?;
+        call(d, tape, src, 0, None, &mut w.traits, &mut w.text)?;
         return Ok(Records::default());
     };
     // Each element is a call; the envelope's other members go with every part.
@@ -212,7 +214,7 @@ pub(crate) fn check(
     let mut i = batch + 1;
     let mut index = 0;
     while i < tape[batch].next as usize {
-        call(d, tape, src, i, Some(index), &mut w.text)?;
+        call(d, tape, src, i, Some(index), &mut w.traits, &mut w.text)?;
         let t = &tape[i];
         elems.push((t.start as usize, t.end as usize));
         i = t.next as usize;
@@ -270,8 +272,9 @@ pub(crate) fn check(
 /// The contract's tape of a clean output from where the walk placed its
 /// top-level members (`placed.members`: from each key's quote to the end
 /// of its value) and a batch's calls: the same tape [`json::skim`] gives,
-/// each key and scalar read where it is, `traits` opened, any other object
-/// or array one token spanning it, nothing else read. `Ok(false)` when
+/// each key read where it is, with the values the contract checks (see
+/// [`json::call_member`]); any other value is one token from its span,
+/// unread, and any object or array one token spanning it. `Ok(false)` when
 /// the spans do not fit what is there (then the output is skimmed).
 fn from_walk(
     out: &[u8],
@@ -326,8 +329,25 @@ fn object_from(
                 _ => return Ok(false),
             },
             (_, json::Skim::Calls) => json::skim_value(out, v, tape, json::Skim::Calls)?,
-            (Some(b'{'), json::Skim::Members) => {
-                json::skim_value(out, v, tape, json::Skim::Members)?
+            // Not read: its token from the span alone, nothing scanned.
+            (Some(&c), json::Skim::Skip) if end > v => {
+                let (kind, start, stop) = match c {
+                    b'"' => (Kind::String, v + 1, end - 1),
+                    b'{' => (Kind::Object, v, end),
+                    b'[' => (Kind::Array, v, end),
+                    b't' => (Kind::True, v, end),
+                    b'f' => (Kind::False, v, end),
+                    b'n' => (Kind::Null, v, end),
+                    _ => (Kind::Number, v, end),
+                };
+                tape.push(Tok {
+                    kind,
+                    escaped: false,
+                    start: start as u32,
+                    end: stop as u32,
+                    next: tape.len() as u32 + 1,
+                });
+                end
             }
             (Some(&c @ (b'{' | b'[')), _) => {
                 tape.push(Tok {
@@ -401,6 +421,7 @@ fn call(
     out: &str,
     obj: usize,
     index: Option<usize>,
+    opened: &mut Vec<Tok>,
     buf: &mut String,
 ) -> Result<(), DeadLetterReason> {
     let t = &tape[obj];
@@ -482,14 +503,31 @@ fn call(
         }
     }
     let ty = ty.unwrap_or("");
-    let traits = traits.filter(|&v| tape[v].kind == Kind::Object);
+    // `traits`, its members opened (at 0 of `opened`) only for an
+    // identify call, the one the contract reads them for.
+    let traits = match traits.filter(|&v| tape[v].kind == Kind::Object) {
+        Some(v) if ty == "identify" => {
+            opened.clear();
+            json::skim_value(
+                out.as_bytes(),
+                tape[v].start as usize,
+                opened,
+                json::Skim::Members,
+            )
+            .map_err(|_| DeadLetterReason::InvalidJson {
+                offset: tape[v].start as usize,
+            })?;
+            Some(0)
+        }
+        _ => None,
+    };
+    let opened = &*opened;
     if d.require_identity && !identified {
-        let email = ty == "identify"
-            && traits
-                .and_then(|t| find(tape, out, t, "email", buf))
-                .is_some_and(|v| {
-                    tape[v].kind == Kind::String && !text(out, &tape[v], buf).trim().is_empty()
-                });
+        let email = traits
+            .and_then(|t| find(opened, out, t, "email", buf))
+            .is_some_and(|v| {
+                opened[v].kind == Kind::String && !text(out, &opened[v], buf).trim().is_empty()
+            });
         if !email {
             return Err(violation(
                 Limit::MissingIdentity,
@@ -525,10 +563,10 @@ fn call(
     if ty == "identify" {
         if let Some(t) = traits {
             let mut count = 0;
-            for (k, v) in members(tape, t) {
+            for (k, v) in members(opened, t) {
                 count += 1;
                 if let Some(max) = d.max_trait_name_bytes {
-                    let n = text(out, &tape[k], buf).len();
+                    let n = text(out, &opened[k], buf).len();
                     if n > max {
                         return Err(violation(
                             Limit::TraitNameTooLong,
@@ -538,7 +576,7 @@ fn call(
                     }
                 }
                 if let Some(max) = d.max_trait_value_bytes {
-                    let val = &tape[v];
+                    let val = &opened[v];
                     let n = if val.kind == Kind::String {
                         text(out, val, buf).len()
                     } else {

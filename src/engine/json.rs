@@ -436,7 +436,12 @@ pub(crate) fn escape_into(s: &str, out: &mut Vec<u8>) {
 pub(crate) enum Skim {
     /// A value whose insides nothing reads.
     Whole,
-    /// A call: its members, with `batch` and `traits` opened.
+    /// A value the contract does not read at all (a call's member other
+    /// than those it checks): one token over its span, as `Whole`, but
+    /// with `escaped` false, so it can be recorded from the span alone.
+    Skip,
+    /// A call: its members, with `batch` opened (`traits` is opened when
+    /// it is read).
     Call,
     /// `batch`: its elements, each a call.
     Calls,
@@ -446,8 +451,8 @@ pub(crate) enum Skim {
 
 /// Tokenizes what the delivery contract reads of `b`, a clean output the
 /// engine wrote (so already valid JSON): the members of the top-level
-/// object, the elements of its `batch` and their members, and the members
-/// of each call's `traits`. Any other object or array is one token whose
+/// object and the elements of its `batch` and their members (see
+/// [`call_member`]). Any other object or array is one token whose
 /// span covers it (and whose `next` is the token after it), found by
 /// skipping strings and counting brackets: a fraction of the cost of
 /// [`tokenize`]. The tokens it records have the same kinds and spans as
@@ -472,6 +477,11 @@ pub(crate) fn skim_value(
         return Err(JsonError::Syntax(i));
     };
     let at = tape.len();
+    if how == Skim::Skip {
+        let end = skim_value(b, i, tape, Skim::Whole)?;
+        tape[at].escaped = false;
+        return Ok(end);
+    }
     let (kind, end) = match c {
         b'"' => return Ok(string_token(b, i, tape)?.0 + 1),
         b'{' | b'[' => {
@@ -541,8 +551,10 @@ fn skim_members(b: &[u8], open: usize, tape: &mut Vec<Tok>, how: Skim) -> Result
 }
 
 /// How a call's member is skimmed, by its key (`raw`, decoded into
-/// `buf` when `escaped`): `batch` holds calls, `traits` is opened, the
-/// rest is read whole. `None` when an escaped key is not UTF-8.
+/// `buf` when `escaped`): `batch` holds calls; `type`, `userId`,
+/// `anonymousId`, `event` and `traits` are what the contract reads, each
+/// one token; the rest is skipped. `None` when an escaped key is not
+/// UTF-8.
 pub(crate) fn call_member(raw: &[u8], escaped: bool, buf: &mut String) -> Option<Skim> {
     let key: &[u8] = if escaped {
         buf.clear();
@@ -553,8 +565,8 @@ pub(crate) fn call_member(raw: &[u8], escaped: bool, buf: &mut String) -> Option
     };
     Some(match key {
         b"batch" => Skim::Calls,
-        b"traits" => Skim::Members,
-        _ => Skim::Whole,
+        b"type" | b"userId" | b"anonymousId" | b"event" | b"traits" => Skim::Whole,
+        _ => Skim::Skip,
     })
 }
 
@@ -706,14 +718,15 @@ mod tests {
         }
     }
 
-    /// The tokens `skim` records (the members of the top level, of its
-    /// `batch` elements and of their `traits`) equal `tokenize`'s.
+    /// The tokens `skim` records (the members of the top level and of its
+    /// `batch` elements, and of a `traits` opened) equal `tokenize`'s.
     #[test]
     fn skim_records_what_the_contract_reads_as_tokenize_does() {
         fn same(b: &[u8], full: &[Tok], sk: &[Tok], f: usize, s: usize, how: Skim) {
             let (a, c) = (full[f], sk[s]);
+            let escaped = a.escaped && how != Skim::Skip;
             assert_eq!(
-                (a.kind, a.start, a.end, a.escaped),
+                (a.kind, a.start, a.end, escaped),
                 (c.kind, c.start, c.end, c.escaped)
             );
             match (how, a.kind) {
@@ -730,7 +743,18 @@ mod tests {
                         unescape(raw, &mut name);
                         let child = match (how, name.as_str()) {
                             (Skim::Call, "batch") => Skim::Calls,
-                            (Skim::Call, "traits") => Skim::Members,
+                            (Skim::Call, "type" | "userId" | "anonymousId" | "event") => {
+                                Skim::Whole
+                            }
+                            (Skim::Call, "traits") => {
+                                // Opened when read: its members, as tokenize's.
+                                let mut opened = Vec::new();
+                                skim_value(b, full[fv].start as usize, &mut opened, Skim::Members)
+                                    .unwrap();
+                                same(b, full, &opened, fv, 0, Skim::Members);
+                                Skim::Whole
+                            }
+                            (Skim::Call, _) => Skim::Skip,
                             _ => Skim::Whole,
                         };
                         same(b, full, sk, fv, sv, child);

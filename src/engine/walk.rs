@@ -360,7 +360,7 @@ impl<T: Trace> Walker<'_, T> {
             filtering: root_groups,
             free: 0,
         };
-        let r = if batch.is_none() && self.untouched(lo, hi, inh) {
+        let r = if batch.is_none() && self.untouched(lo, hi, &inh) {
             let at = self.out.len() as u32;
             let r = self.verbatim(root);
             if (root == 0 || root == self.w.call_root) && r.is_ok() {
@@ -380,7 +380,7 @@ impl<T: Trace> Walker<'_, T> {
             }
             r
         } else {
-            self.object(root, lo, hi, inh, batch)
+            self.object(root, lo, hi, &inh, batch)
         };
         if root == 0 {
             self.w.placed.known = r.is_ok();
@@ -536,13 +536,12 @@ impl<T: Trace> Walker<'_, T> {
     fn decide(
         &mut self,
         class: Option<u32>,
-        inh: Inherit,
+        inh: &mut Inherit,
         clo: usize,
         chi: usize,
         container: bool,
-    ) -> (Act, Inherit) {
+    ) -> Act {
         let c = self.c;
-        let mut inh = inh;
         if let Some(class) = class {
             // Key names as context for values rules (`except_fields`,
             // `within_fields`): they hold here and below.
@@ -566,13 +565,8 @@ impl<T: Trace> Walker<'_, T> {
             && inh.filtering == 0
             && class.is_none_or(|k| self.w.classes[k as usize].hits_len == 0)
         {
-            return (
-                Act::Pass,
-                Inherit {
-                    filtering: 0,
-                    ..inh
-                },
-            );
+            inh.filtering = 0;
+            return Act::Pass;
         }
         self.decide_named(class, inh, clo, chi, container)
     }
@@ -584,11 +578,11 @@ impl<T: Trace> Walker<'_, T> {
     fn decide_named(
         &mut self,
         class: Option<u32>,
-        inh: Inherit,
+        child: &mut Inherit,
         clo: usize,
         chi: usize,
         container: bool,
-    ) -> (Act, Inherit) {
+    ) -> Act {
         let c = self.c;
         let mut best: Option<(u8, u16)> = None;
         if let Some(class) = class {
@@ -600,7 +594,7 @@ impl<T: Trace> Walker<'_, T> {
                 }
             }
         }
-        let mut child = inh;
+        let (need, kept) = (child.filtering, child.kept);
         let (mut selected, mut entered) = (0u64, 0u64);
         for &p in &self.w.done {
             let pat = &c.patterns[p as usize];
@@ -617,7 +611,6 @@ impl<T: Trace> Walker<'_, T> {
             }
         }
         let mut allow_drop = None;
-        let need = inh.filtering;
         child.filtering = 0;
         if need != 0 {
             let sel = need & selected;
@@ -642,14 +635,14 @@ impl<T: Trace> Walker<'_, T> {
         if T::ON && entered != 0 {
             self.mark_reached(entered);
         }
-        let act = match best {
+        match best {
             Some((3, r)) => Act::Drop(r),
             _ if allow_drop.is_some() => Act::AllowDrop(allow_drop.unwrap_or(0)),
             Some((2, r)) => Act::Hash(r),
             Some((1, r)) => Act::Redact(r),
             Some((_, r)) => {
                 if c.rules[r as usize].is_keep {
-                    if T::ON && !inh.kept {
+                    if T::ON && !kept {
                         self.record(None, "keep", r, None);
                     }
                     child.kept = true;
@@ -658,8 +651,7 @@ impl<T: Trace> Walker<'_, T> {
                 Act::Pass
             }
             None => Act::Pass,
-        };
-        (act, child)
+        }
     }
 
     fn mark_reached(&mut self, groups: u64) {
@@ -757,7 +749,7 @@ impl<T: Trace> Walker<'_, T> {
         idx: usize,
         lo: usize,
         hi: usize,
-        inh: Inherit,
+        inh: &Inherit,
         batch: Option<usize>,
     ) -> Result<(), DeadLetterReason> {
         let end = self.tape[idx].next as usize;
@@ -788,8 +780,9 @@ impl<T: Trace> Walker<'_, T> {
                 self.step_key(lo, hi, class);
                 let chi = self.w.states.len();
                 let container = matches!(self.tape[vi].kind, Kind::Object | Kind::Array);
-                let (act, child) = self.decide(Some(class), inh, clo, chi, container);
-                self.emit(vi, Some((raw, serial)), act, child, clo, chi, &mut first)?;
+                let mut child = *inh;
+                let act = self.decide(Some(class), &mut child, clo, chi, container);
+                self.emit(vi, Some((raw, serial)), act, &child, clo, chi, &mut first)?;
                 self.w.states.truncate(clo);
             }
             if T::ON {
@@ -858,7 +851,7 @@ impl<T: Trace> Walker<'_, T> {
         idx: usize,
         lo: usize,
         hi: usize,
-        inh: Inherit,
+        inh: &Inherit,
     ) -> Result<(), DeadLetterReason> {
         let end = self.tape[idx].next as usize;
         self.out.push(b'[');
@@ -875,8 +868,9 @@ impl<T: Trace> Walker<'_, T> {
             self.step_index(lo, hi);
             let chi = self.w.states.len();
             let container = matches!(self.tape[i].kind, Kind::Object | Kind::Array);
-            let (act, child) = self.decide(None, inh, clo, chi, container);
-            self.emit(i, None, act, child, clo, chi, &mut first)?;
+            let mut child = *inh;
+            let act = self.decide(None, &mut child, clo, chi, container);
+            self.emit(i, None, act, &child, clo, chi, &mut first)?;
             self.w.states.truncate(clo);
             if T::ON {
                 self.path.truncate(plen);
@@ -895,7 +889,7 @@ impl<T: Trace> Walker<'_, T> {
         vi: usize,
         key: Option<(&str, u64)>,
         act: Act,
-        child: Inherit,
+        child: &Inherit,
         clo: usize,
         chi: usize,
         first: &mut bool,
@@ -1005,7 +999,7 @@ impl<T: Trace> Walker<'_, T> {
     /// The values rules (bits) that read a string here: in scope, active
     /// for this event, and, for rules with `within_fields`, under one.
     #[inline]
-    fn reading(&self, inh: Inherit) -> u64 {
+    fn reading(&self, inh: &Inherit) -> u64 {
         inh.values & self.active_values & (!self.c.values_within | inh.context)
     }
 
@@ -1015,7 +1009,7 @@ impl<T: Trace> Walker<'_, T> {
     /// wherever they are. Only then, and for compact input, is the
     /// container copied whole ([`Walker::verbatim`]).
     #[inline]
-    fn untouched(&self, clo: usize, chi: usize, inh: Inherit) -> bool {
+    fn untouched(&self, clo: usize, chi: usize, inh: &Inherit) -> bool {
         self.w.compact
             && !self.c.names_anywhere
             && clo == chi

@@ -180,18 +180,19 @@ struct Done {
     tally: Tally,
 }
 
-/// Sanitizes one chunk. The one function every thread count runs, so the
+/// Sanitizes one chunk, into a buffer from `buffers`, and hands the
+/// chunk's buffer back. The one function every thread count runs, so the
 /// bytes cannot depend on it.
 fn sanitize_chunk(
     s: &Sanitizer,
-    chunk: &Chunk,
+    chunk: Chunk,
     dead_records: bool,
     scratch: &mut Scratch,
     buf: &mut Vec<u8>,
-    clean: Vec<u8>,
+    buffers: &Buffers,
 ) -> Done {
     let mut d = Done {
-        clean,
+        clean: buffers.take(),
         ..Done::default()
     };
     for (n, &(start, end)) in chunk.lines.iter().enumerate() {
@@ -229,6 +230,7 @@ fn sanitize_chunk(
             }
         }
     }
+    buffers.give(chunk.data);
     d
 }
 
@@ -301,13 +303,12 @@ pub(crate) fn run(args: SanitizeArgs) -> Result<ExitCode, Failure> {
         while let Some(chunk) = lines.next(buffers.take())? {
             let done = sanitize_chunk(
                 &sanitizer,
-                &chunk,
+                chunk,
                 dead_records,
                 &mut scratch,
                 &mut buf,
-                buffers.take(),
+                &buffers,
             );
-            buffers.give(chunk.data);
             sink.write(done, &buffers)?;
         }
         scratch.drain_rule_counts(|i, n| counts[i] += n);
@@ -351,13 +352,12 @@ fn in_parallel(
                 for chunk in in_rx {
                     let done = sanitize_chunk(
                         sanitizer,
-                        &chunk,
+                        chunk,
                         dead_records,
                         &mut scratch,
                         &mut buf,
-                        buffers.take(),
+                        buffers,
                     );
-                    buffers.give(chunk.data);
                     if out_tx.send(done).is_err() {
                         break;
                     }

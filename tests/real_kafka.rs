@@ -198,8 +198,8 @@ async fn exactly_once_across_sigkills_a_zombie_and_a_rebalance() {
     // has work whatever the one before it finished: an instance can drain
     // a whole batch before the test sees its progress and kills it.
     let mut fed = Vec::new();
-    let mut feed = async |tag: &str| {
-        let batch = inputs(tag, 60, 120);
+    let mut feed = async |tag: &str, keys: usize| {
+        let batch = inputs(tag, keys, 120);
         produce_to(&b.plaintext, &t.raw, &batch).await;
         fed.extend(batch);
     };
@@ -208,7 +208,7 @@ async fn exactly_once_across_sigkills_a_zombie_and_a_rebalance() {
     // every 100 ms and the stream is busy).
     let mut at = 0;
     for tag in ["a", "b"] {
-        feed(tag).await;
+        feed(tag, 60).await;
         let mut child = common::start_service(&main, &log);
         at = wait_progress(&t, at, 1_500, &log);
         common::signal(&child, "-KILL");
@@ -217,30 +217,44 @@ async fn exactly_once_across_sigkills_a_zombie_and_a_rebalance() {
 
     // A zombie: stopped mid-stream, replaced by a new instance with the
     // same transactional id (which fences it and aborts its open
-    // transaction), then woken: it must write nothing and stop.
-    feed("c").await;
-    let zombie = common::start_service(&main, &log);
+    // transaction), then woken: it must write nothing and stop. (Its own
+    // log, to tell what it did from what the others did.)
+    feed("c", 60).await;
+    let zombie_log = dir.path().join("zombie.log");
+    let zombie = common::start_service(&main, &zombie_log);
     at = wait_progress(&t, at, 1_500, &log);
     common::signal(&zombie, "-STOP");
-    feed("d").await;
+    feed("d", 60).await;
     let mut successor = common::start_service(&main, &log);
     at = wait_progress(&t, at, 1_000, &log);
     common::signal(&zombie, "-CONT");
     let mut zombie = zombie;
+    // Woken, it rejoins the group; it learns that it was fenced when it
+    // next writes, which it does as soon as it has input again: the
+    // successor may have drained all there was before the zombie got
+    // partitions back, so more input arrives every few seconds until the
+    // zombie has stopped.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut round = 0;
+    while zombie.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(3));
+        feed(&format!("z{round}"), 6).await;
+        round += 1;
+    }
     let status = wait_exit(
         &mut zombie,
-        Duration::from_secs(60),
+        Duration::from_secs(5),
         "the fenced zombie did not stop",
-        &log,
+        &zombie_log,
     );
     assert!(!status.success(), "a fenced instance exits with an error");
 
     // Kill 3, then a second instance joins and leaves while the last one runs.
-    feed("e").await;
+    feed("e", 60).await;
     at = wait_progress(&t, at, 500, &log);
     common::signal(&successor, "-KILL");
     successor.wait().unwrap();
-    feed("f").await;
+    feed("f", 60).await;
     let mut last = common::start_service(&main, &log);
     let mut joiner = common::start_service(&other, &log);
     // Joined (and its signal handler installed) before it is asked to leave.

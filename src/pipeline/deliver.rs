@@ -697,8 +697,13 @@ impl ExactlyOnce {
                 Ok(true)
             }
             Err(e) => {
-                let text = e.to_string();
-                if Self::fatal(&e) {
+                // A failed send may stand for a fatal state of the producer
+                // (fenced by a newer instance): report that, not an abort
+                // that cannot succeed.
+                let fatal = self.producer.client().fatal_error();
+                let producer_failed = fatal.is_some();
+                let text = fatal.map_or_else(|| e.to_string(), |(_, why)| why);
+                if producer_failed || Self::fatal(&e) {
                     common
                         .telemetry
                         .transaction("aborted", messages.len(), Some(&text));

@@ -661,11 +661,19 @@ impl ExactlyOnce {
         self.txn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn fatal(e: &KafkaError) -> bool {
-        match e {
+    /// What a failed commit means: its text, and whether the producer can
+    /// never go on. A failed send may stand for a fatal state of the
+    /// producer (fenced by a newer instance): that is reported, not an
+    /// abort that cannot succeed.
+    fn failure(&self, e: &KafkaError) -> (String, bool) {
+        if let Some((_, why)) = self.producer.client().fatal_error() {
+            return (why, true);
+        }
+        let fatal = match e {
             KafkaError::Transaction(t) => t.is_fatal(),
             other => other.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal),
-        }
+        };
+        (e.to_string(), fatal)
     }
 
     /// Commits the open transaction with the input offsets of its
@@ -697,13 +705,8 @@ impl ExactlyOnce {
                 Ok(true)
             }
             Err(e) => {
-                // A failed send may stand for a fatal state of the producer
-                // (fenced by a newer instance): report that, not an abort
-                // that cannot succeed.
-                let fatal = self.producer.client().fatal_error();
-                let producer_failed = fatal.is_some();
-                let text = fatal.map_or_else(|| e.to_string(), |(_, why)| why);
-                if producer_failed || Self::fatal(&e) {
+                let (text, fatal) = self.failure(&e);
+                if fatal {
                     common
                         .telemetry
                         .transaction("aborted", messages.len(), Some(&text));

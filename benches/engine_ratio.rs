@@ -45,6 +45,10 @@ fn main() {
     };
     let mut no_contract = file.clone();
     no_contract.destination = None;
+    // What every rule set pays: UTF-8, syntax, depth and duplicate keys
+    // checked, the event copied out (the pipeline bench's (b)).
+    let mut empty = no_contract.clone();
+    empty.rules.clear();
     let variants: Vec<(&str, Sanitizer)> = vec![
         ("engine, default rules", compile(&file)),
         (
@@ -56,6 +60,7 @@ fn main() {
             compile(&without_rule("hash-contact")),
         ),
         ("  without the delivery contract", compile(&no_contract)),
+        ("empty rule set (validation and copy)", compile(&empty)),
     ];
     let rounds: usize = std::env::var("ROUNDS")
         .ok()

@@ -175,7 +175,7 @@ pub(crate) fn check(
     // The engine wrote `out` from validated JSON: only what the contract
     // reads is tokenized (the tokenizer checks it all in debug builds).
     #[cfg(debug_assertions)]
-    json::tokenize(out, usize::MAX, &mut Vec::new(), &mut Vec::new())
+    json::tokenize(out, usize::MAX, &mut Vec::new(), &mut Default::default())
         .expect("the engine writes JSON");
     let from_walk = match placed {
         Some(p) => from_walk(out, p, &mut w.tape, &mut w.text),
@@ -309,6 +309,7 @@ fn object_from(
     tape.push(Tok {
         kind: Kind::Object,
         escaped: false,
+        may_repeat: false,
         start: start as u32,
         end: end as u32,
         next: 0,
@@ -343,6 +344,7 @@ fn object_from(
                 tape.push(Tok {
                     kind,
                     escaped: false,
+                    may_repeat: false,
                     start: start as u32,
                     end: stop as u32,
                     next: tape.len() as u32 + 1,
@@ -353,6 +355,7 @@ fn object_from(
                 tape.push(Tok {
                     kind: if c == b'{' { Kind::Object } else { Kind::Array },
                     escaped: false,
+                    may_repeat: false,
                     start: v as u32,
                     end: end as u32,
                     next: tape.len() as u32 + 1,
@@ -383,6 +386,7 @@ fn calls_from(
     tape.push(Tok {
         kind: Kind::Array,
         escaped: false,
+        may_repeat: false,
         start: open as u32,
         end: end as u32,
         next: 0,

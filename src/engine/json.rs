@@ -26,6 +26,11 @@ pub(crate) struct Tok {
     pub kind: Kind,
     /// Strings: whether the content has a backslash escape.
     pub escaped: bool,
+    /// Containers from [`tokenize`]: whether an object (this one or one
+    /// inside it) may have two equal keys: two plainly equal, one with an
+    /// escape, or too many to compare. Only those need the walk's
+    /// duplicate-key check; false elsewhere.
+    pub may_repeat: bool,
     pub start: u32,
     pub end: u32,
     pub next: u32,
@@ -70,6 +75,15 @@ pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// [`skip_ws`] inside a value, remembering in `spaced` whether there was
+/// any (the value is then not compact).
+#[inline(always)]
+fn ws(b: &[u8], i: usize, spaced: &mut bool) -> usize {
+    let j = skip_ws(b, i);
+    *spaced |= j != i;
+    j
+}
+
 /// High bit set in each byte of `chunk` that a JSON string scan must stop
 /// at: a quote, a backslash, or a control character.
 #[inline(always)]
@@ -85,6 +99,49 @@ fn stops(chunk: u64) -> u64 {
     quote | backslash | control
 }
 
+/// Bit `n` set where byte `n` of `c` must stop a string scan (as
+/// [`stops`]), sixteen bytes at once with SSE2.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline(always)]
+fn stops16(c: &[u8; 16]) -> u32 {
+    use std::arch::x86_64::*;
+    let word = |k: usize| i64::from_le_bytes(c[k..k + 8].try_into().expect("8 bytes"));
+    // SAFETY: these intrinsics need only SSE2, which this code is compiled
+    // with (the `cfg` above; every x86_64 processor has it), and none of
+    // them reads or writes memory: the bytes come in as two words, the
+    // result leaves as an integer.
+    unsafe {
+        let v = _mm_set_epi64x(word(8), word(0));
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        // Bytes up to 0x1f (unsigned): their minimum with 0x1f is themselves.
+        let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+    }
+}
+
+/// The index of the first byte from `j` on that stops a string scan, or
+/// one in the last seven bytes (decided byte by byte).
+#[inline(always)]
+fn next_stop(b: &[u8], mut j: usize) -> usize {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    while let Some(c) = b.get(j..j + 16) {
+        let m = stops16(c.try_into().expect("16 bytes"));
+        if m != 0 {
+            return j + m.trailing_zeros() as usize;
+        }
+        j += 16;
+    }
+    while let Some(c) = b.get(j..j + 8) {
+        let m = stops(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        if m != 0 {
+            return j + (m.trailing_zeros() / 8) as usize;
+        }
+        j += 8;
+    }
+    j
+}
+
 /// Scans a string whose opening quote is at `i`; returns (index of the
 /// closing quote, has escapes). Eight bytes per step (SWAR): the first
 /// byte needing attention is found from the stop mask's trailing zeros.
@@ -93,17 +150,7 @@ pub(crate) fn scan_string(b: &[u8], i: usize) -> Result<(usize, bool), JsonError
     let mut j = i + 1;
     let mut escaped = false;
     loop {
-        while j + 8 <= b.len() {
-            let c = &b[j..j + 8];
-            let m = stops(u64::from_le_bytes([
-                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
-            ]));
-            if m != 0 {
-                j += (m.trailing_zeros() / 8) as usize;
-                break;
-            }
-            j += 8;
-        }
+        j = next_stop(b, j);
         let Some(&c) = b.get(j) else {
             return Err(JsonError::Syntax(j));
         };
@@ -192,6 +239,32 @@ pub(crate) fn scan_number(b: &[u8], i: usize) -> Result<usize, JsonError> {
     Ok(j)
 }
 
+/// What [`tokenize`] keeps of the containers open at a point (reused
+/// between calls, so it allocates only while it grows).
+#[derive(Debug, Default)]
+pub(crate) struct Nesting {
+    open: Vec<Open>,
+    /// The keys of the open objects so far: fingerprint and span.
+    keys: Vec<(u64, u32, u32)>,
+}
+
+/// An open container.
+#[derive(Clone, Copy, Debug)]
+struct Open {
+    /// Its tape index.
+    at: u32,
+    /// Where its keys start in [`Nesting::keys`].
+    first_key: u32,
+    /// One bit per key, picked by its fingerprint.
+    bits: u64,
+    /// Marked `may_repeat`: its keys are no longer compared.
+    marked: bool,
+}
+
+/// Past this many keys an object is marked `may_repeat` rather than
+/// compared key by key here.
+const COMPARED_KEYS: usize = 64;
+
 /// Tokenizes `b` (already known to be UTF-8) into `tape`. Returns whether
 /// the value is compact: no whitespace between its tokens (whitespace
 /// around it does not count), so a container's span is exactly what a
@@ -200,17 +273,13 @@ pub(crate) fn tokenize(
     b: &[u8],
     max_depth: usize,
     tape: &mut Vec<Tok>,
-    stack: &mut Vec<u32>,
+    nest: &mut Nesting,
 ) -> Result<bool, JsonError> {
     tape.clear();
-    stack.clear();
-    let mut spaced = false;
+    nest.open.clear();
+    nest.keys.clear();
     // Whitespace inside the value: skipped, and remembered.
-    let mut ws = |i: usize| {
-        let j = skip_ws(b, i);
-        spaced |= j != i;
-        j
-    };
+    let mut spaced = false;
     let mut i = skip_ws(b, 0);
     'value: loop {
         // Expecting a value at `i`.
@@ -219,23 +288,29 @@ pub(crate) fn tokenize(
         };
         match c {
             b'{' | b'[' => {
-                if stack.len() >= max_depth {
+                if nest.open.len() >= max_depth {
                     return Err(JsonError::TooDeep);
                 }
                 let is_obj = c == b'{';
-                stack.push(tape.len() as u32);
+                nest.open.push(Open {
+                    at: tape.len() as u32,
+                    first_key: nest.keys.len() as u32,
+                    bits: 0,
+                    marked: false,
+                });
                 tape.push(Tok {
                     kind: if is_obj { Kind::Object } else { Kind::Array },
                     escaped: false,
+                    may_repeat: false,
                     start: i as u32,
                     end: 0,
                     next: 0,
                 });
-                i = ws(i + 1);
+                i = ws(b, i + 1, &mut spaced);
                 let close = if is_obj { b'}' } else { b']' };
                 if b.get(i) != Some(&close) {
                     if is_obj {
-                        i = object_key(b, i, tape, &mut ws)?;
+                        i = object_key(b, i, tape, nest, &mut spaced)?;
                     }
                     continue 'value;
                 }
@@ -253,6 +328,7 @@ pub(crate) fn tokenize(
                 tape.push(Tok {
                     kind: Kind::Number,
                     escaped: false,
+                    may_repeat: false,
                     start: i as u32,
                     end: end as u32,
                     next: tape.len() as u32 + 1,
@@ -264,6 +340,7 @@ pub(crate) fn tokenize(
                 tape.push(Tok {
                     kind,
                     escaped: false,
+                    may_repeat: false,
                     start: i as u32,
                     end: end as u32,
                     next: tape.len() as u32 + 1,
@@ -273,7 +350,10 @@ pub(crate) fn tokenize(
         }
         // After a value (or at an empty container's closing bracket).
         loop {
-            let Some(&top) = stack.last() else {
+            let Some(&Open {
+                at: top, first_key, ..
+            }) = nest.open.last()
+            else {
                 i = skip_ws(b, i);
                 return if i == b.len() {
                     Ok(!spaced)
@@ -281,7 +361,7 @@ pub(crate) fn tokenize(
                     Err(JsonError::Syntax(i))
                 };
             };
-            i = ws(i);
+            i = ws(b, i, &mut spaced);
             let is_obj = tape[top as usize].kind == Kind::Object;
             match (is_obj, b.get(i)) {
                 (true, Some(b'}')) | (false, Some(b']')) => {
@@ -289,16 +369,21 @@ pub(crate) fn tokenize(
                     let t = &mut tape[top as usize];
                     t.end = i as u32 + 1;
                     t.next = n;
-                    stack.pop();
+                    let may_repeat = t.may_repeat;
+                    nest.open.pop();
+                    nest.keys.truncate(first_key as usize);
+                    if let (true, Some(outer)) = (may_repeat, nest.open.last()) {
+                        tape[outer.at as usize].may_repeat = true;
+                    }
                     i += 1;
                 }
                 (true, Some(b',')) => {
-                    let at = ws(i + 1);
-                    i = object_key(b, at, tape, &mut ws)?;
+                    let at = ws(b, i + 1, &mut spaced);
+                    i = object_key(b, at, tape, nest, &mut spaced)?;
                     continue 'value;
                 }
                 (false, Some(b',')) => {
-                    i = ws(i + 1);
+                    i = ws(b, i + 1, &mut spaced);
                     continue 'value;
                 }
                 _ => return Err(JsonError::Syntax(i)),
@@ -334,6 +419,7 @@ pub(crate) fn string_token(
     tape.push(Tok {
         kind: Kind::String,
         escaped,
+        may_repeat: false,
         start: i as u32 + 1,
         end: end as u32,
         next: tape.len() as u32 + 1,
@@ -341,23 +427,48 @@ pub(crate) fn string_token(
     Ok((end, escaped))
 }
 
-/// Reads `"key" :` at `i`; returns the index of the value.
-#[inline]
+/// Reads `"key" :` at `i` in the innermost open object of `nest`;
+/// returns the index of the value. Marks the object `may_repeat` when the
+/// key has an escape or is plainly one it already has (its fingerprint
+/// bit set, then the fingerprints and bytes compared), or past
+/// [`COMPARED_KEYS`] keys.
+#[inline(always)]
 fn object_key(
     b: &[u8],
     i: usize,
     tape: &mut Vec<Tok>,
-    ws: &mut impl FnMut(usize) -> usize,
+    nest: &mut Nesting,
+    spaced: &mut bool,
 ) -> Result<usize, JsonError> {
     if b.get(i) != Some(&b'"') {
         return Err(JsonError::Syntax(i));
     }
-    let (end, _) = string_token(b, i, tape)?;
-    let j = ws(end + 1);
+    let (end, escaped) = string_token(b, i, tape)?;
+    let open = nest.open.last_mut().expect("in an object");
+    if !open.marked {
+        let key = &b[i + 1..end];
+        let print = super::keycache::fingerprint(key);
+        let bit = 1u64 << (print >> 58);
+        let keys = &nest.keys[open.first_key as usize..];
+        let repeat = escaped
+            || keys.len() >= COMPARED_KEYS
+            || (open.bits & bit != 0
+                && keys
+                    .iter()
+                    .any(|&(p, s, e)| p == print && &b[s as usize..e as usize] == key));
+        if repeat {
+            open.marked = true;
+            tape[open.at as usize].may_repeat = true;
+        } else {
+            open.bits |= bit;
+            nest.keys.push((print, i as u32 + 1, end as u32));
+        }
+    }
+    let j = ws(b, end + 1, spaced);
     if b.get(j) != Some(&b':') {
         return Err(JsonError::Syntax(j));
     }
-    Ok(ws(j + 1))
+    Ok(ws(b, j + 1, spaced))
 }
 
 /// Decodes the content of a JSON string (validated by the tokenizer).
@@ -489,6 +600,7 @@ pub(crate) fn skim_value(
             tape.push(Tok {
                 kind,
                 escaped: false,
+                may_repeat: false,
                 start: i as u32,
                 end: 0,
                 next: 0,
@@ -510,6 +622,7 @@ pub(crate) fn skim_value(
     tape.push(Tok {
         kind,
         escaped: false,
+        may_repeat: false,
         start: i as u32,
         end: end as u32,
         next: at as u32 + 1,
@@ -632,7 +745,7 @@ mod tests {
 
     fn ok(s: &str) -> bool {
         let mut tape = Vec::new();
-        let mut stack = Vec::new();
+        let mut stack = Nesting::default();
         tokenize(s.as_bytes(), 64, &mut tape, &mut stack).is_ok()
     }
 
@@ -647,7 +760,7 @@ mod tests {
             ("1e308", false),
             ("123", false),
         ] {
-            let (mut tape, mut stack) = (Vec::new(), Vec::new());
+            let (mut tape, mut stack) = (Vec::new(), Nesting::default());
             let ours = tokenize(n.as_bytes(), 64, &mut tape, &mut stack);
             assert_eq!(
                 matches!(ours, Err(JsonError::NumberOutOfRange(0))),
@@ -707,13 +820,37 @@ mod tests {
     }
 
     #[test]
-    fn swar_stops_match_a_plain_loop() {
+    fn stop_scans_match_a_plain_loop() {
         let bytes: Vec<u8> = (0u8..=255).collect();
         for w in bytes.chunks(8) {
             let m = stops(u64::from_le_bytes(w.try_into().unwrap()));
             for (k, &c) in w.iter().enumerate() {
                 let want = c == b'"' || c == b'\\' || c < 0x20;
                 assert_eq!((m >> (8 * k + 7)) & 1 == 1, want, "byte {c}");
+            }
+        }
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+        for w in bytes.chunks(16) {
+            let m = stops16(w.try_into().unwrap());
+            for (k, &c) in w.iter().enumerate() {
+                let want = c == b'"' || c == b'\\' || c < 0x20;
+                assert_eq!((m >> k) & 1 == 1, want, "byte {c}");
+            }
+        }
+        // Every stop byte at every place in strings that take each path
+        // (16 bytes at once, 8, one by one).
+        for len in 0..40 {
+            for at in 0..len {
+                for stop in [b'"', b'\\', 0x00, 0x1f] {
+                    let mut b = vec![b'a'; len];
+                    b[at] = stop;
+                    let plain = (0..len).find(|&j| b[j] == stop).unwrap();
+                    let j = next_stop(&b, 0);
+                    assert!(
+                        j == plain || (j + 8 > len && j <= plain),
+                        "{len} {at} {stop}"
+                    );
+                }
             }
         }
     }
@@ -779,7 +916,7 @@ mod tests {
             r#"{}"#,
             r#" { "a" : [ ] , "traits" : { } } "#,
         ];
-        let (mut full, mut stack, mut sk) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut full, mut stack, mut sk) = (Vec::new(), Nesting::default(), Vec::new());
         for line in corpus.lines().chain(extra) {
             let b = line.as_bytes();
             tokenize(b, 64, &mut full, &mut stack).unwrap();
@@ -792,7 +929,7 @@ mod tests {
     fn depth_limit() {
         let deep = "[".repeat(65) + &"]".repeat(65);
         let mut tape = Vec::new();
-        let mut stack = Vec::new();
+        let mut stack = Nesting::default();
         assert_eq!(
             tokenize(deep.as_bytes(), 64, &mut tape, &mut stack),
             Err(JsonError::TooDeep)
@@ -802,9 +939,34 @@ mod tests {
     }
 
     #[test]
+    fn objects_whose_keys_may_repeat_are_marked() {
+        let marked = |s: &str| {
+            let (mut tape, mut stack) = (Vec::new(), Nesting::default());
+            tokenize(s.as_bytes(), 64, &mut tape, &mut stack).unwrap();
+            tape.iter()
+                .filter(|t| t.kind == Kind::Object)
+                .map(|t| t.may_repeat)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(marked(r#"{"a":1,"b":{"a":2,"c":3}}"#), [false, false]);
+        // An object that may repeat marks the containers around it.
+        assert_eq!(marked(r#"{"a":1,"b":{"c":2,"c":3}}"#), [true, true]);
+        assert_eq!(
+            marked(r#"{"a":[{"c":2,"c":3}],"b":{}}"#),
+            [true, true, false]
+        );
+        assert_eq!(marked(r#"{"a":{"x":1},"a":2}"#), [true, false]);
+        // An escape may spell a key that is there plainly.
+        assert_eq!(marked(r#"{"\u0061":1,"b":2}"#), [true]);
+        // Many keys: the 64 bits fill up, and the object is checked.
+        let many: Vec<String> = (0..100).map(|i| format!("\"k{i}\":{i}")).collect();
+        assert_eq!(marked(&format!("{{{}}}", many.join(","))), [true]);
+    }
+
+    #[test]
     fn tape_shape() {
         let mut tape = Vec::new();
-        let mut stack = Vec::new();
+        let mut stack = Nesting::default();
         tokenize(br#"{"a":[1,"x"],"b":null}"#, 64, &mut tape, &mut stack).unwrap();
         let kinds: Vec<Kind> = tape.iter().map(|t| t.kind).collect();
         use Kind::*;

@@ -38,7 +38,7 @@ struct State {
 pub(crate) struct Work {
     sanitizer_id: u64,
     tape: Vec<Tok>,
-    stack: Vec<u32>,
+    nest: json::Nesting,
     cache: super::keycache::KeyCache,
     classes: Vec<KeyClass>,
     hits: Vec<super::compile::Hit>,
@@ -178,7 +178,7 @@ pub(crate) fn run<T: Trace>(
     };
     w.reset_for(c);
     let mut tape = std::mem::take(&mut w.tape);
-    let result = match json::tokenize(input, c.limits.max_depth, &mut tape, &mut w.stack) {
+    let result = match json::tokenize(input, c.limits.max_depth, &mut tape, &mut w.nest) {
         Err(JsonError::Syntax(offset)) => Err(DeadLetterReason::InvalidJson { offset }),
         Err(JsonError::NumberOutOfRange(offset)) => {
             Err(DeadLetterReason::NumberOutOfRange { offset })
@@ -1019,12 +1019,18 @@ impl<T: Trace> Walker<'_, T> {
 
     /// Copies the container at `idx` as it came, after checking that no
     /// object inside it has the same key twice (a duplicate is a dead
-    /// letter whether or not a rule looks at it).
+    /// letter whether or not a rule looks at it). Only the objects the
+    /// tokenizer marked as `may_repeat` are checked key by key (it found no
+    /// two keys of the others equal), and none when the container is not
+    /// marked.
     fn verbatim(&mut self, idx: usize) -> Result<(), DeadLetterReason> {
         let t = self.tape[idx];
-        for j in idx..t.next as usize {
-            if self.tape[j].kind == Kind::Object {
-                self.unique_keys(j)?;
+        if t.may_repeat {
+            for j in idx..t.next as usize {
+                let k = self.tape[j];
+                if k.kind == Kind::Object && k.may_repeat {
+                    self.unique_keys(j)?;
+                }
             }
         }
         self.out
@@ -1058,9 +1064,7 @@ impl<T: Trace> Walker<'_, T> {
             let mut dup = false;
             for (n, k) in keys.iter().enumerate() {
                 let t = text(k);
-                let (w0, w1) = super::keycache::words(t);
-                let print = (w0 ^ w1.rotate_left(23) ^ (t.len() as u64).rotate_left(47))
-                    .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let print = super::keycache::fingerprint(t);
                 let bit = 1u64 << (print >> 58);
                 if seen & bit != 0
                     && prints[..n]

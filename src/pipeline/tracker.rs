@@ -46,8 +46,13 @@ impl Track {
     /// Marks a message finished (its output acknowledged, or none needed).
     pub fn finish(&self, offset: i64) {
         let mut pending = self.lock();
-        let Ok(i) = pending.binary_search_by_key(&offset, |(o, _)| *o) else {
-            return;
+        // Acknowledgements mostly come in order: the oldest first.
+        let i = match pending.front() {
+            Some(&(o, _)) if o == offset => 0,
+            _ => match pending.binary_search_by_key(&offset, |(o, _)| *o) {
+                Ok(i) => i,
+                Err(_) => return,
+            },
         };
         pending[i].1 = true;
         let mut last = None;

@@ -48,6 +48,8 @@ pub(crate) struct Work {
     serial: u64,
     pub counts: Vec<u64>,
     keybuf: String,
+    /// A renamed key as written.
+    renamed: String,
     strbuf: String,
     normbuf: String,
     strout: Vec<u8>,
@@ -726,22 +728,32 @@ impl<T: Trace> Walker<'_, T> {
             self.out.extend_from_slice(raw.as_bytes());
         }
         self.out.extend_from_slice(after);
-        let name = String::from_utf8_lossy(&self.out[start + 1..]).into_owned();
+        let mut name = std::mem::take(&mut self.w.renamed);
+        name.clear();
+        name.push_str(
+            std::str::from_utf8(&self.out[start + 1..])
+                .expect("a rename's parts and keys are text"),
+        );
         self.out.extend_from_slice(b"\":");
         let class = self.classify(&name, name.contains('\\')) as usize;
         let stamp = self.w.classes[class].stamp;
-        if stamp >> 1 == serial {
-            return Err(DeadLetterReason::RenameCollision);
+        let collision = stamp >> 1 == serial;
+        if !collision {
+            self.w.classes[class].stamp = serial << 1 | 1;
         }
-        self.w.classes[class].stamp = serial << 1 | 1;
-        Ok(T::ON.then(|| {
+        let path = (T::ON && !collision).then(|| {
             let mut decoded = String::new();
             unescape(&name, &mut decoded);
             match self.path.rfind('.') {
                 Some(dot) => format!("{}.{decoded}", &self.path[..dot]),
                 None => decoded,
             }
-        }))
+        });
+        self.w.renamed = name;
+        if collision {
+            return Err(DeadLetterReason::RenameCollision);
+        }
+        Ok(path)
     }
 
     fn object(

@@ -79,9 +79,12 @@ pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
 /// any (the value is then not compact).
 #[inline(always)]
 fn ws(b: &[u8], i: usize, spaced: &mut bool) -> usize {
-    let j = skip_ws(b, i);
-    *spaced |= j != i;
-    j
+    if b.get(i).is_none_or(|&c| c > b' ') {
+        return i;
+    }
+    // Whitespace (or a control byte, which fails the value anyway).
+    *spaced = true;
+    skip_ws(b, i)
 }
 
 /// High bit set in each byte of `chunk` that a JSON string scan must stop
@@ -427,6 +430,29 @@ pub(crate) fn string_token(
     Ok((end, escaped))
 }
 
+/// A fingerprint of the key `b[s..e]` for the duplicate-key marks: its
+/// length, first eight and last eight bytes, read from the input (the
+/// bytes after a short key stand in for the padding, masked off). Equal
+/// keys have equal prints; unequal ones with equal prints are told apart
+/// by their bytes.
+#[inline(always)]
+fn key_print(b: &[u8], s: usize, e: usize) -> u64 {
+    let n = e - s;
+    let head = match b.get(s..s + 8) {
+        Some(w) => {
+            let mask = if n >= 8 { !0 } else { (1u64 << (8 * n)) - 1 };
+            u64::from_le_bytes(w.try_into().expect("8 bytes")) & mask
+        }
+        // Near the end of the input: a short key, byte by byte.
+        None => b[s..e].iter().rev().fold(0, |w, &c| w << 8 | u64::from(c)),
+    };
+    let tail = match n {
+        9.. => u64::from_le_bytes(b[e - 8..e].try_into().expect("8 bytes")),
+        _ => 0,
+    };
+    (head ^ tail.rotate_left(23) ^ (n as u64).rotate_left(47)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// Reads `"key" :` at `i` in the innermost open object of `nest`;
 /// returns the index of the value. Marks the object `may_repeat` when the
 /// key has an escape or is plainly one it already has (its fingerprint
@@ -447,7 +473,7 @@ fn object_key(
     let open = nest.open.last_mut().expect("in an object");
     if !open.marked {
         let key = &b[i + 1..end];
-        let print = super::keycache::fingerprint(key);
+        let print = key_print(b, i + 1, end);
         let bit = 1u64 << (print >> 58);
         let keys = &nest.keys[open.first_key as usize..];
         let repeat = escaped
@@ -936,6 +962,20 @@ mod tests {
         );
         let fine = "[".repeat(64) + &"]".repeat(64);
         assert!(tokenize(fine.as_bytes(), 64, &mut tape, &mut stack).is_ok());
+    }
+
+    #[test]
+    fn a_key_print_is_the_same_wherever_the_key_is() {
+        for n in 0..20 {
+            let key: Vec<u8> = (0..n as u8).map(|c| b'a' + c).collect();
+            let mut spaced = key.clone();
+            spaced.extend_from_slice(b"\":0,\"zzzzzzzzzzzzzzzz");
+            let at_end = key_print(&key, 0, n);
+            assert_eq!(key_print(&spaced, 0, n), at_end, "{n} bytes");
+            if n > 0 {
+                assert_ne!(key_print(&key[..n - 1], 0, n - 1), at_end);
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::secret::Secret;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 
 /// One hash configuration (file defaults merged with a rule's overrides).
 #[derive(Clone)]
@@ -117,17 +118,21 @@ pub(crate) fn canonical(src: &str, tape: &[Tok], idx: usize, out: &mut Vec<u8>) 
     let t = tape[idx];
     match t.kind {
         Kind::Object => {
-            let mut members: Vec<(String, usize)> = Vec::new();
+            // Keys borrowed from the input unless escaped; a small object's
+            // members on the stack.
+            let mut members: smallvec::SmallVec<[(Cow<'_, str>, usize); 16]> =
+                smallvec::SmallVec::new();
             let mut i = idx + 1;
             while i < t.next as usize {
                 let k = tape[i];
-                let mut key = String::new();
                 let raw = &src[k.start as usize..k.end as usize];
-                if k.escaped {
+                let key = if k.escaped {
+                    let mut key = String::new();
                     unescape(raw, &mut key);
+                    Cow::Owned(key)
                 } else {
-                    key.push_str(raw);
-                }
+                    Cow::Borrowed(raw)
+                };
                 members.push((key, i + 1));
                 i = tape[i + 1].next as usize;
             }

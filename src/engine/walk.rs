@@ -431,26 +431,28 @@ impl<T: Trace> Walker<'_, T> {
             return matches!(test, CTest::Exists(false));
         };
         let t = self.tape[node];
-        let text = |w: &Self| {
-            let raw = w.raw(t);
+        // The string's text: its bytes as they are unless escaped.
+        let src = self.src;
+        let text = move || {
+            let raw = &src[t.start as usize..t.end as usize];
             if t.escaped {
                 let mut s = String::new();
                 unescape(raw, &mut s);
-                s
+                std::borrow::Cow::Owned(s)
             } else {
-                raw.to_string()
+                std::borrow::Cow::Borrowed(raw)
             }
         };
         match test {
             CTest::Exists(e) => *e,
-            CTest::Regex(re) => t.kind == Kind::String && re.is_match(&text(self)),
+            CTest::Regex(re) => t.kind == Kind::String && re.is_match(&text()),
             CTest::OneOf(lits) => lits.iter().any(|lit| match (lit, t.kind) {
                 (Literal::Null, Kind::Null) => true,
                 (Literal::Bool(true), Kind::True) | (Literal::Bool(false), Kind::False) => true,
                 (Literal::Number(n), Kind::Number) => {
                     self.raw(t).parse::<f64>().is_ok_and(|v| v == *n)
                 }
-                (Literal::String(s), Kind::String) => *s == text(self),
+                (Literal::String(s), Kind::String) => *s == text(),
                 _ => false,
             }),
         }

@@ -371,6 +371,42 @@ fn rule_counts_per_rule() {
 }
 
 #[test]
+fn a_duplicate_key_after_a_nested_object_with_the_same_key_is_refused() {
+    // The nested object's keys are checked between the outer object's two
+    // `b`s: the outer check must survive it, walked or copied, however the
+    // keys are spelled; and so must a rename's collision check.
+    let every = rules("  - { id: d, action: drop, fields: [phone] }\n");
+    let top = rules("  - { id: d, action: drop, paths: [traits.phone] }\n");
+    for doc in [
+        r#"{"traits":{"b":0,"a":{"b":1},"b":2}}"#,
+        r#"{"traits":{"b":0,"a":{"\u0062":1},"b":2}}"#,
+        r#"{"traits":{"b":0,"a":[{"b":1}],"\u0062":2}}"#,
+        r#"{"b":0,"a":{"c":{"b":1}},"b":2}"#,
+    ] {
+        assert_eq!(run(&every, doc), Err("duplicate_key"), "{doc}");
+        assert_eq!(run(&top, doc), Err("duplicate_key"), "{doc}");
+    }
+    let renames = rules("  - { id: k, action: hash, fields: [phone], rename: \"{key}_hash\" }\n");
+    assert_eq!(
+        run(
+            &renames,
+            r#"{"phone":"1","a":{"phone_hash":"x"},"phone_hash":"y"}"#
+        ),
+        Err("rename_collision")
+    );
+    assert_eq!(
+        run(
+            &renames,
+            r#"{"phone_hash":"y","a":{"phone":"1"},"phone":"2"}"#
+        ),
+        Err("rename_collision")
+    );
+    // Same keys at different levels are fine.
+    let fine = r#"{"phone":"1","a":{"phone":"2","b":{"phone":"3"}},"b":{"phone_hash":"x"}}"#;
+    assert!(run(&renames, fine).is_ok());
+}
+
+#[test]
 fn untouched_subtrees_come_out_byte_for_byte_and_still_refuse_duplicate_keys() {
     // Only a path rule: `context` and `properties` are reached by nothing,
     // so the walk copies them whole; the checks it would make still hold.

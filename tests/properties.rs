@@ -2,7 +2,9 @@
 //! - no key a `drop` rule names survives, at any depth, under any spelling;
 //! - no raw value of a hashed field appears anywhere in the output;
 //! - output is valid JSON, and the same input gives the same bytes;
-//! - the tokenizer accepts exactly what serde_json accepts.
+//! - the tokenizer accepts exactly what serde_json accepts;
+//! - an object with the same key twice (however spelled in JSON) is a dead
+//!   letter at any depth, in a subtree the rules walk or one copied whole.
 
 mod common;
 use event_sanitizer::engine::{DeadLetterReason, Scratch};
@@ -176,4 +178,106 @@ proptest! {
         let ours_syntax_ok = !matches!(ours, Err(DeadLetterReason::InvalidJson { .. }) | Err(DeadLetterReason::Empty));
         prop_assert_eq!(ours_syntax_ok, serde_ok, "input {}", text);
     }
+
+    #[test]
+    fn duplicate_keys_are_refused_walked_or_copied(
+        traits in keyed_tree(),
+        context in keyed_tree(),
+        spaced in any::<bool>(),
+    ) {
+        // Only `traits` is walked by a path rule; `context` is copied whole
+        // (and everything is with no rules at all).
+        let walked = common::compile(
+            "version: 1\nname: t\nrules:\n  - { id: d, action: drop, paths: [traits.phone] }\n",
+        );
+        let copied = common::compile("version: 1\nname: t\nrules: []\n");
+        // A field rule walks every object.
+        let every = common::compile(
+            "version: 1\nname: t\nrules:\n  - { id: d, action: drop, fields: [phone] }\n",
+        );
+        let sep = if spaced { ", " } else { "," };
+        let input = format!(
+            "{{\"type\":\"identify\"{sep}\"traits\":{}{sep}\"context\":{}}}",
+            traits.text(sep),
+            context.text(sep)
+        );
+        let dup = traits.has_duplicate() || context.has_duplicate();
+        for s in [&walked, &copied, &every] {
+            let got = common::run(s, &input);
+            if dup {
+                prop_assert_eq!(got, Err("duplicate_key"), "{}", input);
+            } else {
+                prop_assert!(got.is_ok(), "{:?} for {}", got, input);
+            }
+        }
+    }
+}
+
+/// Key spellings: raw JSON text and what it decodes to. Escapes spell keys
+/// that are also there plainly; long keys share their first 16 bytes.
+const KEYS: &[(&str, &str)] = &[
+    ("a", "a"),
+    ("b", "b"),
+    ("\\u0061", "a"),
+    ("ab", "ab"),
+    ("ba", "ba"),
+    ("\\u0062", "b"),
+    ("a_long_key_name_one", "a_long_key_name_one"),
+    ("a_long_key_name_two", "a_long_key_name_two"),
+    ("a_long_key_name_on\\u0065", "a_long_key_name_one"),
+    ("k", "k"),
+];
+
+/// A JSON value whose objects draw their keys from [`KEYS`].
+#[derive(Clone, Debug)]
+enum Keyed {
+    Leaf(u8),
+    Object(Vec<(usize, Keyed)>),
+    Array(Vec<Keyed>),
+}
+
+impl Keyed {
+    fn text(&self, sep: &str) -> String {
+        match self {
+            Keyed::Leaf(n) => n.to_string(),
+            Keyed::Object(m) => {
+                let members: Vec<String> = m
+                    .iter()
+                    .map(|(k, v)| format!("\"{}\":{}", KEYS[*k].0, v.text(sep)))
+                    .collect();
+                format!("{{{}}}", members.join(sep))
+            }
+            Keyed::Array(a) => {
+                let items: Vec<String> = a.iter().map(|v| v.text(sep)).collect();
+                format!("[{}]", items.join(sep))
+            }
+        }
+    }
+
+    fn has_duplicate(&self) -> bool {
+        match self {
+            Keyed::Leaf(_) => false,
+            Keyed::Object(m) => {
+                let mut seen = std::collections::HashSet::new();
+                m.iter().any(|(k, _)| !seen.insert(KEYS[*k].1))
+                    || m.iter().any(|(_, v)| v.has_duplicate())
+            }
+            Keyed::Array(a) => a.iter().any(Keyed::has_duplicate),
+        }
+    }
+}
+
+fn keyed_tree() -> impl Strategy<Value = Keyed> {
+    let leaf = any::<u8>().prop_map(Keyed::Leaf);
+    leaf.prop_recursive(4, 40, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec((0..KEYS.len(), inner.clone()), 0..6).prop_map(Keyed::Object),
+            prop::collection::vec(inner, 0..4).prop_map(Keyed::Array),
+        ]
+    })
+    .prop_map(|v| match v {
+        // `traits` and `context` are objects.
+        Keyed::Object(_) => v,
+        other => Keyed::Object(vec![(9, other)]),
+    })
 }

@@ -23,7 +23,8 @@ struct KeyClass {
     within_values: u64,
     hits_start: u32,
     hits_len: u32,
-    /// Object serial << 1 | renamed: detects duplicate keys in O(1).
+    /// The serial of the last object whose keys included this class:
+    /// detects duplicate keys in O(1) within one pass over an object's keys.
     stamp: u64,
 }
 
@@ -48,6 +49,9 @@ pub(crate) struct Work {
     serial: u64,
     pub counts: Vec<u64>,
     keybuf: String,
+    /// The key classes of the objects being walked, outermost first: each
+    /// object's keys, then the names it renamed keys to (for collisions).
+    object_classes: Vec<u32>,
     /// A renamed key as written.
     renamed: String,
     strbuf: String,
@@ -156,6 +160,7 @@ pub(crate) fn run<T: Trace>(
 ) -> Result<(), DeadLetterReason> {
     out.clear();
     w.placed.clear();
+    w.object_classes.clear();
     w.call_root = usize::MAX;
     let c = &s.c;
     if input.iter().all(u8::is_ascii_whitespace) {
@@ -712,12 +717,13 @@ impl<T: Trace> Walker<'_, T> {
         self.out.extend_from_slice(b"\":");
     }
 
-    /// Writes the renamed key of a hashed member; detects collisions.
+    /// Writes the renamed key of a hashed member of the object whose
+    /// classes start at `keys` in `object_classes`; detects collisions.
     fn write_renamed(
         &mut self,
         raw: &str,
         rule: u16,
-        serial: u64,
+        keys: usize,
     ) -> Result<Option<String>, DeadLetterReason> {
         let Some((before, after, has_key)) = &self.c.rules[rule as usize].rename else {
             self.write_key(raw);
@@ -737,11 +743,12 @@ impl<T: Trace> Walker<'_, T> {
                 .expect("a rename's parts and keys are text"),
         );
         self.out.extend_from_slice(b"\":");
-        let class = self.classify(&name, name.contains('\\')) as usize;
-        let stamp = self.w.classes[class].stamp;
-        let collision = stamp >> 1 == serial;
+        // A collision: the object has a key of the same class, or renamed
+        // another to one (its classes from `keys` on).
+        let class = self.classify(&name, name.contains('\\'));
+        let collision = self.w.object_classes[keys..].contains(&class);
         if !collision {
-            self.w.classes[class].stamp = serial << 1 | 1;
+            self.w.object_classes.push(class);
         }
         let path = (T::ON && !collision).then(|| {
             let mut decoded = String::new();
@@ -767,10 +774,22 @@ impl<T: Trace> Walker<'_, T> {
         batch: Option<usize>,
     ) -> Result<(), DeadLetterReason> {
         let end = self.tape[idx].next as usize;
+        // Every key classified and checked for duplicates before any member
+        // is written: a nested object's check reuses the class stamps.
         self.w.serial += 1;
         let serial = self.w.serial;
+        let keys = self.w.object_classes.len();
+        let mut i = idx + 1;
+        while i < end {
+            let k = self.tape[i];
+            let class = self.classify(&self.src[k.start as usize..k.end as usize], k.escaped);
+            self.first_in_object(class, serial)?;
+            self.w.object_classes.push(class);
+            i = self.tape[i + 1].next as usize;
+        }
         self.out.push(b'{');
         let mut first = true;
+        let mut n = keys;
         let mut i = idx + 1;
         // The top-level object and a batch's calls record where their
         // members went.
@@ -781,8 +800,8 @@ impl<T: Trace> Walker<'_, T> {
             let vi = i + 1;
             let next = self.tape[vi].next as usize;
             let raw = &self.src[k.start as usize..k.end as usize];
-            let class = self.classify(raw, k.escaped);
-            self.first_in_object(class, serial)?;
+            let class = self.w.object_classes[n];
+            n += 1;
             let plen = self.path.len();
             if T::ON {
                 self.push_path_key(raw, k.escaped);
@@ -796,7 +815,7 @@ impl<T: Trace> Walker<'_, T> {
                 let container = matches!(self.tape[vi].kind, Kind::Object | Kind::Array);
                 let mut child = *inh;
                 let act = self.decide(Some(class), &mut child, clo, chi, container);
-                self.emit(vi, Some((raw, serial)), act, &child, clo, chi, &mut first)?;
+                self.emit(vi, Some((raw, keys)), act, &child, clo, chi, &mut first)?;
                 self.w.states.truncate(clo);
             }
             if T::ON {
@@ -814,6 +833,7 @@ impl<T: Trace> Walker<'_, T> {
             i = next;
         }
         self.out.push(b'}');
+        self.w.object_classes.truncate(keys);
         Ok(())
     }
 
@@ -901,7 +921,7 @@ impl<T: Trace> Walker<'_, T> {
     fn emit(
         &mut self,
         vi: usize,
-        key: Option<(&str, u64)>,
+        key: Option<(&str, usize)>,
         act: Act,
         child: &Inherit,
         clo: usize,
@@ -1114,24 +1134,20 @@ impl<T: Trace> Walker<'_, T> {
     }
 
     /// Marks key class `class` as seen in the object numbered `serial`;
-    /// a second sighting is a duplicate key (or, after a rename, the
-    /// renamed key's collision).
+    /// a second sighting is a duplicate key. Sound only within one pass
+    /// over an object's keys (a nested object takes a new serial).
     #[inline]
     fn first_in_object(&mut self, class: u32, serial: u64) -> Result<(), DeadLetterReason> {
         let stamp = &mut self.w.classes[class as usize].stamp;
-        if *stamp >> 1 == serial {
-            return Err(if *stamp & 1 == 1 {
-                DeadLetterReason::RenameCollision
-            } else {
-                DeadLetterReason::DuplicateKey
-            });
+        if *stamp == serial {
+            return Err(DeadLetterReason::DuplicateKey);
         }
-        *stamp = serial << 1;
+        *stamp = serial;
         Ok(())
     }
 
     #[inline]
-    fn copy(&mut self, key: Option<(&str, u64)>, t: Tok, first: &mut bool) {
+    fn copy(&mut self, key: Option<(&str, usize)>, t: Tok, first: &mut bool) {
         self.sep(first);
         let b = self.src.as_bytes();
         // The value's bytes, with a string's quotes.
@@ -1165,14 +1181,14 @@ impl<T: Trace> Walker<'_, T> {
     fn hash_member(
         &mut self,
         vi: usize,
-        key: Option<(&str, u64)>,
+        key: Option<(&str, usize)>,
         r: u16,
         first: &mut bool,
         note: Option<String>,
     ) -> Result<(), DeadLetterReason> {
         self.sep(first);
         let output = match key {
-            Some((raw, serial)) => self.write_renamed(raw, r, serial)?,
+            Some((raw, keys)) => self.write_renamed(raw, r, keys)?,
             None => None,
         };
         let t = self.tape[vi];

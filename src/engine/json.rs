@@ -261,7 +261,8 @@ struct Open {
     first_key: u32,
     /// One bit per key, picked by its fingerprint.
     bits: u64,
-    /// Marked `may_repeat`: its keys are no longer compared.
+    /// Marked `may_repeat` (by its keys or an object inside it): its keys
+    /// are no longer compared, the walk checks them.
     marked: bool,
 }
 
@@ -376,7 +377,8 @@ pub(crate) fn tokenize(
                     let may_repeat = t.may_repeat;
                     nest.open.pop();
                     nest.keys.truncate(first_key as usize);
-                    if let (true, Some(outer)) = (may_repeat, nest.open.last()) {
+                    if let (true, Some(outer)) = (may_repeat, nest.open.last_mut()) {
+                        outer.marked = true;
                         tape[outer.at as usize].may_repeat = true;
                     }
                     i += 1;
@@ -437,7 +439,7 @@ pub(crate) fn string_token(
 /// keys have equal prints; unequal ones with equal prints are told apart
 /// by their bytes.
 #[inline(always)]
-fn key_print(b: &[u8], s: usize, e: usize) -> u64 {
+pub(crate) fn key_print(b: &[u8], s: usize, e: usize) -> u64 {
     let n = e - s;
     let head = match b.get(s..s + 8) {
         Some(w) => {

@@ -69,16 +69,6 @@ pub(crate) fn words(key: &[u8]) -> (u64, u64) {
     }
 }
 
-/// A 64-bit fingerprint of a key's raw text (its length and first 16
-/// bytes): equal keys have equal fingerprints; its top six bits pick one
-/// of 64 bits for a quick "seen before?" test.
-#[inline(always)]
-pub(crate) fn fingerprint(key: &[u8]) -> u64 {
-    let (w0, w1) = words(key);
-    (w0 ^ w1.rotate_left(23) ^ (key.len() as u64).rotate_left(47))
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
 impl KeyCache {
     /// Number of keys held.
     pub fn len(&self) -> usize {

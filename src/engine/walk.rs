@@ -1073,10 +1073,10 @@ impl<T: Trace> Walker<'_, T> {
     }
 
     /// Checks the keys of the object at `idx` for duplicates: objects of
-    /// up to 64 plain keys by a fingerprint of each (its length and first
-    /// 16 bytes) hashed to one of 64 bits, comparing bytes only where a
-    /// bit is hit twice; others through the key classes (which decode
-    /// escapes), as the walk does.
+    /// up to 64 plain keys by the tokenizer's fingerprint of each
+    /// ([`json::key_print`]) hashed to one of 64 bits, comparing bytes only
+    /// where a bit is hit twice; others through the key classes (which
+    /// decode escapes), as the walk does.
     fn unique_keys(&mut self, idx: usize) -> Result<(), DeadLetterReason> {
         const HASHED: usize = 64;
         let end = self.tape[idx].next as usize;
@@ -1098,7 +1098,7 @@ impl<T: Trace> Walker<'_, T> {
             let mut dup = false;
             for (n, k) in keys.iter().enumerate() {
                 let t = text(k);
-                let print = super::keycache::fingerprint(t);
+                let print = json::key_print(b, k.0 as usize, k.1 as usize);
                 let bit = 1u64 << (print >> 58);
                 if seen & bit != 0
                     && prints[..n]

@@ -7,12 +7,14 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     match parse(data) {
         Ok(r) => {
-            let shown = format!("{r:?}");
-            for id in [&r.user_id, &r.anonymous_id].into_iter().flatten() {
-                if id.len() > 3 && !"Request request_id action user_id anonymous_id redacted Delete Suppress Unsuppress".contains(id.as_str()) && !r.request_id.contains(id.as_str()) {
-                    assert!(!shown.contains(id.as_str()), "an id in Debug");
-                }
-            }
+            // `Debug` shows nothing of the ids: the same request with other
+            // ids prints the same text. (Looking for the id inside the text
+            // instead is wrong both ways: a short id can be part of the
+            // field names or of the escaped request id.)
+            let mut other = r.clone();
+            other.user_id = r.user_id.as_ref().map(|id| format!("{id}x"));
+            other.anonymous_id = r.anonymous_id.as_ref().map(|id| format!("x{id}"));
+            assert_eq!(format!("{r:?}"), format!("{other:?}"), "an id in Debug");
         }
         Err(e) => {
             let _ = e.code();

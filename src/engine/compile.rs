@@ -69,6 +69,9 @@ pub(crate) struct CRule {
     /// Values rules: detector indices, and this rule's bit.
     pub detectors: Vec<u16>,
     pub values_bit: Option<u8>,
+    /// Values rules whose detectors all look only at long digit runs: the
+    /// shortest such run ([`super::detect::may_run`]); 0 otherwise.
+    pub digit_gate: u8,
 }
 
 #[derive(Debug)]
@@ -386,6 +389,7 @@ impl Builder {
                 when: Vec::new(),
                 detectors: Vec::new(),
                 values_bit: None,
+                digit_gate: 0,
             };
             for cond in &r.when {
                 let path = cond.path.segments.iter().map(|s| match s {
@@ -456,6 +460,12 @@ impl Builder {
                     }
                     cr.detectors.push(d);
                 }
+                cr.digit_gate = cr
+                    .detectors
+                    .iter()
+                    .map(|&d| self.c.detectors[d as usize].digit_gate())
+                    .try_fold(u8::MAX, |g, d| Some(g.min(d?)))
+                    .unwrap_or(0);
                 for f in &r.except_fields {
                     self.c.values_keys.push((f.clone(), bit, false));
                 }

@@ -118,17 +118,27 @@ impl Detector {
         })
     }
 
+    /// The digit run ([`Stats::digit_run`]) below which this detector
+    /// finds nothing, for the detectors that look only at long runs.
+    pub fn digit_gate(&self) -> Option<u8> {
+        match self.kind {
+            DetectorKind::CreditCard => Some(CARD_RUN),
+            DetectorKind::UsSsn => Some(SSN_RUN),
+            _ => None,
+        }
+    }
+
     /// Appends every match in `s` to `out`, tagged with `id`. `stats` is
     /// computed once per string and shared by all detectors.
     pub fn find(&self, s: &str, stats: &mut Stats, id: u16, out: &mut Vec<Found>) {
         match &self.kind {
             DetectorKind::CreditCard => {
-                if stats.digit_run(s.as_bytes()) >= 13 {
+                if stats.digit_run(s.as_bytes()) >= CARD_RUN as usize {
                     find_cards(s.as_bytes(), id, out)
                 }
             }
             DetectorKind::UsSsn => {
-                if stats.digit_run(s.as_bytes()) >= 11 {
+                if stats.digit_run(s.as_bytes()) >= SSN_RUN as usize {
                     find_ssns(s.as_bytes(), id, out)
                 }
             }
@@ -225,6 +235,10 @@ impl Stats {
 }
 
 const RUN_CAP: usize = 16;
+/// The shortest digit runs a card number (13 digits) and an SSN (9 digits,
+/// 11 bytes written AAA-GG-SSSS) make.
+const CARD_RUN: u8 = 13;
+const SSN_RUN: u8 = 11;
 
 const LO7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
 const HI: u64 = 0x8080_8080_8080_8080;
@@ -265,6 +279,51 @@ fn masks(w: &[u8]) -> (u64, u64) {
         s |= ((c == b' ' || c == b'-') as u64) << (shift + i);
     }
     (d, s)
+}
+
+/// Whether the string `buf[s..e]` (no escapes) holds a digit run of
+/// `gate` bytes or more as [`Stats::digit_run`] measures it (`gate` in
+/// 9..=16), in the same 64-byte windows as [`longest_run`], whose masks
+/// come from whole eight-byte words read in place (the bytes after the
+/// string masked off): a few instructions per word, nothing per byte.
+#[inline]
+pub(crate) fn may_run(buf: &[u8], s: usize, e: usize, gate: u8) -> bool {
+    debug_assert!((9..=RUN_CAP as u8).contains(&gate));
+    if e - s < 11 {
+        return false;
+    }
+    let (mut digits, mut found) = (0, false);
+    let (mut start, mut counted) = (s, s);
+    loop {
+        let end = (start + 64).min(e);
+        let n = end - start;
+        let words = n.div_ceil(8) * 8;
+        let mut copy = [0u8; 64];
+        let w = match buf.get(start..start + words) {
+            Some(w) => w,
+            None => {
+                copy[..n].copy_from_slice(&buf[start..end]);
+                &copy[..words]
+            }
+        };
+        let (d, sep) = masks(w);
+        let keep = u64::MAX >> (64 - n);
+        let (d, sep) = (d & keep, sep & keep);
+        // Digits counted once: those past the previous window's end.
+        digits += (d >> (counted - start)).count_ones();
+        counted = end;
+        // Bit i of `r8`: bytes i..i + 8 are in a run; of the test: bytes
+        // i..i + gate are.
+        let x = d | (sep & (d << 1) & (d >> 1));
+        let r2 = x & (x >> 1);
+        let r4 = r2 & (r2 >> 2);
+        let r8 = r4 & (r4 >> 4);
+        found |= r8 & (r8 >> (gate - 8)) != 0;
+        if end == e {
+            return found && digits >= 9;
+        }
+        start = end - (RUN_CAP - 1);
+    }
 }
 
 fn longest_run(b: &[u8]) -> usize {
@@ -756,5 +815,51 @@ mod tests {
         assert!(find(Builtin::Iban, "GB82WEST12345698765433").is_empty());
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc_DEF-123";
         assert_eq!(find(Builtin::Jwt, &format!("Bearer {jwt}")), vec![jwt]);
+    }
+
+    #[test]
+    fn may_run_agrees_with_the_digit_run() {
+        // Strings made of digits, separators and letters, read at every
+        // offset of a buffer with more after them, and at its very end.
+        let alphabet = b"0123456789- -a.";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let n = (next() % 300) as usize;
+            let digits_only = next() % 3 == 0;
+            let text: Vec<u8> = (0..n)
+                .map(|_| {
+                    let r = next() as usize;
+                    if digits_only {
+                        b'0' + (r % 10) as u8
+                    } else {
+                        alphabet[r % alphabet.len()]
+                    }
+                })
+                .collect();
+            let run = Stats::default().digit_run(&text);
+            let pad = (next() % 70) as usize;
+            let mut buf = b"\"".to_vec();
+            buf.extend_from_slice(&text);
+            let at_end = buf.clone();
+            buf.extend(std::iter::repeat_n(b'7', pad));
+            for gate in [SSN_RUN, CARD_RUN, 9, 16] {
+                let want = run >= gate as usize;
+                for b in [&buf, &at_end] {
+                    let got = may_run(b, 1, 1 + n, gate);
+                    assert_eq!(
+                        got,
+                        want,
+                        "{:?} gate {gate}",
+                        String::from_utf8_lossy(&text)
+                    );
+                }
+            }
+        }
     }
 }

@@ -81,7 +81,7 @@ impl KeyCache {
         self.used = 0;
     }
 
-    #[inline]
+    #[inline(always)]
     fn hash(&self, key: &[u8], w0: u64, w1: u64) -> u64 {
         let mut h = mix(
             w0 ^ self.seed,
@@ -97,7 +97,7 @@ impl KeyCache {
         h | 1
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, key: &[u8]) -> Option<u32> {
         let (w0, w1) = words(key);
         let h = self.hash(key, w0, w1);

@@ -1245,6 +1245,28 @@ impl<T: Trace> Walker<'_, T> {
     /// content (escaped) is left in `w.strout`.
     fn scan(&mut self, t: Tok, mask: u64) -> StrAct {
         let c = self.c;
+        // Most strings are plainly no card and no SSN: when every rule
+        // reading here looks only for those, a string without a long digit
+        // run is passed at once.
+        if !t.escaped {
+            let mut gate = u8::MAX;
+            let mut bits = mask;
+            while bits != 0 {
+                let rule = &c.rules[c.values_rules[bits.trailing_zeros() as usize] as usize];
+                gate = gate.min(rule.digit_gate);
+                bits &= bits - 1;
+            }
+            if gate != 0
+                && !super::detect::may_run(
+                    self.src.as_bytes(),
+                    t.start as usize,
+                    t.end as usize,
+                    gate,
+                )
+            {
+                return StrAct::Plain;
+            }
+        }
         let raw = &self.src[t.start as usize..t.end as usize];
         let mut decoded = std::mem::take(&mut self.w.strbuf);
         let s: &str = if t.escaped {

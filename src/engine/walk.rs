@@ -815,7 +815,20 @@ impl<T: Trace> Walker<'_, T> {
                 let container = matches!(self.tape[vi].kind, Kind::Object | Kind::Array);
                 let mut child = *inh;
                 let act = self.decide(Some(class), &mut child, clo, chi, container);
-                self.emit(vi, Some((raw, keys)), act, &child, clo, chi, &mut first)?;
+                let t = self.tape[vi];
+                // The common case, in line: a number, literal or unread
+                // string passed as it came.
+                let plain = matches!(act, Act::Pass)
+                    && match t.kind {
+                        Kind::Object | Kind::Array => false,
+                        Kind::String => child.kept || self.reading(&child) == 0,
+                        _ => true,
+                    };
+                if plain {
+                    self.copy(Some((raw, keys)), t, &mut first);
+                } else {
+                    self.emit(vi, Some((raw, keys)), act, &child, clo, chi, &mut first)?;
+                }
                 self.w.states.truncate(clo);
             }
             if T::ON {

@@ -175,8 +175,14 @@ pub(crate) fn check(
     // The engine wrote `out` from validated JSON: only what the contract
     // reads is tokenized (the tokenizer checks it all in debug builds).
     #[cfg(debug_assertions)]
-    json::tokenize(out, usize::MAX, &mut Vec::new(), &mut Default::default())
-        .expect("the engine writes JSON");
+    json::tokenize(
+        out,
+        usize::MAX,
+        json::Marks::None,
+        &mut Vec::new(),
+        &mut Default::default(),
+    )
+    .expect("the engine writes JSON");
     let from_walk = match placed {
         Some(p) => from_walk(out, p, &mut w.tape, &mut w.text),
         None => Ok(false),

@@ -266,6 +266,15 @@ struct Open {
     marked: bool,
 }
 
+/// Whether [`tokenize`] marks the objects whose keys may repeat
+/// ([`Tok::may_repeat`]): only a walk that copies containers whole
+/// (without visiting their keys) reads the marks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Marks {
+    Repeats,
+    None,
+}
+
 /// Past this many keys an object is marked `may_repeat` rather than
 /// compared key by key here.
 const COMPARED_KEYS: usize = 64;
@@ -277,6 +286,7 @@ const COMPARED_KEYS: usize = 64;
 pub(crate) fn tokenize(
     b: &[u8],
     max_depth: usize,
+    marks: Marks,
     tape: &mut Vec<Tok>,
     nest: &mut Nesting,
 ) -> Result<bool, JsonError> {
@@ -301,7 +311,8 @@ pub(crate) fn tokenize(
                     at: tape.len() as u32,
                     first_key: nest.keys.len() as u32,
                     bits: 0,
-                    marked: false,
+                    // Not compared at all when nobody reads the marks.
+                    marked: marks == Marks::None,
                 });
                 tape.push(Tok {
                     kind: if is_obj { Kind::Object } else { Kind::Array },
@@ -775,7 +786,7 @@ mod tests {
     fn ok(s: &str) -> bool {
         let mut tape = Vec::new();
         let mut stack = Nesting::default();
-        tokenize(s.as_bytes(), 64, &mut tape, &mut stack).is_ok()
+        tokenize(s.as_bytes(), 64, Marks::Repeats, &mut tape, &mut stack).is_ok()
     }
 
     #[test]
@@ -790,7 +801,7 @@ mod tests {
             ("123", false),
         ] {
             let (mut tape, mut stack) = (Vec::new(), Nesting::default());
-            let ours = tokenize(n.as_bytes(), 64, &mut tape, &mut stack);
+            let ours = tokenize(n.as_bytes(), 64, Marks::Repeats, &mut tape, &mut stack);
             assert_eq!(
                 matches!(ours, Err(JsonError::NumberOutOfRange(0))),
                 refused,
@@ -948,7 +959,7 @@ mod tests {
         let (mut full, mut stack, mut sk) = (Vec::new(), Nesting::default(), Vec::new());
         for line in corpus.lines().chain(extra) {
             let b = line.as_bytes();
-            tokenize(b, 64, &mut full, &mut stack).unwrap();
+            tokenize(b, 64, Marks::Repeats, &mut full, &mut stack).unwrap();
             skim(b, &mut sk).unwrap();
             same(b, &full, &sk, 0, 0, Skim::Call);
         }
@@ -960,11 +971,11 @@ mod tests {
         let mut tape = Vec::new();
         let mut stack = Nesting::default();
         assert_eq!(
-            tokenize(deep.as_bytes(), 64, &mut tape, &mut stack),
+            tokenize(deep.as_bytes(), 64, Marks::Repeats, &mut tape, &mut stack),
             Err(JsonError::TooDeep)
         );
         let fine = "[".repeat(64) + &"]".repeat(64);
-        assert!(tokenize(fine.as_bytes(), 64, &mut tape, &mut stack).is_ok());
+        assert!(tokenize(fine.as_bytes(), 64, Marks::Repeats, &mut tape, &mut stack).is_ok());
     }
 
     #[test]
@@ -985,7 +996,7 @@ mod tests {
     fn objects_whose_keys_may_repeat_are_marked() {
         let marked = |s: &str| {
             let (mut tape, mut stack) = (Vec::new(), Nesting::default());
-            tokenize(s.as_bytes(), 64, &mut tape, &mut stack).unwrap();
+            tokenize(s.as_bytes(), 64, Marks::Repeats, &mut tape, &mut stack).unwrap();
             tape.iter()
                 .filter(|t| t.kind == Kind::Object)
                 .map(|t| t.may_repeat)
@@ -1010,7 +1021,14 @@ mod tests {
     fn tape_shape() {
         let mut tape = Vec::new();
         let mut stack = Nesting::default();
-        tokenize(br#"{"a":[1,"x"],"b":null}"#, 64, &mut tape, &mut stack).unwrap();
+        tokenize(
+            br#"{"a":[1,"x"],"b":null}"#,
+            64,
+            Marks::Repeats,
+            &mut tape,
+            &mut stack,
+        )
+        .unwrap();
         let kinds: Vec<Kind> = tape.iter().map(|t| t.kind).collect();
         use Kind::*;
         assert_eq!(

@@ -185,7 +185,15 @@ pub(crate) fn run<T: Trace>(
     };
     w.reset_for(c);
     let mut tape = std::mem::take(&mut w.tape);
-    let result = match json::tokenize(input, c.limits.max_depth, &mut tape, &mut w.nest) {
+    // A container is copied whole only when no rule names keys wherever
+    // they are ([`Walker::untouched`]); otherwise the walk visits every
+    // object and checks its keys itself.
+    let marks = if c.names_anywhere {
+        json::Marks::None
+    } else {
+        json::Marks::Repeats
+    };
+    let result = match json::tokenize(input, c.limits.max_depth, marks, &mut tape, &mut w.nest) {
         Err(JsonError::Syntax(offset)) => Err(DeadLetterReason::InvalidJson { offset }),
         Err(JsonError::NumberOutOfRange(offset)) => {
             Err(DeadLetterReason::NumberOutOfRange { offset })

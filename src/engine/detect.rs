@@ -222,9 +222,9 @@ impl Stats {
         if let Some(r) = self.run {
             return r;
         }
-        // Shorter than an SSN (11 bytes) or with fewer digits than one:
-        // no run worth measuring.
-        let r = if b.len() < 11 || self.digits(b) < 9 {
+        // Shorter than an SSN or with fewer digits than one: no run worth
+        // measuring.
+        let r = if b.len() < SSN_RUN as usize || self.digits(b) < SSN_DIGITS {
             0
         } else {
             longest_run(b)
@@ -239,6 +239,7 @@ const RUN_CAP: usize = 16;
 /// 11 bytes written AAA-GG-SSSS) make.
 const CARD_RUN: u8 = 13;
 const SSN_RUN: u8 = 11;
+const SSN_DIGITS: usize = 9;
 
 const LO7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
 const HI: u64 = 0x8080_8080_8080_8080;
@@ -328,7 +329,7 @@ fn masks64(w: &[u8; 64]) -> (u64, u64) {
 #[inline]
 pub(crate) fn may_run(buf: &[u8], s: usize, e: usize, gate: u8) -> bool {
     debug_assert!((9..=RUN_CAP as u8).contains(&gate));
-    if e - s < 11 {
+    if e - s < SSN_RUN as usize {
         return false;
     }
     let (mut digits, mut found) = (0, false);
@@ -358,7 +359,7 @@ pub(crate) fn may_run(buf: &[u8], s: usize, e: usize, gate: u8) -> bool {
         let r8 = r4 & (r4 >> 4);
         found |= r8 & (r8 >> (gate - 8)) != 0;
         if end == e {
-            return found && digits >= 9;
+            return found && digits as usize >= SSN_DIGITS;
         }
         start = end - (RUN_CAP - 1);
     }

@@ -829,7 +829,7 @@ impl<T: Trace> Walker<'_, T> {
                 let plain = matches!(act, Act::Pass)
                     && match t.kind {
                         Kind::Object | Kind::Array => false,
-                        Kind::String => child.kept || self.reading(&child) == 0,
+                        Kind::String => self.unread(&child),
                         _ => true,
                     };
                 if plain {
@@ -1019,7 +1019,7 @@ impl<T: Trace> Walker<'_, T> {
                         }
                         self.array(vi, clo, chi, child)?;
                     }
-                    Kind::String if !child.kept && self.reading(child) != 0 => {
+                    Kind::String if !self.unread(child) => {
                         match self.scan(t, self.reading(child)) {
                             StrAct::Plain => self.copy(key, t, first),
                             StrAct::Drop(r) => {
@@ -1056,6 +1056,12 @@ impl<T: Trace> Walker<'_, T> {
     #[inline]
     fn reading(&self, inh: &Inherit) -> u64 {
         inh.values & self.active_values & (!self.c.values_within | inh.context)
+    }
+
+    /// Whether no values rule reads a string here: kept, or none reading.
+    #[inline]
+    fn unread(&self, inh: &Inherit) -> bool {
+        inh.kept || self.reading(inh) == 0
     }
 
     /// Whether nothing can act anywhere inside a container whose states

@@ -10,6 +10,19 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 
+/// The two lowercase hex digits of every byte value: a digest is
+/// encoded one table read per byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = [HEX[b >> 4], HEX[b & 15]];
+        b += 1;
+    }
+    t
+};
+
 /// One hash configuration (file defaults merged with a rule's overrides).
 #[derive(Clone)]
 pub(crate) struct Hasher {
@@ -74,11 +87,9 @@ impl Hasher {
         let d = self.digest(data);
         match self.encoding {
             Encoding::Hex => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
                 let mut buf = [0u8; 64];
                 for (pair, byte) in buf.chunks_exact_mut(2).zip(d) {
-                    pair[0] = HEX[(byte >> 4) as usize];
-                    pair[1] = HEX[(byte & 15) as usize];
+                    pair.copy_from_slice(&HEX_PAIRS[byte as usize]);
                 }
                 out.extend_from_slice(&buf[..self.keep.min(64)]);
             }

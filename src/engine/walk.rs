@@ -257,6 +257,19 @@ impl<T: Trace> Walker<'_, T> {
         !self.c.has_when || (self.w.active[(rule >> 6) as usize] >> (rule & 63)) & 1 == 1
     }
 
+    /// The class of the key token `k` ([`Self::classify`] of its text):
+    /// a plain key is looked up by its bytes, with no `str` slicing.
+    #[inline]
+    fn classify_key(&mut self, k: Tok) -> u32 {
+        if !k.escaped {
+            let raw = &self.src.as_bytes()[k.start as usize..k.end as usize];
+            if let Some(c) = self.w.cache.get(raw) {
+                return c;
+            }
+        }
+        self.classify(&self.src[k.start as usize..k.end as usize], k.escaped)
+    }
+
     /// The class of a key spelling, computing it on first sight.
     #[inline]
     fn classify(&mut self, raw: &str, escaped: bool) -> u32 {
@@ -480,7 +493,7 @@ impl<T: Trace> Walker<'_, T> {
         let mut i = node + 1;
         while i < end {
             let k = self.tape[i];
-            let class = self.classify(&self.src[k.start as usize..k.end as usize], k.escaped);
+            let class = self.classify_key(k);
             if self.w.classes[class as usize].key_id == key_id {
                 return Some(i + 1);
             }
@@ -700,9 +713,10 @@ impl<T: Trace> Walker<'_, T> {
         self.trace.decision(d);
     }
 
-    fn push_path_key(&mut self, raw: &str, escaped: bool) {
+    fn push_path_key(&mut self, k: Tok) {
+        let raw = &self.src[k.start as usize..k.end as usize];
         let mut key = String::new();
-        if escaped {
+        if k.escaped {
             unescape(raw, &mut key);
         } else {
             key.push_str(raw);
@@ -719,9 +733,9 @@ impl<T: Trace> Walker<'_, T> {
     }
 
     #[inline]
-    fn write_key(&mut self, raw: &str) {
+    fn write_key(&mut self, raw: &[u8]) {
         self.out.push(b'"');
-        self.out.extend_from_slice(raw.as_bytes());
+        self.out.extend_from_slice(raw);
         self.out.extend_from_slice(b"\":");
     }
 
@@ -729,7 +743,7 @@ impl<T: Trace> Walker<'_, T> {
     /// classes start at `keys` in `object_classes`; detects collisions.
     fn write_renamed(
         &mut self,
-        raw: &str,
+        raw: &[u8],
         rule: u16,
         keys: usize,
     ) -> Result<Option<String>, DeadLetterReason> {
@@ -741,7 +755,7 @@ impl<T: Trace> Walker<'_, T> {
         self.out.push(b'"');
         self.out.extend_from_slice(before);
         if *has_key {
-            self.out.extend_from_slice(raw.as_bytes());
+            self.out.extend_from_slice(raw);
         }
         self.out.extend_from_slice(after);
         let mut name = std::mem::take(&mut self.w.renamed);
@@ -790,7 +804,7 @@ impl<T: Trace> Walker<'_, T> {
         let mut i = idx + 1;
         while i < end {
             let k = self.tape[i];
-            let class = self.classify(&self.src[k.start as usize..k.end as usize], k.escaped);
+            let class = self.classify_key(k);
             self.first_in_object(class, serial)?;
             self.w.object_classes.push(class);
             i = self.tape[i + 1].next as usize;
@@ -807,12 +821,12 @@ impl<T: Trace> Walker<'_, T> {
             let k = self.tape[i];
             let vi = i + 1;
             let next = self.tape[vi].next as usize;
-            let raw = &self.src[k.start as usize..k.end as usize];
+            let raw = &self.src.as_bytes()[k.start as usize..k.end as usize];
             let class = self.w.object_classes[n];
             n += 1;
             let plen = self.path.len();
             if T::ON {
-                self.push_path_key(raw, k.escaped);
+                self.push_path_key(k);
             }
             if Some(i) == batch {
                 self.batch(vi, &mut first)?;
@@ -824,12 +838,15 @@ impl<T: Trace> Walker<'_, T> {
                 let mut child = *inh;
                 let act = self.decide(Some(class), &mut child, clo, chi, container);
                 let t = self.tape[vi];
-                // The common case, in line: a number, literal or unread
-                // string passed as it came.
+                // The common case, in line: a number, literal, or string
+                // that no values rule reads or whose gate passes it,
+                // passed as it came.
                 let plain = matches!(act, Act::Pass)
                     && match t.kind {
                         Kind::Object | Kind::Array => false,
-                        Kind::String => self.unread(&child),
+                        Kind::String => {
+                            self.unread(&child) || self.gated_out(t, self.reading(&child))
+                        }
                         _ => true,
                     };
                 if plain {
@@ -942,7 +959,7 @@ impl<T: Trace> Walker<'_, T> {
     fn emit(
         &mut self,
         vi: usize,
-        key: Option<(&str, usize)>,
+        key: Option<(&[u8], usize)>,
         act: Act,
         child: &Inherit,
         clo: usize,
@@ -1147,7 +1164,7 @@ impl<T: Trace> Walker<'_, T> {
             let mut seen = Ok(());
             while i < end && seen.is_ok() {
                 let k = self.tape[i];
-                let class = self.classify(&self.src[k.start as usize..k.end as usize], k.escaped);
+                let class = self.classify_key(k);
                 seen = self.first_in_object(class, serial);
                 i = self.tape[i + 1].next as usize;
             }
@@ -1174,7 +1191,7 @@ impl<T: Trace> Walker<'_, T> {
     }
 
     #[inline]
-    fn copy(&mut self, key: Option<(&str, usize)>, t: Tok, first: &mut bool) {
+    fn copy(&mut self, key: Option<(&[u8], usize)>, t: Tok, first: &mut bool) {
         self.sep(first);
         let b = self.src.as_bytes();
         // The value's bytes, with a string's quotes.
@@ -1208,7 +1225,7 @@ impl<T: Trace> Walker<'_, T> {
     fn hash_member(
         &mut self,
         vi: usize,
-        key: Option<(&str, usize)>,
+        key: Option<(&[u8], usize)>,
         r: u16,
         first: &mut bool,
         note: Option<String>,
@@ -1268,31 +1285,33 @@ impl<T: Trace> Walker<'_, T> {
         Ok(())
     }
 
+    /// Whether the string `t` is passed as it came by the values rules
+    /// `mask` without running a detector. Most strings are plainly no card
+    /// and no SSN: when every rule reading here looks only for those, a
+    /// string without a long digit run is passed at once.
+    #[inline]
+    fn gated_out(&self, t: Tok, mask: u64) -> bool {
+        if t.escaped {
+            return false;
+        }
+        let c = self.c;
+        let mut gate = u8::MAX;
+        let mut bits = mask;
+        while bits != 0 {
+            let rule = &c.rules[c.values_rules[bits.trailing_zeros() as usize] as usize];
+            gate = gate.min(rule.digit_gate);
+            bits &= bits - 1;
+        }
+        gate != 0
+            && !super::detect::may_run(self.src.as_bytes(), t.start as usize, t.end as usize, gate)
+    }
+
     /// Runs the in-scope detectors over a string; on redaction the new
     /// content (escaped) is left in `w.strout`.
     fn scan(&mut self, t: Tok, mask: u64) -> StrAct {
         let c = self.c;
-        // Most strings are plainly no card and no SSN: when every rule
-        // reading here looks only for those, a string without a long digit
-        // run is passed at once.
-        if !t.escaped {
-            let mut gate = u8::MAX;
-            let mut bits = mask;
-            while bits != 0 {
-                let rule = &c.rules[c.values_rules[bits.trailing_zeros() as usize] as usize];
-                gate = gate.min(rule.digit_gate);
-                bits &= bits - 1;
-            }
-            if gate != 0
-                && !super::detect::may_run(
-                    self.src.as_bytes(),
-                    t.start as usize,
-                    t.end as usize,
-                    gate,
-                )
-            {
-                return StrAct::Plain;
-            }
+        if self.gated_out(t, mask) {
+            return StrAct::Plain;
         }
         let raw = &self.src[t.start as usize..t.end as usize];
         let mut decoded = std::mem::take(&mut self.w.strbuf);

@@ -153,6 +153,51 @@ fn every_call_has_an_identity() {
     }
 }
 
+/// The walk tells the contract which field each key of a call is; a key
+/// spelled with escapes, or renamed by a hash, is read from the output
+/// itself. Either way the contract reads the keys as they go out.
+#[test]
+fn fields_are_the_keys_as_they_go_out() {
+    let s = customerio();
+    // `type` and `userId` spelled with escapes are those fields.
+    assert!(run(
+        &s,
+        r#"{"\u0074ype":"track","user\u0049d":"u1","event":"E"}"#
+    )
+    .is_ok());
+    assert_eq!(
+        run(&s, r#"{"\u0074ype":"purchase","userId":"u1"}"#),
+        Err("contract.unknown_type")
+    );
+    // In a batch too, and the batch's own key.
+    assert!(run(
+        &s,
+        r#"{"b\u0061tch":[{"\u0074ype":"track","userId":"u1","event":"E"}]}"#
+    )
+    .is_ok());
+    assert_eq!(
+        run(
+            &s,
+            r#"{"batch":[{"type":"track","userId":"u1","event":"E"},{"type":"track","\u0075serId":"u1"}]}"#
+        ),
+        Err("contract.missing_event_name")
+    );
+    // A hashed key is the name it is renamed to: `user` renamed `userId`
+    // identifies the call; `userId` renamed `userId_hash` no longer does.
+    let renamed = |template: &str, field: &str| {
+        compile(&format!(
+            "version: 1\nname: t\nhash: {{ algorithm: sha256, rename: \"{template}\" }}\ndestination: {{ profile: customerio }}\nrules:\n  - {{ id: h, action: hash, fields: [{field}] }}\n"
+        ))
+    };
+    let page = |key: &str| format!(r#"{{"type":"page","{key}":"u1"}}"#);
+    assert!(run(&renamed("{key}Id", "user"), &page("user")).is_ok());
+    assert_eq!(
+        run(&renamed("{key}_hash", "userId"), &page("userId")),
+        Err("contract.missing_identity")
+    );
+    assert_eq!(run(&s, &page("user")), Err("contract.missing_identity"));
+}
+
 #[test]
 fn type_must_be_a_known_call() {
     let s = customerio();

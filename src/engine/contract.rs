@@ -6,7 +6,7 @@
 //! and redactions change sizes and can remove identifiers.
 
 use super::json::{self, members, Kind, Tok};
-use super::walk::Placed;
+use super::walk::{Placed, PlacedMember};
 use super::DeadLetterReason;
 use crate::rules::Destination;
 use smallvec::SmallVec;
@@ -164,16 +164,49 @@ fn find(tape: &[Tok], out: &str, obj: usize, name: &str, buf: &mut String) -> Op
         .map(|(_, v)| v)
 }
 
+/// What the contract reads a member of a call as, by its key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Field {
+    Type,
+    UserId,
+    AnonymousId,
+    Event,
+    Traits,
+    /// The envelope's calls (read at the top level only).
+    Batch,
+    #[default]
+    Other,
+}
+
+impl Field {
+    /// The field a key names (`key` decoded): a length test and a few
+    /// word compares.
+    pub(crate) fn of(key: &[u8]) -> Field {
+        match key {
+            b"type" => Field::Type,
+            b"userId" => Field::UserId,
+            b"anonymousId" => Field::AnonymousId,
+            b"event" => Field::Event,
+            b"traits" => Field::Traits,
+            b"batch" => Field::Batch,
+            _ => Field::Other,
+        }
+    }
+}
+
 /// Checks `out` (the sanitized message) and, when a batch is over the
 /// batch limit, rewrites `out` as several records that each fit.
+/// `placed` is where the walk wrote the members and calls: read from
+/// there when given and fitting (nothing tokenized), else from a skim of
+/// `out` (debug builds check that both give the same).
 pub(crate) fn check(
     d: &Destination,
     out: &mut Vec<u8>,
     placed: Option<&Placed>,
     w: &mut ContractWork,
 ) -> Result<Records, DeadLetterReason> {
-    // The engine wrote `out` from validated JSON: only what the contract
-    // reads is tokenized (the tokenizer checks it all in debug builds).
+    // The engine wrote `out` from validated JSON (the tokenizer checks it
+    // all in debug builds).
     #[cfg(debug_assertions)]
     json::tokenize(
         out,
@@ -183,21 +216,39 @@ pub(crate) fn check(
         &mut Default::default(),
     )
     .expect("the engine writes JSON");
-    let from_walk = match placed {
-        Some(p) => from_walk(out, p, &mut w.tape, &mut w.text),
-        None => Ok(false),
-    };
-    let read = match from_walk {
-        Ok(true) => Ok(()),
-        _ => json::skim(out, &mut w.tape),
+    #[cfg(debug_assertions)]
+    let skimmed = placed.map(|_| {
+        let mut copy = out.clone();
+        let r = by_skim(d, &mut copy, &mut ContractWork::default());
+        (r, copy)
+    });
+    let checked = match placed.and_then(|p| from_walk(d, out, p, w)) {
+        Some(r) => r,
+        None => by_skim(d, out, w),
     };
     #[cfg(debug_assertions)]
-    if from_walk == Ok(true) {
-        let mut skimmed = Vec::new();
-        json::skim(out, &mut skimmed).expect("the engine writes JSON");
-        assert_eq!(w.tape, skimmed, "the contract's tape from the walk's spans");
+    if let Some((r, copy)) = skimmed {
+        assert_eq!(
+            checked, r,
+            "the contract from the walk's spans and from a skim"
+        );
+        if checked.is_ok() {
+            assert!(
+                *out == copy,
+                "the records from the walk's spans and from a skim"
+            );
+        }
     }
-    read.map_err(|e| {
+    checked
+}
+
+/// [`check`] from a skim of `out`: the tokens of its calls.
+fn by_skim(
+    d: &Destination,
+    out: &mut Vec<u8>,
+    w: &mut ContractWork,
+) -> Result<Records, DeadLetterReason> {
+    json::skim(out, &mut w.tape).map_err(|e| {
         // Cannot happen (the sanitizer writes JSON); fail closed if it does.
         DeadLetterReason::InvalidJson {
             offset: match e {
@@ -226,6 +277,174 @@ pub(crate) fn check(
         i = t.next as usize;
         index += 1;
     }
+    let (open, close) = (tape[batch].start as usize + 1, tape[batch].end as usize - 1);
+    split(d, out, &elems, open, close, w)
+}
+
+/// [`check`] from where the walk placed the top-level members and a
+/// batch's calls and their members: each member's field known from its
+/// key as the walk wrote it (a renamed or escaped key read in place), the
+/// values the contract checks read in place, nothing else read. `None`
+/// when the spans do not fit what is there.
+fn from_walk(
+    d: &Destination,
+    out: &mut Vec<u8>,
+    placed: &Placed,
+    w: &mut ContractWork,
+) -> Option<Result<Records, DeadLetterReason>> {
+    if !out.starts_with(b"{") || !out.ends_with(b"}") {
+        return None;
+    }
+    // The first `batch` member, as a skim finds it.
+    let mut batch = None;
+    for m in &placed.members {
+        let (field, value) = read_member(out, m, &mut w.text)?;
+        if field == Field::Batch {
+            batch = Some((value, m.end as usize));
+            break;
+        }
+    }
+    let Ok(src) = simdutf8::basic::from_utf8(out) else {
+        return Some(Err(DeadLetterReason::InvalidUtf8 { offset: 0 }));
+    };
+    let Some((open, end)) = batch.filter(|&(v, _)| out[v] == b'[') else {
+        let r = call_at(d, src, 0, out.len(), &placed.members, None, w)?;
+        return Some(r.map(|()| Records::default()));
+    };
+    // The calls must fill the array exactly, one comma between them.
+    let mut at = open + 1;
+    for (n, c) in placed.calls.iter().enumerate() {
+        if n > 0 {
+            if out.get(at) != Some(&b',') {
+                return None;
+            }
+            at += 1;
+        }
+        if c.start as usize != at {
+            return None;
+        }
+        at = c.end as usize;
+    }
+    if at + 1 != end || out.get(at) != Some(&b']') {
+        return None;
+    }
+    let mut elems: SmallVec<[(usize, usize); 16]> = SmallVec::new();
+    for (index, c) in placed.calls.iter().enumerate() {
+        let first = c.first as usize;
+        let members = placed.call_members.get(first..first + c.len as usize)?;
+        let (start, stop) = (c.start as usize, c.end as usize);
+        if let Err(e) = call_at(d, src, start, stop, members, Some(index), w)? {
+            return Some(Err(e));
+        }
+        elems.push((start, stop));
+    }
+    Some(split(d, out, &elems, open + 1, end - 1, w))
+}
+
+/// The field of member `m` of `out` and where its value starts; `None`
+/// when its span does not fit.
+fn read_member(out: &[u8], m: &PlacedMember, buf: &mut String) -> Option<(Field, usize)> {
+    let (start, end, key_end) = (m.start as usize, m.end as usize, m.key_end as usize);
+    if out.get(start) != Some(&b'"') {
+        return None;
+    }
+    if key_end != 0 {
+        // Written as it came: `"key":value`.
+        if out.get(key_end) != Some(&b'"')
+            || out.get(key_end + 1) != Some(&b':')
+            || key_end + 2 >= end
+        {
+            return None;
+        }
+        return Some((m.field, key_end + 2));
+    }
+    let (kend, escaped) = json::scan_string(out, start).ok()?;
+    let key: &[u8] = if escaped {
+        buf.clear();
+        json::unescape(std::str::from_utf8(&out[start + 1..kend]).ok()?, buf);
+        buf.as_bytes()
+    } else {
+        &out[start + 1..kend]
+    };
+    let field = Field::of(key);
+    let colon = json::skip_ws(out, kend + 1);
+    if out.get(colon) != Some(&b':') {
+        return None;
+    }
+    let value = json::skip_ws(out, colon + 1);
+    (value < end).then_some((field, value))
+}
+
+/// The token of the value at `start..end` of `out` (as a skim gives it:
+/// a string between its quotes, escaped when it has a backslash); `None`
+/// when it does not fit.
+fn value_token(out: &[u8], start: usize, end: usize) -> Option<Tok> {
+    let (kind, s, e) = match out.get(start)? {
+        b'"' if end >= start + 2 && out.get(end - 1) == Some(&b'"') => {
+            (Kind::String, start + 1, end - 1)
+        }
+        b'"' => return None,
+        b'{' => (Kind::Object, start, end),
+        b'[' => (Kind::Array, start, end),
+        b't' => (Kind::True, start, end),
+        b'f' => (Kind::False, start, end),
+        b'n' => (Kind::Null, start, end),
+        _ => (Kind::Number, start, end),
+    };
+    Some(Tok {
+        kind,
+        escaped: kind == Kind::String && memchr::memchr(b'\\', &out[s..e]).is_some(),
+        may_repeat: false,
+        start: s as u32,
+        end: e as u32,
+        next: 0,
+    })
+}
+
+/// Checks the call at `start..end` of `out` whose members the walk
+/// placed at `members`; `None` when a span does not fit.
+fn call_at(
+    d: &Destination,
+    out: &str,
+    start: usize,
+    end: usize,
+    members: &[PlacedMember],
+    index: Option<usize>,
+    w: &mut ContractWork,
+) -> Option<Result<(), DeadLetterReason>> {
+    let b = out.as_bytes();
+    if b.get(start) != Some(&b'{') || end == 0 || b.get(end - 1) != Some(&b'}') {
+        return None;
+    }
+    let mut fields: SmallVec<[(Field, Tok); 8]> = SmallVec::new();
+    for m in members {
+        let (field, value) = read_member(b, m, &mut w.text)?;
+        if !matches!(field, Field::Other | Field::Batch) {
+            fields.push((field, value_token(b, value, m.end as usize)?));
+        }
+    }
+    Some(call_fields(
+        d,
+        out,
+        end - start,
+        &fields,
+        index,
+        &mut w.traits,
+        &mut w.text,
+    ))
+}
+
+/// Splits a batch whose calls are at `elems` of `out`, between `open` and
+/// `close` (the array's brackets exclusive), into records of at most
+/// `max_batch_bytes` each, every one with the envelope's other members.
+fn split(
+    d: &Destination,
+    out: &mut Vec<u8>,
+    elems: &[(usize, usize)],
+    open: usize,
+    close: usize,
+    w: &mut ContractWork,
+) -> Result<Records, DeadLetterReason> {
     let Some(max) = d.max_batch_bytes else {
         return Ok(Records::default());
     };
@@ -233,7 +452,6 @@ pub(crate) fn check(
         return Ok(Records::default());
     }
     // The envelope without its calls: `{<other members>,"batch":[]}`.
-    let (open, close) = (tape[batch].start as usize + 1, tape[batch].end as usize - 1);
     let head = &out[..open];
     let tail = &out[close..];
     let overhead = head.len() + tail.len();
@@ -275,155 +493,6 @@ pub(crate) fn check(
     Ok(Records { ends })
 }
 
-/// The contract's tape of a clean output from where the walk placed its
-/// top-level members (`placed.members`: from each key's quote to the end
-/// of its value) and a batch's calls: the same tape [`json::skim`] gives,
-/// each key read where it is, with the values the contract checks (see
-/// [`json::call_member`]); any other value is one token from its span,
-/// unread, and any object or array one token spanning it. `Ok(false)` when
-/// the spans do not fit what is there (then the output is skimmed).
-fn from_walk(
-    out: &[u8],
-    placed: &Placed,
-    tape: &mut Vec<Tok>,
-    name: &mut String,
-) -> Result<bool, json::JsonError> {
-    tape.clear();
-    if !out.starts_with(b"{") {
-        return Ok(false);
-    }
-    let fits = object_from(out, 0, out.len(), &placed.members, Some(placed), tape, name)?;
-    Ok(fits)
-}
-
-/// Pushes the object at `start..end` of `out`, whose members are
-/// `members`, and their tokens as [`json::skim`] reads a call (`batch`
-/// from `calls` when given, else refused). Returns whether the spans fit.
-fn object_from(
-    out: &[u8],
-    start: usize,
-    end: usize,
-    members: &[(u32, u32)],
-    calls: Option<&Placed>,
-    tape: &mut Vec<Tok>,
-    name: &mut String,
-) -> Result<bool, json::JsonError> {
-    if out.get(start) != Some(&b'{') || end == 0 || out.get(end - 1) != Some(&b'}') {
-        return Ok(false);
-    }
-    let obj = tape.len();
-    tape.push(Tok {
-        kind: Kind::Object,
-        escaped: false,
-        may_repeat: false,
-        start: start as u32,
-        end: end as u32,
-        next: 0,
-    });
-    for &(start, end) in members {
-        let (start, end) = (start as usize, end as usize);
-        if out.get(start) != Some(&b'"') {
-            return Ok(false);
-        }
-        let (kend, escaped) = json::string_token(out, start, tape)?;
-        let Some(how) = json::call_member(&out[start + 1..kend], escaped, name) else {
-            return Ok(false);
-        };
-        let v = json::skip_ws(out, json::skip_ws(out, kend + 1) + 1);
-        let after = match (out.get(v), how) {
-            (Some(b'['), json::Skim::Calls) => match calls {
-                Some(p) if calls_from(out, v, end, p, tape, name)? => end,
-                _ => return Ok(false),
-            },
-            (_, json::Skim::Calls) => json::skim_value(out, v, tape, json::Skim::Calls)?,
-            // Not read: its token from the span alone, nothing scanned.
-            (Some(&c), json::Skim::Skip) if end > v => {
-                let (kind, start, stop) = match c {
-                    b'"' => (Kind::String, v + 1, end - 1),
-                    b'{' => (Kind::Object, v, end),
-                    b'[' => (Kind::Array, v, end),
-                    b't' => (Kind::True, v, end),
-                    b'f' => (Kind::False, v, end),
-                    b'n' => (Kind::Null, v, end),
-                    _ => (Kind::Number, v, end),
-                };
-                tape.push(Tok {
-                    kind,
-                    escaped: false,
-                    may_repeat: false,
-                    start: start as u32,
-                    end: stop as u32,
-                    next: tape.len() as u32 + 1,
-                });
-                end
-            }
-            (Some(&c @ (b'{' | b'[')), _) => {
-                tape.push(Tok {
-                    kind: if c == b'{' { Kind::Object } else { Kind::Array },
-                    escaped: false,
-                    may_repeat: false,
-                    start: v as u32,
-                    end: end as u32,
-                    next: tape.len() as u32 + 1,
-                });
-                end
-            }
-            _ => json::skim_value(out, v, tape, json::Skim::Whole)?,
-        };
-        if after != end {
-            return Ok(false);
-        }
-    }
-    tape[obj].next = tape.len() as u32;
-    Ok(true)
-}
-
-/// Pushes the batch array at `open..end` of `out` and each call the walk
-/// placed in it; whether they fill it exactly (one comma between calls).
-fn calls_from(
-    out: &[u8],
-    open: usize,
-    end: usize,
-    placed: &Placed,
-    tape: &mut Vec<Tok>,
-    name: &mut String,
-) -> Result<bool, json::JsonError> {
-    let arr = tape.len();
-    tape.push(Tok {
-        kind: Kind::Array,
-        escaped: false,
-        may_repeat: false,
-        start: open as u32,
-        end: end as u32,
-        next: 0,
-    });
-    // Where the next call must start.
-    let mut at = open + 1;
-    for (n, call) in placed.calls.iter().enumerate() {
-        let (start, stop) = (call.start as usize, call.end as usize);
-        if n > 0 {
-            if out.get(at) != Some(&b',') {
-                return Ok(false);
-            }
-            at += 1;
-        }
-        let first = call.first as usize;
-        let Some(members) = placed.call_members.get(first..first + call.len as usize) else {
-            return Ok(false);
-        };
-        // A call's own `batch` is read by skimming (calls inside calls).
-        if start != at || !object_from(out, start, stop, members, None, tape, name)? {
-            return Ok(false);
-        }
-        at = stop;
-    }
-    if at + 1 != end || out.get(at) != Some(&b']') {
-        return Ok(false);
-    }
-    tape[arr].next = tape.len() as u32;
-    Ok(true)
-}
-
 /// Checks one call (the object at `obj`).
 fn call(
     d: &Destination,
@@ -441,7 +510,28 @@ fn call(
             index: index.unwrap_or(0),
         });
     }
+    let mut fields: SmallVec<[(Field, Tok); 8]> = SmallVec::new();
+    for (k, v) in members(tape, obj) {
+        let field = Field::of(text(out, &tape[k], buf).as_bytes());
+        if !matches!(field, Field::Other | Field::Batch) {
+            fields.push((field, tape[v]));
+        }
+    }
     let size = t.end as usize - t.start as usize;
+    call_fields(d, out, size, &fields, index, opened, buf)
+}
+
+/// Checks one call of `size` bytes whose members the contract reads are
+/// `fields` (in order, each with its value's token).
+fn call_fields(
+    d: &Destination,
+    out: &str,
+    size: usize,
+    fields: &[(Field, Tok)],
+    index: Option<usize>,
+    opened: &mut Vec<Tok>,
+    buf: &mut String,
+) -> Result<(), DeadLetterReason> {
     if let Some(max) = d.max_call_bytes {
         if size > max {
             return Err(violation(
@@ -452,28 +542,11 @@ fn call(
         }
     }
     let (mut ty, mut identified, mut event, mut traits) = (None, false, None, None);
-    for (k, v) in members(tape, obj) {
-        #[derive(PartialEq)]
-        enum Field {
-            Type,
-            UserId,
-            AnonymousId,
-            Event,
-            Traits,
-        }
-        let field = match text(out, &tape[k], buf) {
-            "type" => Field::Type,
-            "userId" => Field::UserId,
-            "anonymousId" => Field::AnonymousId,
-            "event" => Field::Event,
-            "traits" => Field::Traits,
-            _ => continue,
-        };
-        let val = &tape[v];
+    for &(field, val) in fields {
         match field {
-            Field::Type => ty = (val.kind == Kind::String).then_some(v),
-            Field::Event => event = Some(v),
-            Field::Traits => traits = Some(v),
+            Field::Type => ty = (val.kind == Kind::String).then_some(val),
+            Field::Event => event = Some(val),
+            Field::Traits => traits = Some(val),
             Field::UserId | Field::AnonymousId => {
                 let present = match val.kind {
                     Kind::String => val.end > val.start,
@@ -481,9 +554,9 @@ fn call(
                     _ => false,
                 };
                 identified |= present;
-                if let (Field::UserId, true, Some(max)) = (&field, present, d.max_id_chars) {
+                if let (Field::UserId, true, Some(max)) = (field, present, d.max_id_chars) {
                     let chars = if val.kind == Kind::String {
-                        text(out, val, buf).chars().count()
+                        text(out, &val, buf).chars().count()
                     } else {
                         (val.end - val.start) as usize
                     };
@@ -496,10 +569,11 @@ fn call(
                     }
                 }
             }
+            Field::Batch | Field::Other => {}
         }
     }
     let mut ty_buf = String::new();
-    let ty = ty.map(|v| text(out, &tape[v], &mut ty_buf));
+    let ty = ty.map(|v| text(out, &v, &mut ty_buf));
     if let Some(types) = &d.types {
         if !ty.is_some_and(|t| types.iter().any(|x| x == t)) {
             let detail = match ty {
@@ -515,17 +589,17 @@ fn call(
     let ty = ty.unwrap_or("");
     // `traits`, its members opened (at 0 of `opened`) only for an
     // identify call, the one the contract reads them for.
-    let traits = match traits.filter(|&v| tape[v].kind == Kind::Object) {
+    let traits = match traits.filter(|v: &Tok| v.kind == Kind::Object) {
         Some(v) if ty == "identify" => {
             opened.clear();
             json::skim_value(
                 out.as_bytes(),
-                tape[v].start as usize,
+                v.start as usize,
                 opened,
                 json::Skim::Members,
             )
             .map_err(|_| DeadLetterReason::InvalidJson {
-                offset: tape[v].start as usize,
+                offset: v.start as usize,
             })?;
             Some(0)
         }
@@ -548,8 +622,8 @@ fn call(
     }
     if ty == "track" {
         let name = event
-            .filter(|&v| tape[v].kind == Kind::String)
-            .map(|v| text(out, &tape[v], buf));
+            .filter(|v| v.kind == Kind::String)
+            .map(|v| text(out, &v, buf));
         let Some(name) = name.filter(|n| !n.trim().is_empty()) else {
             return Err(violation(
                 Limit::MissingEventName,

@@ -60,12 +60,15 @@ pub(crate) fn words(key: &[u8]) -> (u64, u64) {
         8 => (load8(0), 0),
         // Bytes 4..n are the top n - 4 bytes of the last four.
         4..=7 => (load4(0) | ((load4(n - 4) >> (8 * (8 - n))) << 32), 0),
-        _ => (
-            key.iter()
-                .enumerate()
-                .fold(0, |w, (i, &c)| w | (u64::from(c) << (8 * i))),
+        // One to three bytes: the first, middle and last (which overlap
+        // below three), each in its place.
+        1..=3 => (
+            u64::from(key[0])
+                | u64::from(key[n / 2]) << (8 * (n / 2))
+                | u64::from(key[n - 1]) << (8 * (n - 1)),
             0,
         ),
+        _ => (0, 0),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The walk: one pass over the tape, writing the clean message.
 
 use super::compile::{CTest, Compiled, Target};
+use super::contract::Field;
 use super::detect::Found;
 use super::explain::{Decision, Trace};
 use super::hash::canonical;
@@ -69,6 +70,10 @@ pub(crate) struct Work {
     /// The tape index of the batch call being walked (whose members go to
     /// `placed.call_members`); `usize::MAX` outside a batch.
     call_root: usize,
+    /// Where the last renamed key was written (its opening quote in the
+    /// output): a member of the top-level object or a call whose key is
+    /// there went out renamed.
+    renamed_at: usize,
 }
 
 /// Where the walk wrote the members of the clean top-level object and,
@@ -76,14 +81,47 @@ pub(crate) struct Work {
 /// these instead of tokenizing the output. Valid when `known`.
 #[derive(Default)]
 pub(crate) struct Placed {
-    /// Each top-level member, from its key's quote to the end of its
-    /// value.
-    pub members: Vec<(u32, u32)>,
+    /// Each top-level member.
+    pub members: Vec<PlacedMember>,
     /// Each call of the batch, in order.
     pub calls: Vec<PlacedCall>,
     /// The members of every call, as `members` (each call names its run).
-    pub call_members: Vec<(u32, u32)>,
+    pub call_members: Vec<PlacedMember>,
     pub known: bool,
+}
+
+/// One member of the top-level object or of a batch's call as the walk
+/// wrote it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PlacedMember {
+    /// From its key's quote to the end of its value.
+    pub start: u32,
+    pub end: u32,
+    /// Where its key's closing quote is, when the key went out as it came
+    /// in and has no escape (its value then starts two bytes on, after
+    /// `":`); 0 when the contract reads the key itself (renamed or
+    /// escaped).
+    pub key_end: u32,
+    /// What the contract reads the member as, by its key (when `key_end`
+    /// is known).
+    pub field: Field,
+}
+
+impl PlacedMember {
+    /// The member at `start..end` whose key `key` (between its quotes,
+    /// escaped as in the input when `escaped`) was written as it came.
+    fn written(start: u32, end: u32, key: &[u8], escaped: bool) -> PlacedMember {
+        let (key_end, field) = match escaped {
+            true => (0, Field::Other),
+            false => (start + 1 + key.len() as u32, Field::of(key)),
+        };
+        PlacedMember {
+            start,
+            end,
+            key_end,
+            field,
+        }
+    }
 }
 
 /// One call of a batch as the walk wrote it.
@@ -162,6 +200,7 @@ pub(crate) fn run<T: Trace>(
     w.placed.clear();
     w.object_classes.clear();
     w.call_root = usize::MAX;
+    w.renamed_at = usize::MAX;
     let c = &s.c;
     if input.iter().all(u8::is_ascii_whitespace) {
         return Err(DeadLetterReason::Empty);
@@ -259,7 +298,7 @@ impl<T: Trace> Walker<'_, T> {
 
     /// The class of the key token `k` ([`Self::classify`] of its text):
     /// a plain key is looked up by its bytes, with no `str` slicing.
-    #[inline]
+    #[inline(always)]
     fn classify_key(&mut self, k: Tok) -> u32 {
         if !k.escaped {
             let raw = &self.src.as_bytes()[k.start as usize..k.end as usize];
@@ -398,11 +437,17 @@ impl<T: Trace> Walker<'_, T> {
                 for (k, v) in json::members(self.tape, root) {
                     let (key, val) = (self.tape[k], self.tape[v]);
                     let end = val.end + u32::from(val.kind == Kind::String);
-                    let span = (key.start - 1 - base + at, end - base + at);
+                    let raw = &self.src.as_bytes()[key.start as usize..key.end as usize];
+                    let member = PlacedMember::written(
+                        key.start - 1 - base + at,
+                        end - base + at,
+                        raw,
+                        key.escaped,
+                    );
                     if root == 0 {
-                        self.w.placed.members.push(span);
+                        self.w.placed.members.push(member);
                     } else {
-                        self.w.placed.call_members.push(span);
+                        self.w.placed.call_members.push(member);
                     }
                 }
             }
@@ -752,22 +797,34 @@ impl<T: Trace> Walker<'_, T> {
             return Ok(None);
         };
         let start = self.out.len();
+        self.w.renamed_at = start;
         self.out.push(b'"');
         self.out.extend_from_slice(before);
         if *has_key {
             self.out.extend_from_slice(raw);
         }
         self.out.extend_from_slice(after);
+        let written = &self.out[start + 1..];
+        // The new key's class: a plain spelling seen before is found by its
+        // bytes; any other is decoded and classified as text.
+        let cached = match memchr::memchr(b'\\', written) {
+            None => self.w.cache.get(written),
+            Some(_) => None,
+        };
         let mut name = std::mem::take(&mut self.w.renamed);
         name.clear();
-        name.push_str(
-            std::str::from_utf8(&self.out[start + 1..])
-                .expect("a rename's parts and keys are text"),
-        );
+        if cached.is_none() || T::ON {
+            name.push_str(
+                std::str::from_utf8(written).expect("a rename's parts and keys are text"),
+            );
+        }
         self.out.extend_from_slice(b"\":");
         // A collision: the object has a key of the same class, or renamed
         // another to one (its classes from `keys` on).
-        let class = self.classify(&name, name.contains('\\'));
+        let class = match cached {
+            Some(class) => class,
+            None => self.classify(&name, name.contains('\\')),
+        };
         let collision = self.w.object_classes[keys..].contains(&class);
         if !collision {
             self.w.object_classes.push(class);
@@ -861,11 +918,22 @@ impl<T: Trace> Walker<'_, T> {
             }
             if (record || in_call) && self.out.len() > before {
                 let start = before + usize::from(self.out[before] == b',');
-                let span = (start as u32, self.out.len() as u32);
-                if record {
-                    self.w.placed.members.push(span);
+                let (start, end) = (start as u32, self.out.len() as u32);
+                // A renamed key is read by the contract.
+                let member = if self.w.renamed_at == start as usize {
+                    PlacedMember {
+                        start,
+                        end,
+                        key_end: 0,
+                        field: Field::Other,
+                    }
                 } else {
-                    self.w.placed.call_members.push(span);
+                    PlacedMember::written(start, end, raw, k.escaped)
+                };
+                if record {
+                    self.w.placed.members.push(member);
+                } else {
+                    self.w.placed.call_members.push(member);
                 }
             }
             i = next;
@@ -1190,7 +1258,7 @@ impl<T: Trace> Walker<'_, T> {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn copy(&mut self, key: Option<(&[u8], usize)>, t: Tok, first: &mut bool) {
         self.sep(first);
         let b = self.src.as_bytes();

@@ -298,6 +298,10 @@ fn from_walk(
     // The first `batch` member, as a skim finds it.
     let mut batch = None;
     for m in &placed.members {
+        // A key the walk named is not read here.
+        if m.key_end != 0 && m.field != Field::Batch {
+            continue;
+        }
         let (field, value) = read_member(out, m, &mut w.text)?;
         if field == Field::Batch {
             batch = Some((value, m.end as usize));
@@ -343,6 +347,7 @@ fn from_walk(
 
 /// The field of member `m` of `out` and where its value starts; `None`
 /// when its span does not fit.
+#[inline(always)]
 fn read_member(out: &[u8], m: &PlacedMember, buf: &mut String) -> Option<(Field, usize)> {
     let (start, end, key_end) = (m.start as usize, m.end as usize, m.key_end as usize);
     if out.get(start) != Some(&b'"') {

@@ -877,7 +877,8 @@ impl<T: Trace> Walker<'_, T> {
             let before = self.out.len();
             let k = self.tape[i];
             let vi = i + 1;
-            let next = self.tape[vi].next as usize;
+            let t = self.tape[vi];
+            let next = t.next as usize;
             let raw = &self.src.as_bytes()[k.start as usize..k.end as usize];
             let class = self.w.object_classes[n];
             n += 1;
@@ -891,10 +892,9 @@ impl<T: Trace> Walker<'_, T> {
                 let clo = self.w.states.len();
                 self.step_key(lo, hi, class);
                 let chi = self.w.states.len();
-                let container = matches!(self.tape[vi].kind, Kind::Object | Kind::Array);
+                let container = matches!(t.kind, Kind::Object | Kind::Array);
                 let mut child = *inh;
                 let act = self.decide(Some(class), &mut child, clo, chi, container);
-                let t = self.tape[vi];
                 // The common case, in line: a number, literal, or string
                 // that no values rule reads or whose gate passes it,
                 // passed as it came.

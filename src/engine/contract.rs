@@ -5,7 +5,7 @@
 //! It runs on the clean output, after every rule, because drops, hashes
 //! and redactions change sizes and can remove identifiers.
 
-use super::json::{self, members, Kind, Tok};
+use super::json::{self, members, Field, Kind, Tok};
 use super::walk::{Placed, PlacedMember};
 use super::DeadLetterReason;
 use crate::rules::Destination;
@@ -162,36 +162,6 @@ fn find(tape: &[Tok], out: &str, obj: usize, name: &str, buf: &mut String) -> Op
     members(tape, obj)
         .find(|&(k, _)| text(out, &tape[k], buf) == name)
         .map(|(_, v)| v)
-}
-
-/// What the contract reads a member of a call as, by its key.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum Field {
-    Type,
-    UserId,
-    AnonymousId,
-    Event,
-    Traits,
-    /// The envelope's calls (read at the top level only).
-    Batch,
-    #[default]
-    Other,
-}
-
-impl Field {
-    /// The field a key names (`key` decoded): a length test and a few
-    /// word compares.
-    pub(crate) fn of(key: &[u8]) -> Field {
-        match key {
-            b"type" => Field::Type,
-            b"userId" => Field::UserId,
-            b"anonymousId" => Field::AnonymousId,
-            b"event" => Field::Event,
-            b"traits" => Field::Traits,
-            b"batch" => Field::Batch,
-            _ => Field::Other,
-        }
-    }
 }
 
 /// Checks `out` (the sanitized message) and, when a batch is over the
@@ -364,14 +334,7 @@ fn read_member(out: &[u8], m: &PlacedMember, buf: &mut String) -> Option<(Field,
         return Some((m.field, key_end + 2));
     }
     let (kend, escaped) = json::scan_string(out, start).ok()?;
-    let key: &[u8] = if escaped {
-        buf.clear();
-        json::unescape(std::str::from_utf8(&out[start + 1..kend]).ok()?, buf);
-        buf.as_bytes()
-    } else {
-        &out[start + 1..kend]
-    };
-    let field = Field::of(key);
+    let field = Field::read(&out[start + 1..kend], escaped, buf)?;
     let colon = json::skip_ws(out, kend + 1);
     if out.get(colon) != Some(&b':') {
         return None;

@@ -703,23 +703,57 @@ fn skim_members(b: &[u8], open: usize, tape: &mut Vec<Tok>, how: Skim) -> Result
     }
 }
 
+/// What the delivery contract reads a member of a call as, by its key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Field {
+    Type,
+    UserId,
+    AnonymousId,
+    Event,
+    Traits,
+    /// The envelope's calls (read at the top level only).
+    Batch,
+    #[default]
+    Other,
+}
+
+impl Field {
+    /// The field a key names (`key` decoded): a length test and a few
+    /// word compares.
+    pub(crate) fn of(key: &[u8]) -> Field {
+        match key {
+            b"type" => Field::Type,
+            b"userId" => Field::UserId,
+            b"anonymousId" => Field::AnonymousId,
+            b"event" => Field::Event,
+            b"traits" => Field::Traits,
+            b"batch" => Field::Batch,
+            _ => Field::Other,
+        }
+    }
+
+    /// The field the key `raw` (between its quotes, decoded into `buf`
+    /// when `escaped`) names; `None` when an escaped key is not UTF-8.
+    pub(crate) fn read(raw: &[u8], escaped: bool, buf: &mut String) -> Option<Field> {
+        if !escaped {
+            return Some(Field::of(raw));
+        }
+        buf.clear();
+        unescape(std::str::from_utf8(raw).ok()?, buf);
+        Some(Field::of(buf.as_bytes()))
+    }
+}
+
 /// How a call's member is skimmed, by its key (`raw`, decoded into
 /// `buf` when `escaped`): `batch` holds calls; `type`, `userId`,
 /// `anonymousId`, `event` and `traits` are what the contract reads, each
 /// one token; the rest is skipped. `None` when an escaped key is not
 /// UTF-8.
 pub(crate) fn call_member(raw: &[u8], escaped: bool, buf: &mut String) -> Option<Skim> {
-    let key: &[u8] = if escaped {
-        buf.clear();
-        unescape(std::str::from_utf8(raw).ok()?, buf);
-        buf.as_bytes()
-    } else {
-        raw
-    };
-    Some(match key {
-        b"batch" => Skim::Calls,
-        b"type" | b"userId" | b"anonymousId" | b"event" | b"traits" => Skim::Whole,
-        _ => Skim::Skip,
+    Some(match Field::read(raw, escaped, buf)? {
+        Field::Batch => Skim::Calls,
+        Field::Other => Skim::Skip,
+        _ => Skim::Whole,
     })
 }
 

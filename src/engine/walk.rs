@@ -1,11 +1,10 @@
 //! The walk: one pass over the tape, writing the clean message.
 
 use super::compile::{CTest, Compiled, Target};
-use super::contract::Field;
 use super::detect::Found;
 use super::explain::{Decision, Trace};
 use super::hash::canonical;
-use super::json::{self, unescape, JsonError, Kind, Tok};
+use super::json::{self, unescape, Field, JsonError, Kind, Tok};
 use super::{DeadLetterReason, Sanitizer};
 use crate::rules::Literal;
 
@@ -111,15 +110,25 @@ impl PlacedMember {
     /// The member at `start..end` whose key `key` (between its quotes,
     /// escaped as in the input when `escaped`) was written as it came.
     fn written(start: u32, end: u32, key: &[u8], escaped: bool) -> PlacedMember {
-        let (key_end, field) = match escaped {
-            true => (0, Field::Other),
-            false => (start + 1 + key.len() as u32, Field::of(key)),
-        };
+        if escaped {
+            return PlacedMember::unread(start, end);
+        }
         PlacedMember {
             start,
             end,
-            key_end,
-            field,
+            key_end: start + 1 + key.len() as u32,
+            field: Field::of(key),
+        }
+    }
+
+    /// The member at `start..end` whose key the contract reads itself
+    /// (renamed or escaped).
+    fn unread(start: u32, end: u32) -> PlacedMember {
+        PlacedMember {
+            start,
+            end,
+            key_end: 0,
+            field: Field::Other,
         }
     }
 }
@@ -921,12 +930,7 @@ impl<T: Trace> Walker<'_, T> {
                 let (start, end) = (start as u32, self.out.len() as u32);
                 // A renamed key is read by the contract.
                 let member = if self.w.renamed_at == start as usize {
-                    PlacedMember {
-                        start,
-                        end,
-                        key_end: 0,
-                        field: Field::Other,
-                    }
+                    PlacedMember::unread(start, end)
                 } else {
                     PlacedMember::written(start, end, raw, k.escaped)
                 };

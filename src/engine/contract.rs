@@ -361,7 +361,7 @@ fn value_token(out: &[u8], start: usize, end: usize) -> Option<Tok> {
     };
     Some(Tok {
         kind,
-        escaped: kind == Kind::String && memchr::memchr(b'\\', &out[s..e]).is_some(),
+        escaped: kind == Kind::String && json::has_backslash(&out[s..e]),
         may_repeat: false,
         start: s as u32,
         end: e as u32,

@@ -77,7 +77,8 @@ pub(crate) struct Work {
 
 /// Where the walk wrote the members of the clean top-level object and,
 /// for a batch, each call and its members: the delivery contract reads
-/// these instead of tokenizing the output. Valid when `known`.
+/// these instead of tokenizing the output. Valid when `known`; members
+/// are recorded only under rules with a contract (`destination`).
 #[derive(Default)]
 pub(crate) struct Placed {
     /// Each top-level member.
@@ -439,7 +440,8 @@ impl<T: Trace> Walker<'_, T> {
         let r = if batch.is_none() && self.untouched(lo, hi, &inh) {
             let at = self.out.len() as u32;
             let r = self.verbatim(root);
-            if (root == 0 || root == self.w.call_root) && r.is_ok() {
+            if (root == 0 || root == self.w.call_root) && r.is_ok() && self.c.destination.is_some()
+            {
                 // Copied as it came: the members are where the input has
                 // them, moved to where the copy starts.
                 let base = self.tape[root].start;
@@ -816,9 +818,10 @@ impl<T: Trace> Walker<'_, T> {
         let written = &self.out[start + 1..];
         // The new key's class: a plain spelling seen before is found by its
         // bytes; any other is decoded and classified as text.
-        let cached = match memchr::memchr(b'\\', written) {
-            None => self.w.cache.get(written),
-            Some(_) => None,
+        let cached = if json::has_backslash(written) {
+            None
+        } else {
+            self.w.cache.get(written)
         };
         let mut name = std::mem::take(&mut self.w.renamed);
         name.clear();
@@ -880,8 +883,9 @@ impl<T: Trace> Walker<'_, T> {
         let mut n = keys;
         let mut i = idx + 1;
         // The top-level object and a batch's calls record where their
-        // members went.
-        let (record, in_call) = (idx == 0, idx == self.w.call_root);
+        // members went, for a delivery contract to read.
+        let placing = self.c.destination.is_some();
+        let (record, in_call) = (placing && idx == 0, placing && idx == self.w.call_root);
         while i < end {
             let before = self.out.len();
             let k = self.tape[i];

@@ -81,11 +81,12 @@ pub(crate) struct Work {
 /// are recorded only under rules with a contract (`destination`).
 #[derive(Default)]
 pub(crate) struct Placed {
-    /// Each top-level member.
+    /// Each top-level member the contract reads ([`PlacedMember::read`]).
     pub members: Vec<PlacedMember>,
     /// Each call of the batch, in order.
     pub calls: Vec<PlacedCall>,
-    /// The members of every call, as `members` (each call names its run).
+    /// The members of every call the contract reads, as `members` (each
+    /// call names its run).
     pub call_members: Vec<PlacedMember>,
     pub known: bool,
 }
@@ -122,6 +123,13 @@ impl PlacedMember {
         }
     }
 
+    /// Whether the contract reads anything of this member: its key
+    /// (renamed or escaped) or the value of a field it checks. The others
+    /// are not recorded.
+    fn read(&self) -> bool {
+        self.key_end == 0 || self.field != Field::Other
+    }
+
     /// The member at `start..end` whose key the contract reads itself
     /// (renamed or escaped).
     fn unread(start: u32, end: u32) -> PlacedMember {
@@ -145,6 +153,20 @@ pub(crate) struct PlacedCall {
 }
 
 impl Placed {
+    /// Records a member of the top-level object (`top`) or of the call
+    /// being walked, if the contract reads it.
+    #[inline]
+    fn place(&mut self, member: PlacedMember, top: bool) {
+        if !member.read() {
+            return;
+        }
+        if top {
+            self.members.push(member);
+        } else {
+            self.call_members.push(member);
+        }
+    }
+
     fn clear(&mut self) {
         self.members.clear();
         self.calls.clear();
@@ -455,11 +477,7 @@ impl<T: Trace> Walker<'_, T> {
                         raw,
                         key.escaped,
                     );
-                    if root == 0 {
-                        self.w.placed.members.push(member);
-                    } else {
-                        self.w.placed.call_members.push(member);
-                    }
+                    self.w.placed.place(member, root == 0);
                 }
             }
             r
@@ -938,11 +956,7 @@ impl<T: Trace> Walker<'_, T> {
                 } else {
                     PlacedMember::written(start, end, raw, k.escaped)
                 };
-                if record {
-                    self.w.placed.members.push(member);
-                } else {
-                    self.w.placed.call_members.push(member);
-                }
+                self.w.placed.place(member, record);
             }
             i = next;
         }

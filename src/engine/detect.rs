@@ -5,6 +5,7 @@
 //! bytes; card numbers and SSNs are found by hand-written scanners that
 //! also do the checks a regex cannot (Luhn, SSN area rules).
 
+use super::swar::{zero_bytes, HI, LO7, ONES};
 use crate::rules::{Builtin, DetectorSpec};
 use regex::Regex;
 
@@ -240,17 +241,6 @@ const RUN_CAP: usize = 16;
 const CARD_RUN: u8 = 13;
 const SSN_RUN: u8 = 11;
 const SSN_DIGITS: usize = 9;
-
-const LO7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
-const HI: u64 = 0x8080_8080_8080_8080;
-const ONES: u64 = 0x0101_0101_0101_0101;
-
-/// High bit set in each byte of `x` that is zero (exact: the masked add
-/// cannot carry between bytes).
-#[inline(always)]
-fn zero_bytes(x: u64) -> u64 {
-    !(((x & LO7).wrapping_add(LO7)) | x) & HI
-}
 
 /// One bit per byte (bit k for byte k) from a mask of high bits: the
 /// multiply gathers the eight bits into the top byte without carries.

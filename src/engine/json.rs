@@ -6,6 +6,8 @@
 //! Strictness is part of failing closed: anything `serde_json` would reject
 //! is rejected here too, and so are unpaired UTF-16 surrogate escapes.
 
+use super::swar::{zero_bytes, HI, LO7, ONES};
+
 /// Token kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -85,16 +87,6 @@ fn ws(b: &[u8], i: usize, spaced: &mut bool) -> usize {
     // Whitespace (or a control byte, which fails the value anyway).
     *spaced = true;
     skip_ws(b, i)
-}
-
-const LO7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
-const HI: u64 = 0x8080_8080_8080_8080;
-const ONES: u64 = 0x0101_0101_0101_0101;
-
-/// High bit set in each zero byte of `x` (exact: no false marks).
-#[inline(always)]
-fn zero_bytes(x: u64) -> u64 {
-    !(((x & LO7).wrapping_add(LO7)) | x) & HI
 }
 
 /// Whether `b` holds a backslash: eight bytes per step (SWAR), in line,

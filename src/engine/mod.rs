@@ -22,6 +22,7 @@ pub(crate) mod hash;
 mod identity;
 pub(crate) mod json;
 mod keycache;
+mod swar;
 mod walk;
 
 pub use compile::{CompileError, KeySupply};

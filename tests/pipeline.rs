@@ -382,7 +382,14 @@ async fn broker_errors_and_an_outage_lose_nothing() {
     tx.send(()).unwrap();
     service.await.unwrap().unwrap();
     let ids = message_ids(&out);
-    assert_eq!(ids.len(), input.len(), "every event out at least once");
+    assert_eq!(
+        ids.len(),
+        input.len(),
+        "every event out at least once; missing {:?}; committed {:?} of {:?}",
+        missing(&input, &ids),
+        committed(&bs, "g-fault", 3),
+        high_watermarks(&bs, RAW, 3)
+    );
     assert_eq!(committed(&bs, "g-fault", 3), high_watermarks(&bs, RAW, 3));
 }
 
@@ -495,7 +502,8 @@ async fn memory_stays_under_the_byte_bound_while_the_output_is_unreachable() {
     assert_eq!(
         ids.len(),
         input.len(),
-        "every event out once the output is back"
+        "every event out once the output is back; missing {:?}",
+        missing(&input, &ids)
     );
     assert_eq!(committed(&bs, "g-bytes", 4), high_watermarks(&bs, RAW, 4));
 }

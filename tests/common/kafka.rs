@@ -225,18 +225,38 @@ pub async fn read_topics(
     let deadline = tokio::time::Instant::now() + timeout;
     while out.len() < want {
         match tokio::time::timeout_at(deadline, c.recv()).await {
-            Ok(Ok(m)) => out.push(Out {
-                topic: m.topic().into(),
-                partition: m.partition(),
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().unwrap_or_default().to_vec(),
-                headers: header_pairs(&m),
-            }),
+            Ok(Ok(m)) => out.push(Out::of(&m)),
             Ok(Err(e)) => panic!("reading outputs: {e}"),
             Err(_) => break,
         }
     }
     out
+}
+
+impl Out {
+    fn of(m: &rdkafka::message::BorrowedMessage<'_>) -> Out {
+        Out {
+            topic: m.topic().into(),
+            partition: m.partition(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers: header_pairs(m),
+        }
+    }
+}
+
+/// The `messageId`s of `input` (as `sequenced` makes it) that are not in
+/// `ids`, for a failure to name what is missing.
+pub fn missing(
+    input: &[(Option<String>, Vec<u8>)],
+    ids: &std::collections::HashSet<String>,
+) -> Vec<String> {
+    input
+        .iter()
+        .filter_map(|(_, v)| serde_json::from_slice::<serde_json::Value>(v).ok())
+        .filter_map(|v| v["messageId"].as_str().map(str::to_string))
+        .filter(|id| !ids.contains(id))
+        .collect()
 }
 
 /// The distinct `messageId`s of `out`.
@@ -247,25 +267,46 @@ pub fn message_ids(out: &[Out]) -> std::collections::HashSet<String> {
 }
 
 /// Reads outputs until `want` distinct message ids arrived (at-least-once
-/// may deliver some twice), or `timeout` passed.
+/// may deliver some twice), or `timeout` passed; returns the first copy
+/// of each. Every partition of the clean and dead-letter topics is read
+/// from its start by assignment, as records arrive: no consumer group to
+/// join, whose rebalances on the mock cluster can stall a reader for most
+/// of a session timeout.
 pub async fn read_unique(bootstrap: &str, want: usize, timeout: Duration) -> Vec<Out> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let total = high_watermarks(bootstrap, CLEAN, 64.min(partitions_of(bootstrap, CLEAN)))
-            .iter()
-            .sum::<i64>() as usize
-            + high_watermarks(bootstrap, DLQ, 1)[0] as usize;
-        let out = read_outputs(bootstrap, total, Duration::from_secs(30)).await;
-        let ids: std::collections::HashSet<String> = out
-            .iter()
-            .filter_map(|o| serde_json::from_slice::<serde_json::Value>(&o.payload).ok())
-            .filter_map(|v| v["messageId"].as_str().map(str::to_string))
-            .collect();
-        if ids.len() >= want || tokio::time::Instant::now() > deadline {
-            return out;
+    use rdkafka::{Offset, TopicPartitionList};
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{}", rand_suffix()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut all = TopicPartitionList::new();
+    for topic in [CLEAN, DLQ] {
+        for p in 0..partitions_of(bootstrap, topic) {
+            all.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    c.assign(&all).unwrap();
+    let mut ids = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while ids.len() < want {
+        match tokio::time::timeout_at(deadline, c.recv()).await {
+            Ok(Ok(m)) => {
+                let o = Out::of(&m);
+                let id = serde_json::from_slice::<serde_json::Value>(&o.payload)
+                    .ok()
+                    .and_then(|v| v["messageId"].as_str().map(str::to_string));
+                if id.is_none_or(|id| ids.insert(id)) {
+                    out.push(o);
+                }
+            }
+            Ok(Err(e)) => panic!("reading outputs: {e}"),
+            Err(_) => break,
+        }
+    }
+    out
 }
 
 fn partitions_of(bootstrap: &str, topic: &str) -> i32 {

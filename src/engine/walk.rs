@@ -462,8 +462,7 @@ impl<T: Trace> Walker<'_, T> {
         let r = if batch.is_none() && self.untouched(lo, hi, &inh) {
             let at = self.out.len() as u32;
             let r = self.verbatim(root);
-            if (root == 0 || root == self.w.call_root) && r.is_ok() && self.c.destination.is_some()
-            {
+            if let (Some(top), true) = (self.placing(root), r.is_ok()) {
                 // Copied as it came: the members are where the input has
                 // them, moved to where the copy starts.
                 let base = self.tape[root].start;
@@ -477,7 +476,7 @@ impl<T: Trace> Walker<'_, T> {
                         raw,
                         key.escaped,
                     );
-                    self.w.placed.place(member, root == 0);
+                    self.w.placed.place(member, top);
                 }
             }
             r
@@ -874,6 +873,16 @@ impl<T: Trace> Walker<'_, T> {
         Ok(path)
     }
 
+    /// Whether the object at tape index `idx` records where its members
+    /// went, for a delivery contract to read: `Some(true)` for the
+    /// top-level object, `Some(false)` for a batch's call, `None` for any
+    /// other object or under rules without a contract.
+    #[inline]
+    fn placing(&self, idx: usize) -> Option<bool> {
+        let top = idx == 0;
+        (self.c.destination.is_some() && (top || idx == self.w.call_root)).then_some(top)
+    }
+
     fn object(
         &mut self,
         idx: usize,
@@ -900,10 +909,7 @@ impl<T: Trace> Walker<'_, T> {
         let mut first = true;
         let mut n = keys;
         let mut i = idx + 1;
-        // The top-level object and a batch's calls record where their
-        // members went, for a delivery contract to read.
-        let placing = self.c.destination.is_some();
-        let (record, in_call) = (placing && idx == 0, placing && idx == self.w.call_root);
+        let placing = self.placing(idx);
         while i < end {
             let before = self.out.len();
             let k = self.tape[i];
@@ -947,7 +953,7 @@ impl<T: Trace> Walker<'_, T> {
             if T::ON {
                 self.path.truncate(plen);
             }
-            if (record || in_call) && self.out.len() > before {
+            if let (Some(top), true) = (placing, self.out.len() > before) {
                 let start = before + usize::from(self.out[before] == b',');
                 let (start, end) = (start as u32, self.out.len() as u32);
                 // A renamed key is read by the contract.
@@ -956,7 +962,7 @@ impl<T: Trace> Walker<'_, T> {
                 } else {
                     PlacedMember::written(start, end, raw, k.escaped)
                 };
-                self.w.placed.place(member, record);
+                self.w.placed.place(member, top);
             }
             i = next;
         }

@@ -132,8 +132,6 @@ impl Records {
 #[derive(Default)]
 pub(crate) struct ContractWork {
     tape: Vec<Tok>,
-    /// A call's `traits`, opened when the contract reads it.
-    traits: Vec<Tok>,
     parts: Vec<u8>,
     text: String,
 }
@@ -233,7 +231,7 @@ fn by_skim(
     let tape = &w.tape;
     let batch = find(tape, src, 0, "batch", &mut w.text).filter(|&v| tape[v].kind == Kind::Array);
     let Some(batch) = batch else {
-        call(d, tape, src, 0, None, &mut w.traits, &mut w.text)?;
+        call(d, tape, src, 0, None, &mut w.text)?;
         return Ok(Records::default());
     };
     // Each element is a call; the envelope's other members go with every part.
@@ -241,7 +239,7 @@ fn by_skim(
     let mut i = batch + 1;
     let mut index = 0;
     while i < tape[batch].next as usize {
-        call(d, tape, src, i, Some(index), &mut w.traits, &mut w.text)?;
+        call(d, tape, src, i, Some(index), &mut w.text)?;
         let t = &tape[i];
         elems.push((t.start as usize, t.end as usize));
         i = t.next as usize;
@@ -397,7 +395,6 @@ fn call_at(
         end - start,
         &fields,
         index,
-        &mut w.traits,
         &mut w.text,
     ))
 }
@@ -468,7 +465,6 @@ fn call(
     out: &str,
     obj: usize,
     index: Option<usize>,
-    opened: &mut Vec<Tok>,
     buf: &mut String,
 ) -> Result<(), DeadLetterReason> {
     let t = &tape[obj];
@@ -486,7 +482,95 @@ fn call(
         }
     }
     let size = t.end as usize - t.start as usize;
-    call_fields(d, out, size, &fields, index, opened, buf)
+    call_fields(d, out, size, &fields, index, buf)
+}
+
+/// What the contract reads of an identify call's `traits`.
+struct Traits {
+    count: usize,
+    /// Whether the first member named `email` holds text that is not
+    /// blank; `None` without one.
+    email: Option<bool>,
+    /// The first trait over a name or value limit, names checked first.
+    violation: Option<DeadLetterReason>,
+}
+
+/// Reads the `traits` object opening at `open` of `out` in one pass over
+/// its members, recording no token.
+fn read_traits(
+    d: &Destination,
+    out: &str,
+    open: usize,
+    index: Option<usize>,
+    buf: &mut String,
+) -> Result<Traits, DeadLetterReason> {
+    let mut t = Traits {
+        count: 0,
+        email: None,
+        violation: None,
+    };
+    let mut value_buf = String::new();
+    json::each_member(out.as_bytes(), open, |m| {
+        t.count += 1;
+        let count = t.count;
+        // Spans start and end at ASCII punctuation: char boundaries.
+        let decoded = |(s, e): (usize, usize), escaped: bool, buf: &mut String| {
+            if escaped {
+                buf.clear();
+                json::unescape(&out[s..e], buf);
+                buf.len()
+            } else {
+                e - s
+            }
+        };
+        let name = decoded(m.key, m.key_escaped, buf);
+        let key = if m.key_escaped {
+            &buf[..]
+        } else {
+            &out[m.key.0..m.key.1]
+        };
+        let string = m.kind == Kind::String;
+        if t.email.is_none() && key == "email" {
+            decoded(m.value, m.value_escaped, &mut value_buf);
+            let text = if m.value_escaped {
+                &value_buf[..]
+            } else {
+                &out[m.value.0..m.value.1]
+            };
+            t.email = Some(string && !text.trim().is_empty());
+        }
+        if t.violation.is_some() {
+            return;
+        }
+        if let Some(max) = d.max_trait_name_bytes.filter(|&max| name > max) {
+            t.violation = Some(violation(
+                Limit::TraitNameTooLong,
+                index,
+                format!(
+                    "trait {count} has a name of {name} bytes, over max_trait_name_bytes {max}"
+                ),
+            ));
+            return;
+        }
+        if let Some(max) = d.max_trait_value_bytes {
+            let n = if string {
+                decoded(m.value, m.value_escaped, &mut value_buf)
+            } else {
+                m.value.1 - m.value.0
+            };
+            if n > max {
+                t.violation = Some(violation(
+                    Limit::TraitValueTooLarge,
+                    index,
+                    format!(
+                        "trait {count} has a value of {n} bytes, over max_trait_value_bytes {max}"
+                    ),
+                ));
+            }
+        }
+    })
+    .map_err(|_| DeadLetterReason::InvalidJson { offset: open })?;
+    Ok(t)
 }
 
 /// Checks one call of `size` bytes whose members the contract reads are
@@ -497,7 +581,6 @@ fn call_fields(
     size: usize,
     fields: &[(Field, Tok)],
     index: Option<usize>,
-    opened: &mut Vec<Tok>,
     buf: &mut String,
 ) -> Result<(), DeadLetterReason> {
     if let Some(max) = d.max_call_bytes {
@@ -555,38 +638,20 @@ fn call_fields(
         }
     }
     let ty = ty.unwrap_or("");
-    // `traits`, its members opened (at 0 of `opened`) only for an
-    // identify call, the one the contract reads them for.
+    // `traits`, read only for an identify call, the one the contract
+    // reads them for.
     let traits = match traits.filter(|v: &Tok| v.kind == Kind::Object) {
-        Some(v) if ty == "identify" => {
-            opened.clear();
-            json::skim_value(
-                out.as_bytes(),
-                v.start as usize,
-                opened,
-                json::Skim::Members,
-            )
-            .map_err(|_| DeadLetterReason::InvalidJson {
-                offset: v.start as usize,
-            })?;
-            Some(0)
-        }
+        Some(v) if ty == "identify" => Some(read_traits(d, out, v.start as usize, index, buf)?),
         _ => None,
     };
-    let opened = &*opened;
-    if d.require_identity && !identified {
-        let email = traits
-            .and_then(|t| find(opened, out, t, "email", buf))
-            .is_some_and(|v| {
-                opened[v].kind == Kind::String && !text(out, &opened[v], buf).trim().is_empty()
-            });
-        if !email {
-            return Err(violation(
-                Limit::MissingIdentity,
-                index,
-                "the call has no userId or anonymousId (and, for identify, no traits.email) after sanitizing".into(),
-            ));
-        }
+    // For identify, a non-blank `traits.email` identifies the person too.
+    let email = traits.as_ref().is_some_and(|t| t.email == Some(true));
+    if d.require_identity && !identified && !email {
+        return Err(violation(
+            Limit::MissingIdentity,
+            index,
+            "the call has no userId or anonymousId (and, for identify, no traits.email) after sanitizing".into(),
+        ));
     }
     if ty == "track" {
         let name = event
@@ -612,45 +677,17 @@ fn call_fields(
             }
         }
     }
-    if ty == "identify" {
-        if let Some(t) = traits {
-            let mut count = 0;
-            for (k, v) in members(opened, t) {
-                count += 1;
-                if let Some(max) = d.max_trait_name_bytes {
-                    let n = text(out, &opened[k], buf).len();
-                    if n > max {
-                        return Err(violation(
-                            Limit::TraitNameTooLong,
-                            index,
-                            format!("trait {count} has a name of {n} bytes, over max_trait_name_bytes {max}"),
-                        ));
-                    }
-                }
-                if let Some(max) = d.max_trait_value_bytes {
-                    let val = &opened[v];
-                    let n = if val.kind == Kind::String {
-                        text(out, val, buf).len()
-                    } else {
-                        (val.end - val.start) as usize
-                    };
-                    if n > max {
-                        return Err(violation(
-                            Limit::TraitValueTooLarge,
-                            index,
-                            format!("trait {count} has a value of {n} bytes, over max_trait_value_bytes {max}"),
-                        ));
-                    }
-                }
-            }
-            if let Some(max) = d.max_traits {
-                if count > max {
-                    return Err(violation(
-                        Limit::TooManyTraits,
-                        index,
-                        format!("the call has {count} traits, over max_traits {max}"),
-                    ));
-                }
+    if let Some(t) = traits {
+        if let Some(e) = t.violation {
+            return Err(e);
+        }
+        if let Some(max) = d.max_traits {
+            if t.count > max {
+                return Err(violation(
+                    Limit::TooManyTraits,
+                    index,
+                    format!("the call has {} traits, over max_traits {max}", t.count),
+                ));
             }
         }
     }

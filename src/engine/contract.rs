@@ -146,9 +146,19 @@ fn violation(limit: Limit, index: Option<usize>, detail: String) -> DeadLetterRe
 
 /// The decoded text of string token `t` (borrowed unless escaped).
 fn text<'a>(out: &'a str, t: &Tok, buf: &'a mut String) -> &'a str {
+    span_text(out, (t.start as usize, t.end as usize), t.escaped, buf)
+}
+
+/// The decoded text of the string content at `start..end` of `out`.
+fn span_text<'a>(
+    out: &'a str,
+    (start, end): (usize, usize),
+    escaped: bool,
+    buf: &'a mut String,
+) -> &'a str {
     // Token spans start and end at ASCII punctuation: char boundaries.
-    let raw = &out[t.start as usize..t.end as usize];
-    if !t.escaped {
+    let raw = &out[start..end];
+    if !escaped {
         return raw;
     }
     buf.clear();
@@ -485,6 +495,16 @@ fn call(
     call_fields(d, out, size, &fields, index, buf)
 }
 
+/// A member's value as the limits measure it: a string's decoded text,
+/// any other value's JSON text.
+fn value_text<'a>(out: &'a str, m: &json::Member, buf: &'a mut String) -> &'a str {
+    if m.kind == Kind::String {
+        span_text(out, m.value, m.value_escaped, buf)
+    } else {
+        &out[m.value.0..m.value.1]
+    }
+}
+
 /// What the contract reads of an identify call's `traits`.
 struct Traits {
     count: usize,
@@ -513,35 +533,15 @@ fn read_traits(
     json::each_member(out.as_bytes(), open, |m| {
         t.count += 1;
         let count = t.count;
-        // Spans start and end at ASCII punctuation: char boundaries.
-        let decoded = |(s, e): (usize, usize), escaped: bool, buf: &mut String| {
-            if escaped {
-                buf.clear();
-                json::unescape(&out[s..e], buf);
-                buf.len()
-            } else {
-                e - s
-            }
-        };
-        let name = decoded(m.key, m.key_escaped, buf);
-        let key = if m.key_escaped {
-            &buf[..]
-        } else {
-            &out[m.key.0..m.key.1]
-        };
+        let key = span_text(out, m.key, m.key_escaped, buf);
         let string = m.kind == Kind::String;
         if t.email.is_none() && key == "email" {
-            decoded(m.value, m.value_escaped, &mut value_buf);
-            let text = if m.value_escaped {
-                &value_buf[..]
-            } else {
-                &out[m.value.0..m.value.1]
-            };
-            t.email = Some(string && !text.trim().is_empty());
+            t.email = Some(string && !value_text(out, &m, &mut value_buf).trim().is_empty());
         }
         if t.violation.is_some() {
             return;
         }
+        let name = key.len();
         if let Some(max) = d.max_trait_name_bytes.filter(|&max| name > max) {
             t.violation = Some(violation(
                 Limit::TraitNameTooLong,
@@ -553,11 +553,7 @@ fn read_traits(
             return;
         }
         if let Some(max) = d.max_trait_value_bytes {
-            let n = if string {
-                decoded(m.value, m.value_escaped, &mut value_buf)
-            } else {
-                m.value.1 - m.value.0
-            };
+            let n = value_text(out, &m, &mut value_buf).len();
             if n > max {
                 t.violation = Some(violation(
                     Limit::TraitValueTooLarge,

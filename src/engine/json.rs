@@ -657,7 +657,7 @@ pub(crate) fn skim_value(
                 next: 0,
             });
             let end = match (how, kind) {
-                (Skim::Call, Kind::Object) => skim_members(b, i, tape, how)?,
+                (Skim::Call, Kind::Object) => skim_members(b, i, tape)?,
                 (Skim::Calls, Kind::Array) => skim_elements(b, i, tape)?,
                 _ => skip_container(b, i)?,
             };
@@ -683,7 +683,7 @@ pub(crate) fn skim_value(
 
 /// The members of the object opening at `open`; returns the index after
 /// its closing brace.
-fn skim_members(b: &[u8], open: usize, tape: &mut Vec<Tok>, how: Skim) -> Result<usize, JsonError> {
+fn skim_members(b: &[u8], open: usize, tape: &mut Vec<Tok>) -> Result<usize, JsonError> {
     let mut i = skip_ws(b, open + 1);
     if b.get(i) == Some(&b'}') {
         return Ok(i + 1);
@@ -694,12 +694,7 @@ fn skim_members(b: &[u8], open: usize, tape: &mut Vec<Tok>, how: Skim) -> Result
             return Err(JsonError::Syntax(i));
         }
         let (end, escaped) = string_token(b, i, tape)?;
-        let child = match how {
-            Skim::Call => {
-                call_member(&b[i + 1..end], escaped, &mut name).ok_or(JsonError::Syntax(i))?
-            }
-            _ => Skim::Whole,
-        };
+        let child = call_member(&b[i + 1..end], escaped, &mut name).ok_or(JsonError::Syntax(i))?;
         let colon = skip_ws(b, end + 1);
         if b.get(colon) != Some(&b':') {
             return Err(JsonError::Syntax(colon));

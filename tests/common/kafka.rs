@@ -253,10 +253,16 @@ pub fn missing(
 ) -> Vec<String> {
     input
         .iter()
-        .filter_map(|(_, v)| serde_json::from_slice::<serde_json::Value>(v).ok())
-        .filter_map(|v| v["messageId"].as_str().map(str::to_string))
+        .filter_map(|(_, v)| message_id(v))
         .filter(|id| !ids.contains(id))
         .collect()
+}
+
+/// The `messageId` of a JSON payload, if it has one.
+fn message_id(payload: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v["messageId"].as_str().map(str::to_string))
 }
 
 /// The distinct `messageId`s of `out`.
@@ -295,10 +301,7 @@ pub async fn read_unique(bootstrap: &str, want: usize, timeout: Duration) -> Vec
         match tokio::time::timeout_at(deadline, c.recv()).await {
             Ok(Ok(m)) => {
                 let o = Out::of(&m);
-                let id = serde_json::from_slice::<serde_json::Value>(&o.payload)
-                    .ok()
-                    .and_then(|v| v["messageId"].as_str().map(str::to_string));
-                if id.is_none_or(|id| ids.insert(id)) {
+                if message_id(&o.payload).is_none_or(|id| ids.insert(id)) {
                     out.push(o);
                 }
             }

@@ -144,31 +144,61 @@ fn violation(limit: Limit, index: Option<usize>, detail: String) -> DeadLetterRe
     })
 }
 
-/// The decoded text of string token `t` (borrowed unless escaped).
-fn text<'a>(out: &'a str, t: &Tok, buf: &'a mut String) -> &'a str {
+/// The decoded bytes of string token `t` (borrowed unless escaped).
+fn text<'a>(out: &'a [u8], t: &Tok, buf: &'a mut String) -> Result<&'a [u8], DeadLetterReason> {
     span_text(out, (t.start as usize, t.end as usize), t.escaped, buf)
 }
 
-/// The decoded text of the string content at `start..end` of `out`.
+/// The decoded bytes of the string content at `start..end` of `out`.
+///
+/// The output is not validated as UTF-8 again: the engine wrote it from
+/// input it validated, cut at ASCII punctuation, and from text of its own
+/// (debug builds check all of it in [`check`]). Names and sizes are read
+/// as bytes; where a limit counts characters or trims blanks, that text
+/// alone is checked ([`utf8`]).
 fn span_text<'a>(
-    out: &'a str,
+    out: &'a [u8],
     (start, end): (usize, usize),
     escaped: bool,
     buf: &'a mut String,
-) -> &'a str {
-    // Token spans start and end at ASCII punctuation: char boundaries.
+) -> Result<&'a [u8], DeadLetterReason> {
     let raw = &out[start..end];
     if !escaped {
-        return raw;
+        return Ok(raw);
     }
     buf.clear();
-    json::unescape(raw, buf);
-    buf
+    json::unescape(utf8(raw, start)?, buf);
+    Ok(buf.as_bytes())
 }
 
-fn find(tape: &[Tok], out: &str, obj: usize, name: &str, buf: &mut String) -> Option<usize> {
+/// `text` (at `offset` of the output) as `str`; not UTF-8, which the
+/// engine does not write, is a dead letter.
+fn utf8(text: &[u8], offset: usize) -> Result<&str, DeadLetterReason> {
+    simdutf8::basic::from_utf8(text).map_err(|_| DeadLetterReason::InvalidUtf8 { offset })
+}
+
+/// How many characters `text` holds (ASCII, the common case, counted
+/// without decoding).
+fn chars(text: &[u8], offset: usize) -> Result<usize, DeadLetterReason> {
+    if text.is_ascii() {
+        return Ok(text.len());
+    }
+    Ok(utf8(text, offset)?.chars().count())
+}
+
+/// Whether `text` is empty or all white space (`str::trim`'s white
+/// space; ASCII text checked without decoding).
+fn blank(text: &[u8], offset: usize) -> Result<bool, DeadLetterReason> {
+    if text.is_ascii() {
+        // The ASCII characters `char::is_whitespace` accepts.
+        return Ok(text.iter().all(|&b| matches!(b, b'\t'..=b'\r' | b' ')));
+    }
+    Ok(utf8(text, offset)?.trim().is_empty())
+}
+
+fn find(tape: &[Tok], out: &[u8], obj: usize, name: &str, buf: &mut String) -> Option<usize> {
     members(tape, obj)
-        .find(|&(k, _)| text(out, &tape[k], buf) == name)
+        .find(|&(k, _)| text(out, &tape[k], buf).is_ok_and(|t| t == name.as_bytes()))
         .map(|(_, v)| v)
 }
 
@@ -194,6 +224,8 @@ pub(crate) fn check(
         &mut Default::default(),
     )
     .expect("the engine writes JSON");
+    #[cfg(debug_assertions)]
+    std::str::from_utf8(out).expect("the engine writes UTF-8");
     #[cfg(debug_assertions)]
     let skimmed = placed.map(|_| {
         let mut copy = out.clone();
@@ -235,9 +267,7 @@ fn by_skim(
             },
         }
     })?;
-    // What the sanitizer wrote is UTF-8 (checked once, for the texts below).
-    let src =
-        simdutf8::basic::from_utf8(out).map_err(|_| DeadLetterReason::InvalidUtf8 { offset: 0 })?;
+    let src = &out[..];
     let tape = &w.tape;
     let batch = find(tape, src, 0, "batch", &mut w.text).filter(|&v| tape[v].kind == Kind::Array);
     let Some(batch) = batch else {
@@ -286,9 +316,7 @@ fn from_walk(
             break;
         }
     }
-    let Ok(src) = simdutf8::basic::from_utf8(out) else {
-        return Some(Err(DeadLetterReason::InvalidUtf8 { offset: 0 }));
-    };
+    let src = &out[..];
     let Some((open, end)) = batch.filter(|&(v, _)| out[v] == b'[') else {
         let r = call_at(d, src, 0, out.len(), &placed.members, None, w)?;
         return Some(r.map(|()| Records::default()));
@@ -381,14 +409,14 @@ fn value_token(out: &[u8], start: usize, end: usize) -> Option<Tok> {
 /// placed at `members`; `None` when a span does not fit.
 fn call_at(
     d: &Destination,
-    out: &str,
+    out: &[u8],
     start: usize,
     end: usize,
     members: &[PlacedMember],
     index: Option<usize>,
     w: &mut ContractWork,
 ) -> Option<Result<(), DeadLetterReason>> {
-    let b = out.as_bytes();
+    let b = out;
     if b.get(start) != Some(&b'{') || end == 0 || b.get(end - 1) != Some(&b'}') {
         return None;
     }
@@ -472,7 +500,7 @@ fn split(
 fn call(
     d: &Destination,
     tape: &[Tok],
-    out: &str,
+    out: &[u8],
     obj: usize,
     index: Option<usize>,
     buf: &mut String,
@@ -486,7 +514,7 @@ fn call(
     }
     let mut fields: SmallVec<[(Field, Tok); 8]> = SmallVec::new();
     for (k, v) in members(tape, obj) {
-        let field = Field::of(text(out, &tape[k], buf).as_bytes());
+        let field = Field::of(text(out, &tape[k], buf)?);
         if !matches!(field, Field::Other | Field::Batch) {
             fields.push((field, tape[v]));
         }
@@ -497,12 +525,13 @@ fn call(
 
 /// A member's value as the limits measure it: a string's decoded text,
 /// any other value's JSON text.
-fn value_text<'a>(out: &'a str, m: &json::Member, buf: &'a mut String) -> &'a str {
-    if m.kind == Kind::String {
-        span_text(out, m.value, m.value_escaped, buf)
-    } else {
-        &out[m.value.0..m.value.1]
-    }
+fn value_text<'a>(
+    out: &'a [u8],
+    m: &json::Member,
+    buf: &'a mut String,
+) -> Result<&'a [u8], DeadLetterReason> {
+    let escaped = m.kind == Kind::String && m.value_escaped;
+    span_text(out, m.value, escaped, buf)
 }
 
 /// What the contract reads of an identify call's `traits`.
@@ -519,7 +548,7 @@ struct Traits {
 /// its members, recording no token.
 fn read_traits(
     d: &Destination,
-    out: &str,
+    out: &[u8],
     open: usize,
     index: Option<usize>,
     buf: &mut String,
@@ -530,13 +559,23 @@ fn read_traits(
         violation: None,
     };
     let mut value_buf = String::new();
-    json::each_member(out.as_bytes(), open, |m| {
+    json::each_member(out, open, |m| {
         t.count += 1;
         let count = t.count;
-        let key = span_text(out, m.key, m.key_escaped, buf);
+        if t.violation.is_some() && t.email.is_some() {
+            return;
+        }
+        let key = match span_text(out, m.key, m.key_escaped, buf) {
+            Ok(key) => key,
+            Err(e) => return t.fail(e),
+        };
         let string = m.kind == Kind::String;
-        if t.email.is_none() && key == "email" {
-            t.email = Some(string && !value_text(out, &m, &mut value_buf).trim().is_empty());
+        if t.email.is_none() && key == b"email" {
+            let v = value_text(out, &m, &mut value_buf);
+            match v.and_then(|v| blank(v, m.value.0)) {
+                Ok(blank) => t.email = Some(string && !blank),
+                Err(e) => return t.fail(e),
+            }
         }
         if t.violation.is_some() {
             return;
@@ -553,7 +592,10 @@ fn read_traits(
             return;
         }
         if let Some(max) = d.max_trait_value_bytes {
-            let n = value_text(out, &m, &mut value_buf).len();
+            let n = match value_text(out, &m, &mut value_buf) {
+                Ok(v) => v.len(),
+                Err(e) => return t.fail(e),
+            };
             if n > max {
                 t.violation = Some(violation(
                     Limit::TraitValueTooLarge,
@@ -569,11 +611,20 @@ fn read_traits(
     Ok(t)
 }
 
+impl Traits {
+    /// A trait's text that is not UTF-8 (which the engine does not write)
+    /// fails the call before any limit does.
+    fn fail(&mut self, e: DeadLetterReason) {
+        self.violation = Some(e);
+        self.email = Some(false);
+    }
+}
+
 /// Checks one call of `size` bytes whose members the contract reads are
 /// `fields` (in order, each with its value's token).
 fn call_fields(
     d: &Destination,
-    out: &str,
+    out: &[u8],
     size: usize,
     fields: &[(Field, Tok)],
     index: Option<usize>,
@@ -603,7 +654,7 @@ fn call_fields(
                 identified |= present;
                 if let (Field::UserId, true, Some(max)) = (field, present, d.max_id_chars) {
                     let chars = if val.kind == Kind::String {
-                        text(out, &val, buf).chars().count()
+                        chars(text(out, &val, buf)?, val.start as usize)?
                     } else {
                         (val.end - val.start) as usize
                     };
@@ -620,9 +671,9 @@ fn call_fields(
         }
     }
     let mut ty_buf = String::new();
-    let ty = ty.map(|v| text(out, &v, &mut ty_buf));
+    let ty = ty.map(|v| text(out, &v, &mut ty_buf)).transpose()?;
     if let Some(types) = &d.types {
-        if !ty.is_some_and(|t| types.iter().any(|x| x == t)) {
+        if !ty.is_some_and(|t| types.iter().any(|x| x.as_bytes() == t)) {
             let detail = match ty {
                 None => "the call has no `type` (text)".to_string(),
                 Some(_) => format!(
@@ -633,11 +684,11 @@ fn call_fields(
             return Err(violation(Limit::UnknownType, index, detail));
         }
     }
-    let ty = ty.unwrap_or("");
+    let ty = ty.unwrap_or(b"");
     // `traits`, read only for an identify call, the one the contract
     // reads them for.
     let traits = match traits.filter(|v: &Tok| v.kind == Kind::Object) {
-        Some(v) if ty == "identify" => Some(read_traits(d, out, v.start as usize, index, buf)?),
+        Some(v) if ty == b"identify" => Some(read_traits(d, out, v.start as usize, index, buf)?),
         _ => None,
     };
     // For identify, a non-blank `traits.email` identifies the person too.
@@ -649,11 +700,17 @@ fn call_fields(
             "the call has no userId or anonymousId (and, for identify, no traits.email) after sanitizing".into(),
         ));
     }
-    if ty == "track" {
+    if ty == b"track" {
         let name = event
             .filter(|v| v.kind == Kind::String)
-            .map(|v| text(out, &v, buf));
-        let Some(name) = name.filter(|n| !n.trim().is_empty()) else {
+            .map(|v| {
+                let t = text(out, &v, buf)?;
+                Ok((t, blank(t, v.start as usize)?))
+            })
+            .transpose()?
+            .filter(|&(_, blank)| !blank)
+            .map(|(t, _)| t);
+        let Some(name) = name else {
             return Err(violation(
                 Limit::MissingEventName,
                 index,
@@ -688,4 +745,33 @@ fn call_fields(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `blank` and `chars` read ASCII as bytes: they must agree with
+    /// `str::trim` and `str::chars` on every text.
+    #[test]
+    fn blank_and_chars_agree_with_str() {
+        let mut texts: Vec<String> = (0u8..128).map(|b| char::from(b).to_string()).collect();
+        for s in [
+            "\u{85}", "\u{a0}", "\u{2028}", "\u{3000}", "é", "😀", " \u{a0}x", "",
+        ] {
+            texts.push(s.to_string());
+        }
+        let singles = texts.clone();
+        for a in &singles {
+            for b in ["", " ", "\t", "\u{b}", "x", "\u{a0}", "é"] {
+                texts.push(format!("{b}{a}{b}"));
+            }
+        }
+        for t in &texts {
+            assert_eq!(blank(t.as_bytes(), 0), Ok(t.trim().is_empty()), "{t:?}");
+            assert_eq!(chars(t.as_bytes(), 0), Ok(t.chars().count()), "{t:?}");
+        }
+        assert!(blank(b"\xff", 3).is_err());
+        assert!(chars(b"a\xc3", 3).is_err());
+    }
 }

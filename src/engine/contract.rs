@@ -267,11 +267,10 @@ fn by_skim(
             },
         }
     })?;
-    let src = &out[..];
     let tape = &w.tape;
-    let batch = find(tape, src, 0, "batch", &mut w.text).filter(|&v| tape[v].kind == Kind::Array);
+    let batch = find(tape, out, 0, "batch", &mut w.text).filter(|&v| tape[v].kind == Kind::Array);
     let Some(batch) = batch else {
-        call(d, tape, src, 0, None, &mut w.text)?;
+        call(d, tape, out, 0, None, &mut w.text)?;
         return Ok(Records::default());
     };
     // Each element is a call; the envelope's other members go with every part.
@@ -279,7 +278,7 @@ fn by_skim(
     let mut i = batch + 1;
     let mut index = 0;
     while i < tape[batch].next as usize {
-        call(d, tape, src, i, Some(index), &mut w.text)?;
+        call(d, tape, out, i, Some(index), &mut w.text)?;
         let t = &tape[i];
         elems.push((t.start as usize, t.end as usize));
         i = t.next as usize;
@@ -316,9 +315,8 @@ fn from_walk(
             break;
         }
     }
-    let src = &out[..];
     let Some((open, end)) = batch.filter(|&(v, _)| out[v] == b'[') else {
-        let r = call_at(d, src, 0, out.len(), &placed.members, None, w)?;
+        let r = call_at(d, out, 0, out.len(), &placed.members, None, w)?;
         return Some(r.map(|()| Records::default()));
     };
     // The calls must fill the array exactly, one comma between them.
@@ -343,7 +341,7 @@ fn from_walk(
         let first = c.first as usize;
         let members = placed.call_members.get(first..first + c.len as usize)?;
         let (start, stop) = (c.start as usize, c.end as usize);
-        if let Err(e) = call_at(d, src, start, stop, members, Some(index), w)? {
+        if let Err(e) = call_at(d, out, start, stop, members, Some(index), w)? {
             return Some(Err(e));
         }
         elems.push((start, stop));
@@ -416,15 +414,14 @@ fn call_at(
     index: Option<usize>,
     w: &mut ContractWork,
 ) -> Option<Result<(), DeadLetterReason>> {
-    let b = out;
-    if b.get(start) != Some(&b'{') || end == 0 || b.get(end - 1) != Some(&b'}') {
+    if out.get(start) != Some(&b'{') || end == 0 || out.get(end - 1) != Some(&b'}') {
         return None;
     }
     let mut fields: SmallVec<[(Field, Tok); 8]> = SmallVec::new();
     for m in members {
-        let (field, value) = read_member(b, m, &mut w.text)?;
+        let (field, value) = read_member(out, m, &mut w.text)?;
         if !matches!(field, Field::Other | Field::Batch) {
-            fields.push((field, value_token(b, value, m.end as usize)?));
+            fields.push((field, value_token(out, value, m.end as usize)?));
         }
     }
     Some(call_fields(
@@ -524,14 +521,13 @@ fn call(
 }
 
 /// A member's value as the limits measure it: a string's decoded text,
-/// any other value's JSON text.
+/// any other value's JSON text (never escaped).
 fn value_text<'a>(
     out: &'a [u8],
     m: &json::Member,
     buf: &'a mut String,
 ) -> Result<&'a [u8], DeadLetterReason> {
-    let escaped = m.kind == Kind::String && m.value_escaped;
-    span_text(out, m.value, escaped, buf)
+    span_text(out, m.value, m.value_escaped, buf)
 }
 
 /// What the contract reads of an identify call's `traits`.
@@ -559,22 +555,24 @@ fn read_traits(
         violation: None,
     };
     let mut value_buf = String::new();
+    // A trait's text that is not UTF-8 (which the engine does not write)
+    // fails the call before any limit does.
+    let mut not_text = None;
     json::each_member(out, open, |m| {
         t.count += 1;
         let count = t.count;
-        if t.violation.is_some() && t.email.is_some() {
+        if not_text.is_some() || (t.violation.is_some() && t.email.is_some()) {
             return;
         }
         let key = match span_text(out, m.key, m.key_escaped, buf) {
             Ok(key) => key,
-            Err(e) => return t.fail(e),
+            Err(e) => return not_text = Some(e),
         };
-        let string = m.kind == Kind::String;
         if t.email.is_none() && key == b"email" {
             let v = value_text(out, &m, &mut value_buf);
             match v.and_then(|v| blank(v, m.value.0)) {
-                Ok(blank) => t.email = Some(string && !blank),
-                Err(e) => return t.fail(e),
+                Ok(blank) => t.email = Some(m.kind == Kind::String && !blank),
+                Err(e) => return not_text = Some(e),
             }
         }
         if t.violation.is_some() {
@@ -594,7 +592,7 @@ fn read_traits(
         if let Some(max) = d.max_trait_value_bytes {
             let n = match value_text(out, &m, &mut value_buf) {
                 Ok(v) => v.len(),
-                Err(e) => return t.fail(e),
+                Err(e) => return not_text = Some(e),
             };
             if n > max {
                 t.violation = Some(violation(
@@ -608,15 +606,9 @@ fn read_traits(
         }
     })
     .map_err(|_| DeadLetterReason::InvalidJson { offset: open })?;
-    Ok(t)
-}
-
-impl Traits {
-    /// A trait's text that is not UTF-8 (which the engine does not write)
-    /// fails the call before any limit does.
-    fn fail(&mut self, e: DeadLetterReason) {
-        self.violation = Some(e);
-        self.email = Some(false);
+    match not_text {
+        Some(e) => Err(e),
+        None => Ok(t),
     }
 }
 
@@ -701,15 +693,13 @@ fn call_fields(
         ));
     }
     if ty == b"track" {
-        let name = event
-            .filter(|v| v.kind == Kind::String)
-            .map(|v| {
+        let name = match event.filter(|v| v.kind == Kind::String) {
+            Some(v) => {
                 let t = text(out, &v, buf)?;
-                Ok((t, blank(t, v.start as usize)?))
-            })
-            .transpose()?
-            .filter(|&(_, blank)| !blank)
-            .map(|(t, _)| t);
+                (!blank(t, v.start as usize)?).then_some(t)
+            }
+            None => None,
+        };
         let Some(name) = name else {
             return Err(violation(
                 Limit::MissingEventName,

@@ -223,37 +223,40 @@ pub(crate) fn scan_number(b: &[u8], i: usize) -> Result<usize, JsonError> {
     }
     match b.get(j) {
         Some(b'0') => j += 1,
-        Some(b'1'..=b'9') => {
-            while j < b.len() && b[j].is_ascii_digit() {
-                j += 1;
-            }
-        }
+        Some(b'1'..=b'9') => j = digits_from(b, j),
         _ => return Err(JsonError::Syntax(j)),
     }
     if b.get(j) == Some(&b'.') {
-        j += 1;
-        let s = j;
-        while j < b.len() && b[j].is_ascii_digit() {
-            j += 1;
-        }
-        if j == s {
-            return Err(JsonError::Syntax(j));
-        }
+        j = some_digits(b, j + 1)?;
     }
     if matches!(b.get(j), Some(b'e' | b'E')) {
         j += 1;
         if matches!(b.get(j), Some(b'+' | b'-')) {
             j += 1;
         }
-        let s = j;
-        while j < b.len() && b[j].is_ascii_digit() {
-            j += 1;
-        }
-        if j == s {
-            return Err(JsonError::Syntax(j));
-        }
+        j = some_digits(b, j)?;
     }
     Ok(j)
+}
+
+/// The end of the run of ASCII digits at `j` (`j` itself if none).
+#[inline(always)]
+fn digits_from(b: &[u8], mut j: usize) -> usize {
+    while j < b.len() && b[j].is_ascii_digit() {
+        j += 1;
+    }
+    j
+}
+
+/// The end of the run of ASCII digits at `j`, which must hold one at
+/// least (a fraction's or an exponent's).
+#[inline(always)]
+fn some_digits(b: &[u8], j: usize) -> Result<usize, JsonError> {
+    let end = digits_from(b, j);
+    if end == j {
+        return Err(JsonError::Syntax(j));
+    }
+    Ok(end)
 }
 
 /// What [`tokenize`] keeps of the containers open at a point (reused

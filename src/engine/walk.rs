@@ -28,6 +28,15 @@ struct KeyClass {
     stamp: u64,
 }
 
+impl KeyClass {
+    /// Whether no rule names this key: not a field rule's (no hits) nor a
+    /// values rule's context (`except_fields`, `within_fields`).
+    #[inline(always)]
+    fn names_nothing(&self) -> bool {
+        self.hits_len == 0 && (self.except_values | self.within_values) == 0
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct State {
     pat: u16,
@@ -910,6 +919,9 @@ impl<T: Trace> Walker<'_, T> {
         let mut n = keys;
         let mut i = idx + 1;
         let placing = self.placing(idx);
+        // No path state at this object and no allow filter open: the
+        // decision for a member then depends on its key's class alone.
+        let plain_here = lo == hi && inh.filtering == 0;
         while i < end {
             let before = self.out.len();
             let k = self.tape[i];
@@ -925,6 +937,22 @@ impl<T: Trace> Walker<'_, T> {
             }
             if Some(i) == batch {
                 self.batch(vi, &mut first)?;
+            } else if plain_here && self.w.classes[class as usize].names_nothing() {
+                // No path goes on here, no allow filter is open, and no
+                // rule names this key: what `decide` would find without
+                // looking (the members keep this object's inheritance).
+                let pass = match t.kind {
+                    Kind::Object | Kind::Array => false,
+                    Kind::String => self.unread(inh) || self.gated_out(t, self.reading(inh)),
+                    _ => true,
+                };
+                if pass {
+                    self.copy(Some((raw, keys)), t, &mut first);
+                } else {
+                    self.w.done.clear();
+                    let at = self.w.states.len();
+                    self.emit(vi, Some((raw, keys)), Act::Pass, inh, at, at, &mut first)?;
+                }
             } else {
                 let clo = self.w.states.len();
                 self.step_key(lo, hi, class);

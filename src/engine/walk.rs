@@ -941,18 +941,9 @@ impl<T: Trace> Walker<'_, T> {
                 // No path goes on here, no allow filter is open, and no
                 // rule names this key: what `decide` would find without
                 // looking (the members keep this object's inheritance).
-                let pass = match t.kind {
-                    Kind::Object | Kind::Array => false,
-                    Kind::String => self.unread(inh) || self.gated_out(t, self.reading(inh)),
-                    _ => true,
-                };
-                if pass {
-                    self.copy(Some((raw, keys)), t, &mut first);
-                } else {
-                    self.w.done.clear();
-                    let at = self.w.states.len();
-                    self.emit(vi, Some((raw, keys)), Act::Pass, inh, at, at, &mut first)?;
-                }
+                self.w.done.clear();
+                let at = self.w.states.len();
+                self.member_out(vi, (raw, keys), Act::Pass, inh, at, at, &mut first)?;
             } else {
                 let clo = self.w.states.len();
                 self.step_key(lo, hi, class);
@@ -960,22 +951,7 @@ impl<T: Trace> Walker<'_, T> {
                 let container = matches!(t.kind, Kind::Object | Kind::Array);
                 let mut child = *inh;
                 let act = self.decide(Some(class), &mut child, clo, chi, container);
-                // The common case, in line: a number, literal, or string
-                // that no values rule reads or whose gate passes it,
-                // passed as it came.
-                let plain = matches!(act, Act::Pass)
-                    && match t.kind {
-                        Kind::Object | Kind::Array => false,
-                        Kind::String => {
-                            self.unread(&child) || self.gated_out(t, self.reading(&child))
-                        }
-                        _ => true,
-                    };
-                if plain {
-                    self.copy(Some((raw, keys)), t, &mut first);
-                } else {
-                    self.emit(vi, Some((raw, keys)), act, &child, clo, chi, &mut first)?;
-                }
+                self.member_out(vi, (raw, keys), act, &child, clo, chi, &mut first)?;
                 self.w.states.truncate(clo);
             }
             if T::ON {
@@ -997,6 +973,36 @@ impl<T: Trace> Walker<'_, T> {
         self.out.push(b'}');
         self.w.object_classes.truncate(keys);
         Ok(())
+    }
+
+    /// Writes the member whose value is at `vi` as decided. The common
+    /// case, in line: a number, literal, or string that no values rule
+    /// reads or whose gate passes it, passed as it came.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn member_out(
+        &mut self,
+        vi: usize,
+        key: (&[u8], usize),
+        act: Act,
+        child: &Inherit,
+        clo: usize,
+        chi: usize,
+        first: &mut bool,
+    ) -> Result<(), DeadLetterReason> {
+        let t = self.tape[vi];
+        let plain = matches!(act, Act::Pass)
+            && match t.kind {
+                Kind::Object | Kind::Array => false,
+                Kind::String => self.unread(child) || self.gated_out(t, self.reading(child)),
+                _ => true,
+            };
+        if plain {
+            self.copy(Some(key), t, first);
+            Ok(())
+        } else {
+            self.emit(vi, Some(key), act, child, clo, chi, first)
+        }
     }
 
     fn batch(&mut self, vi: usize, first: &mut bool) -> Result<(), DeadLetterReason> {

@@ -598,6 +598,26 @@ fn group_settled(t: &Telemetry) -> Result<(), String> {
 /// last one `+Inf`.
 struct Buckets(Vec<(f64, f64)>);
 
+/// What (d)'s transactions cost in its last round (`secs`: its drain):
+/// from the service's own exactly-once metrics.
+fn transactions(t: &Telemetry, secs: f64, lanes: usize) {
+    let committed = read(
+        t,
+        "event_sanitizer_transaction_seconds_count{result=\"committed\"}",
+    );
+    let spent = read(t, "event_sanitizer_transaction_seconds_sum");
+    let carried = read(t, "event_sanitizer_transaction_messages_sum");
+    let ended = read(t, "event_sanitizer_transaction_messages_count");
+    let p99 = Buckets::read(t, "event_sanitizer_transaction_seconds", "committed").quantile(0.99);
+    println!(
+        "(d), last round: {committed:.0} transactions committed, {:.0} messages each on average; ending one took {:.1} ms on average (p99 <= {:.0} ms), {:.0}% of the lanes' time in the drain",
+        carried / ended,
+        spent / ended * 1e3,
+        p99 * 1e3,
+        spent / (secs * lanes as f64) * 100.0,
+    );
+}
+
 impl Buckets {
     /// Histogram `name` as the exposition format shows it, the series
     /// matching `filter` added up.
@@ -870,6 +890,7 @@ fn main() {
         cpu_per_million: f64::NAN,
     };
     let mut last = None;
+    let mut last_txn = None;
     for round in 0..rounds {
         let a = if only.contains('a') {
             naive(&events)
@@ -897,7 +918,10 @@ fn main() {
         };
         let (b, _) = run('b', empty, DeliveryMode::AtLeastOnce);
         let (c, t) = run('c', &default_rules, DeliveryMode::AtLeastOnce);
-        let (d, _) = run('d', &default_rules, DeliveryMode::ExactlyOnce);
+        let (d, td) = run('d', &default_rules, DeliveryMode::ExactlyOnce);
+        if let Some(t) = td {
+            last_txn = Some((t, n as f64 / d.rate));
+        }
         let (e, _) = run('e', &default_rules, DeliveryMode::AtLeastOnce);
         println!(
             "round {round}: (a) {:.0}  (b) {:.0}  (c) {:.0}  (d) {:.0}  (e) {:.0} msg/s",
@@ -945,6 +969,9 @@ fn main() {
         median(governance.clone()),
         cpu(4)
     );
+    if let Some((t, secs)) = &last_txn {
+        transactions(t, *secs, lanes);
+    }
     let Some(t) = last else { return };
     println!(
         "(c), last round: sanitize p50 <= {:.1} us, p99 <= {:.1} us (bucket bounds)",

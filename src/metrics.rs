@@ -93,6 +93,8 @@ pub struct Telemetry {
     in_flight_bytes: IntGauge,
     in_flight_limit: IntGaugeVec,
     transactions: IntCounterVec,
+    transaction_seconds: HistogramVec,
+    transaction_messages: Histogram,
     rule_set: GaugeVec,
     rule_set_loaded: Gauge,
     /// 1 while a rule file on disk is rejected (the previous rules serve).
@@ -524,6 +526,34 @@ impl Telemetry {
         for result in ["committed", "aborted"] {
             transactions.with_label_values(&[result]).inc_by(0);
         }
+        // What exactly-once costs, for its tuning (`kafka.transaction`) and
+        // for a coordinator that answers slowly: how long ending a
+        // transaction holds its lane, and how much each one carries.
+        let transaction_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "event_sanitizer_transaction_seconds",
+                "Time to end a transaction (exactly-once delivery: its records acknowledged, its offsets sent, the commit, or the abort after a failure), by result (committed, aborted). The lane consumes nothing meanwhile.",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["result"],
+        )
+        .expect("valid");
+        r.register(Box::new(transaction_seconds.clone()))
+            .expect("once");
+        let transaction_messages = Histogram::with_opts(
+            HistogramOpts::new(
+                "event_sanitizer_transaction_messages",
+                "Input messages per ended transaction (exactly-once delivery; kafka.transaction.max_messages bounds it).",
+            )
+            .buckets(vec![
+                1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 50_000.0, 100_000.0,
+            ]),
+        )
+        .expect("valid");
+        r.register(Box::new(transaction_messages.clone()))
+            .expect("once");
         let rule_set = GaugeVec::new(
             Opts::new(
                 "event_sanitizer_rule_set_info",
@@ -707,6 +737,8 @@ impl Telemetry {
             in_flight_bytes,
             in_flight_limit,
             transactions,
+            transaction_seconds,
+            transaction_messages,
             rule_set,
             rule_set_loaded,
             rule_file_rejected,
@@ -968,14 +1000,20 @@ impl Telemetry {
         }
     }
 
-    /// A transaction ended (exactly-once delivery): `committed`, `aborted`.
-    pub fn transaction(&self, result: &str, messages: usize, error: Option<&str>) {
+    /// A transaction of `messages` input messages ended (exactly-once
+    /// delivery), `committed` or `aborted`, after `seconds` spent ending it.
+    pub fn transaction(&self, result: &str, messages: usize, seconds: f64, error: Option<&str>) {
         self.transactions.with_label_values(&[result]).inc();
+        self.transaction_seconds
+            .with_label_values(&[result])
+            .observe(seconds);
+        self.transaction_messages.observe(messages as f64);
         match error {
-            None => tracing::debug!(result, messages, "transaction ended"),
+            None => tracing::debug!(result, messages, seconds, "transaction ended"),
             Some(error) => tracing::warn!(
                 result,
                 messages,
+                seconds,
                 error,
                 "transaction aborted; its input is consumed again from the last committed offsets"
             ),

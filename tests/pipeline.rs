@@ -507,3 +507,86 @@ async fn memory_stays_under_the_byte_bound_while_the_output_is_unreachable() {
     );
     assert_eq!(committed(&bs, "g-bytes", 4), high_watermarks(&bs, RAW, 4));
 }
+
+/// Exactly-once delivery commits when the input pauses, not only at the
+/// interval, and reports each transaction it ends: how long the commit
+/// took and how many input messages it carried (the mock cluster's
+/// transactions commit without markers; what they guarantee is proven in
+/// tests/real_kafka.rs). Every consumed message is in exactly one
+/// committed transaction, so the carried messages add up to the input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_commits_when_the_input_pauses_and_reports_each_transaction() {
+    use event_sanitizer::config::DeliveryMode;
+    let mock = cluster(4);
+    let bs = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, key) = common::rules_and_key(dir.path());
+    let input = sequenced(10, 30, "txn");
+    let telemetry = Arc::new(Telemetry::new());
+    let mut cfg = config(&bs, &rules, &key, "g-txn-metrics");
+    cfg.kafka.delivery = DeliveryMode::ExactlyOnce;
+    cfg.kafka.transactional_id = Some("txn-metrics".into());
+    // Ten minutes: each part's last transaction (under 40 messages) can
+    // only commit because the input paused.
+    cfg.kafka.transaction.interval = Duration::from_secs(600);
+    cfg.kafka.transaction.timeout = Duration::from_secs(660);
+    cfg.kafka.transaction.max_messages = 40;
+    let p = Pipeline::new(cfg, telemetry.clone()).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(p.run(async move {
+        let _ = rx.await;
+    }));
+    common::until("the lane to hold the four partitions", || {
+        metric(&telemetry, "event_sanitizer_assigned_partitions", &[]) == 4.0
+    })
+    .await;
+    // The input arrives in three parts, so that several transactions end.
+    for part in input.chunks(100) {
+        produce(&bs, part).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let carried = || metric(&telemetry, "event_sanitizer_transaction_messages_sum", &[]);
+    common::until(
+        "every input message committed, long before the interval",
+        || carried() >= input.len() as f64,
+    )
+    .await;
+    tx.send(()).unwrap();
+    let summary = service.await.unwrap().unwrap();
+    assert_eq!(summary.consumed as usize, input.len());
+    assert_eq!(
+        carried(),
+        input.len() as f64,
+        "each message in one transaction"
+    );
+    let committed = metric(
+        &telemetry,
+        "event_sanitizer_transactions_total",
+        &[("result", "committed")],
+    );
+    assert!(committed >= 3.0, "{committed} transactions for three parts");
+    let timed = |result: &str| {
+        metric(
+            &telemetry,
+            "event_sanitizer_transaction_seconds_count",
+            &[("result", result)],
+        )
+    };
+    assert_eq!(timed("committed"), committed, "each commit timed once");
+    assert_eq!(timed("aborted"), 0.0);
+    assert_eq!(
+        metric(
+            &telemetry,
+            "event_sanitizer_transaction_messages_count",
+            &[]
+        ),
+        committed,
+        "each transaction's messages counted once"
+    );
+    let spent = metric(
+        &telemetry,
+        "event_sanitizer_transaction_seconds_sum",
+        &[("result", "committed")],
+    );
+    assert!(spent > 0.0 && spent < 60.0, "{spent} s committing");
+}

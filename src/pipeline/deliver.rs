@@ -83,8 +83,14 @@ pub trait Delivery: Send + Sync {
         routed: Routed<'_>,
     ) -> Result<(), DeliveryError>;
     /// Between polls: store offsets, retry failed records, commit a
-    /// transaction that is due.
-    fn tick(&self, common: &Common, consumer: &LaneConsumer) -> Result<(), DeliveryError>;
+    /// transaction that is due. `caught_up`: the last poll waited and
+    /// found nothing new (the input paused).
+    fn tick(
+        &self,
+        common: &Common,
+        consumer: &LaneConsumer,
+        caught_up: bool,
+    ) -> Result<(), DeliveryError>;
     /// Partitions are about to be revoked: finish what can be finished
     /// for them before `deadline`, so the next owner replays little.
     fn revoking(
@@ -545,7 +551,7 @@ impl Delivery for AtLeastOnce {
         Ok(())
     }
 
-    fn tick(&self, common: &Common, consumer: &LaneConsumer) -> Result<(), DeliveryError> {
+    fn tick(&self, common: &Common, consumer: &LaneConsumer, _: bool) -> Result<(), DeliveryError> {
         self.retry(common);
         let mut last = self.last_store.lock().unwrap_or_else(|e| e.into_inner());
         if last.elapsed() >= STORE_EVERY {
@@ -693,36 +699,35 @@ impl ExactlyOnce {
         let messages = std::mem::take(&mut txn.messages);
         txn.open = false;
         txn.opened_at = None;
+        let started = Instant::now();
+        let ended = |result: &str, error: Option<&str>| {
+            let seconds = started.elapsed().as_secs_f64();
+            common
+                .telemetry
+                .transaction(result, messages.len(), seconds, error);
+        };
         let result = self.commit_messages(consumer, &messages, within);
         match result {
             Ok(()) => {
+                ended("committed", None);
                 for f in &messages {
                     finish(common, f);
                 }
-                common
-                    .telemetry
-                    .transaction("committed", messages.len(), None);
                 Ok(true)
             }
             Err(e) => {
                 let (text, fatal) = self.failure(&e);
                 if fatal {
-                    common
-                        .telemetry
-                        .transaction("aborted", messages.len(), Some(&text));
+                    ended("aborted", Some(&text));
                     return Err(DeliveryError::Fatal(text));
                 }
-                if let Err(a) = self.producer.abort_transaction(within) {
-                    common
-                        .telemetry
-                        .transaction("aborted", messages.len(), Some(&text));
+                let aborted = self.producer.abort_transaction(within);
+                ended("aborted", Some(&text));
+                if let Err(a) = aborted {
                     return Err(DeliveryError::Transaction(format!(
                         "abort after `{text}` failed: {a}"
                     )));
                 }
-                common
-                    .telemetry
-                    .transaction("aborted", messages.len(), Some(&text));
                 self.rewind(common, consumer, &messages);
                 Ok(false)
             }
@@ -806,12 +811,21 @@ impl Delivery for ExactlyOnce {
         Ok(())
     }
 
-    fn tick(&self, common: &Common, consumer: &LaneConsumer) -> Result<(), DeliveryError> {
+    fn tick(
+        &self,
+        common: &Common,
+        consumer: &LaneConsumer,
+        caught_up: bool,
+    ) -> Result<(), DeliveryError> {
         let mut txn = self.lock();
         // The open transaction holds its messages' budget until it
-        // commits: a spent budget is a reason to commit now.
+        // commits: a spent budget is a reason to commit now. So is a
+        // paused input: its last records become visible now, not at the
+        // interval (a poll waits a quarter of it, so a lane still commits
+        // at most four times per interval).
         let due = txn.open
-            && (txn.messages.len() >= self.cfg.max_messages
+            && (caught_up
+                || txn.messages.len() >= self.cfg.max_messages
                 || common.budget.full()
                 || txn
                     .opened_at

@@ -531,8 +531,10 @@ impl Lane {
             DeliveryMode::ExactlyOnce => (c.cfg.kafka.transaction.interval / 4)
                 .clamp(Duration::from_millis(1), Duration::from_millis(50)),
         };
+        // Whether the last poll waited and found nothing.
+        let mut caught_up = false;
         while !c.stopping() {
-            if let Err(e) = self.delivery.tick(c, &self.consumer) {
+            if let Err(e) = self.delivery.tick(c, &self.consumer, caught_up) {
                 c.fail(e.to_string());
                 break;
             }
@@ -596,6 +598,7 @@ impl Lane {
             self.serve_group(&mut work, Duration::ZERO);
             feed.consume(client, poll_wait, &mut batch);
             next = 0;
+            caught_up = batch.is_empty();
             if batch.is_empty() {
                 work.idle(c);
             } else {

@@ -939,6 +939,16 @@ fn main() {
     let rate = |i: usize| median(runs[i].iter().map(|r| r.rate).collect());
     let cpu = |i: usize| median(runs[i].iter().map(|r| r.cpu_per_million).collect());
     let ratio = |i: usize| median(ratios[i].clone());
+    // The rounds' lowest and highest ratio: how far the machine's hour
+    // moved the median.
+    let spread = |i: usize| {
+        let (lo, hi) = ratios[i]
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &r| {
+                (lo.min(r), hi.max(r))
+            });
+        format!("(rounds {lo:.2}-{hi:.2})")
+    };
     let through = if real_kafka() {
         "a real Apache Kafka broker (scripts/kafka)"
     } else {
@@ -952,16 +962,24 @@ fn main() {
         cpu(0)
     );
     println!(
-        "(b) service, empty rule set:         {:>9.0} msg/s   ratio to (a) {:.2}   {:.1} CPU s per million events",
+        "(b) service, empty rule set:         {:>9.0} msg/s   ratio to (a) {:.2} {}   {:.1} CPU s per million events",
         rate(1),
         ratio(0),
+        spread(0),
         cpu(1)
     );
-    println!("(c) service, default rules:          {:>9.0} msg/s   ratio to (a) {:.2}   {:.1} CPU s per million events", rate(2), ratio(1), cpu(2));
     println!(
-        "(d) (c) with exactly-once delivery:  {:>9.0} msg/s   ratio to (a) {:.2}",
+        "(c) service, default rules:          {:>9.0} msg/s   ratio to (a) {:.2} {}   {:.1} CPU s per million events",
+        rate(2),
+        ratio(1),
+        spread(1),
+        cpu(2)
+    );
+    println!(
+        "(d) (c) with exactly-once delivery:  {:>9.0} msg/s   ratio to (a) {:.2} {}",
         rate(3),
-        ratio(2)
+        ratio(2),
+        spread(2)
     );
     println!(
         "(e) (c) with shadow rules and the inventory: {:>9.0} msg/s   ratio to (c) {:.2}   {:.1} CPU s per million events",

@@ -324,7 +324,8 @@ pub enum DeliveryMode {
     /// transaction (KIP-447): a `read_committed` reader sees every input's
     /// output exactly once, across crashes, restarts and rebalances.
     /// Adds up to `kafka.transaction.interval` of latency while input
-    /// keeps coming, about a quarter of it once the input pauses.
+    /// keeps coming, about a quarter of it (at most 1 s) once the input
+    /// pauses.
     ExactlyOnce,
 }
 
@@ -333,8 +334,8 @@ pub enum DeliveryMode {
 #[serde(deny_unknown_fields)]
 pub struct TransactionConfig {
     /// Commit the open transaction at least this often (the latency a
-    /// `read_committed` reader sees); a lane also commits as soon as its
-    /// input pauses (a poll that waited a quarter of this found nothing).
+    /// `read_committed` reader sees); a lane also commits when its input
+    /// pauses, once the transaction is a quarter of this old (at most 1 s).
     #[serde(default = "default_txn_interval", with = "humantime_secs")]
     pub interval: Duration,
     /// ... or once this many input messages are in it.

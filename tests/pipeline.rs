@@ -527,7 +527,7 @@ async fn exactly_once_commits_when_the_input_pauses_and_reports_each_transaction
     cfg.kafka.delivery = DeliveryMode::ExactlyOnce;
     cfg.kafka.transactional_id = Some("txn-metrics".into());
     // Ten minutes: each part's last transaction (under 40 messages) can
-    // only commit because the input paused.
+    // only commit because the input paused (once it is a second old).
     cfg.kafka.transaction.interval = Duration::from_secs(600);
     cfg.kafka.transaction.timeout = Duration::from_secs(660);
     cfg.kafka.transaction.max_messages = 40;

@@ -625,6 +625,12 @@ struct Txn {
     messages: Vec<Arc<InFlight>>,
 }
 
+/// How old an open transaction must be to commit because its lane's
+/// input paused: a quarter of `interval`, at most a second.
+fn paused_commit_age(interval: Duration) -> Duration {
+    (interval / 4).min(Duration::from_secs(1))
+}
+
 /// How long one transaction call may take before it is given up on.
 const TXN_CALL: Duration = Duration::from_secs(30);
 
@@ -820,16 +826,16 @@ impl Delivery for ExactlyOnce {
         let mut txn = self.lock();
         // The open transaction holds its messages' budget until it
         // commits: a spent budget is a reason to commit now. So is a
-        // paused input: its last records become visible now, not at the
-        // interval (a poll waits a quarter of it, so a lane still commits
-        // at most four times per interval).
+        // paused input, once the transaction is a quarter of the interval
+        // old (at most a second): its last records become visible then,
+        // not at the interval, and a lane still commits at most four times
+        // per interval (once a second for intervals over four seconds).
+        let age = txn.opened_at.map_or(Duration::ZERO, |t| t.elapsed());
         let due = txn.open
-            && (caught_up
+            && ((caught_up && age >= paused_commit_age(self.cfg.interval))
                 || txn.messages.len() >= self.cfg.max_messages
                 || common.budget.full()
-                || txn
-                    .opened_at
-                    .is_some_and(|t| t.elapsed() >= self.cfg.interval));
+                || age >= self.cfg.interval);
         if due {
             let within = common.deadline().map_or(TXN_CALL, until);
             self.commit(common, consumer, &mut txn, within)?;
@@ -873,5 +879,19 @@ impl Delivery for ExactlyOnce {
 
     fn client(&self) -> &rdkafka::client::Client<ProducerCallbacks> {
         self.producer.client()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::paused_commit_age;
+    use std::time::Duration;
+
+    #[test]
+    fn a_paused_input_commits_at_a_quarter_of_the_interval_at_most_a_second() {
+        let ms = Duration::from_millis;
+        assert_eq!(paused_commit_age(ms(100)), ms(25));
+        assert_eq!(paused_commit_age(ms(4_000)), ms(1_000));
+        assert_eq!(paused_commit_age(Duration::from_secs(600)), ms(1_000));
     }
 }

@@ -947,7 +947,11 @@ fn main() {
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &r| {
                 (lo.min(r), hi.max(r))
             });
-        format!("(rounds {lo:.2}-{hi:.2})")
+        if lo.is_finite() {
+            format!("(rounds {lo:.2}-{hi:.2})")
+        } else {
+            String::new()
+        }
     };
     let through = if real_kafka() {
         "a real Apache Kafka broker (scripts/kafka)"
@@ -976,10 +980,11 @@ fn main() {
         cpu(2)
     );
     println!(
-        "(d) (c) with exactly-once delivery:  {:>9.0} msg/s   ratio to (a) {:.2} {}",
+        "(d) (c) with exactly-once delivery:  {:>9.0} msg/s   ratio to (a) {:.2} {}   {:.1} CPU s per million events",
         rate(3),
         ratio(2),
-        spread(2)
+        spread(2),
+        cpu(3)
     );
     println!(
         "(e) (c) with shadow rules and the inventory: {:>9.0} msg/s   ratio to (c) {:.2}   {:.1} CPU s per million events",

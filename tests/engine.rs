@@ -523,3 +523,84 @@ fn except_and_within_fields_need_values() {
         "{err}"
     );
 }
+
+/// `json` with a space after each comma and colon outside its strings:
+/// the same value, no longer compact.
+fn spaced(json: &str) -> String {
+    let (mut out, mut in_string, mut escaped) = (String::new(), false, false);
+    for c in json.chars() {
+        out.push(c);
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_string => escaped = true,
+            '"' => in_string = !in_string,
+            ',' | ':' if !in_string => out.push(' '),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// White space between tokens changes nothing in the output: the walk
+/// copies spans of a compact input whole where it can, and writes a
+/// spaced one member by member. Untouched members next to a card, an id
+/// under `except_fields`, drops, hashes, containers and escapes.
+#[test]
+fn white_space_in_the_input_changes_nothing_in_the_output() {
+    let s = rules(concat!(
+        "  - { id: d, action: drop, fields: [secret] }\n",
+        "  - { id: h, action: hash, fields: [phone] }\n",
+        "  - { id: r, action: redact, values: [credit_card, us_ssn], except_fields: [\"*_id\"], replacement: X }\n",
+    ));
+    let card = "4111 1111 1111 1111";
+    let uuid = "58455754-3422-8218-890f-a42cbc309ed4";
+    let cases = [
+        // A card inside a run: the run is written member by member.
+        format!(r#"{{"a":1,"b":"x","c":"{card}","d":true,"e":null}}"#),
+        // An id under an `except_fields` key reads as a card to the gate.
+        format!(r#"{{"order_id":"{uuid}","a":"{uuid}","b":2.5e3}}"#),
+        // Runs broken by a drop, a hash and containers.
+        format!(
+            r#"{{"a":1,"secret":"s","b":"y","phone":"555","c":[1,{{"d":"{card}","e":"f"}}],"g":{{}},"h":"i"}}"#
+        ),
+        // Escaped strings in and around runs.
+        r#"{"a":"\u0041","b":"q\"r","c":"4111\u00201111 1111 1111","d":"e"}"#.to_string(),
+        // A run that ends the object, and one member alone.
+        r#"{"x":{"only":"one"},"y":"z","w":[],"v":-0}"#.to_string(),
+    ];
+    for compact in cases {
+        let spaced = spaced(&compact);
+        assert_ne!(compact, spaced);
+        assert_eq!(run(&s, &compact), run(&s, &spaced), "{compact}");
+    }
+    assert_eq!(
+        run(&s, &format!(r#"{{"a":1,"b":"x","c":"{card}","d":true}}"#)).unwrap(),
+        r#"{"a":1,"b":"x","c":"X","d":true}"#
+    );
+    assert_eq!(
+        run(
+            &s,
+            &format!(r#"{{"order_id":"{uuid}","a":"{uuid}","b":2.5e3}}"#)
+        )
+        .unwrap(),
+        format!(r#"{{"order_id":"{uuid}","a":"{uuid}","b":2.5e3}}"#)
+    );
+}
+
+/// The test corpus under the default rules: each event compact and
+/// spaced comes out the same.
+#[test]
+fn the_corpus_comes_out_the_same_compact_or_spaced() {
+    let s = common::default_rules();
+    let text = std::fs::read_to_string(common::root().join("tests/data/corpus.jsonl")).unwrap();
+    let mut compared = 0;
+    for line in text.lines() {
+        let spaced = spaced(line);
+        if spaced == line {
+            continue;
+        }
+        assert_eq!(run(&s, line), run(&s, &spaced), "{line}");
+        compared += 1;
+    }
+    assert!(compared > 1000, "only {compared} events compared");
+}

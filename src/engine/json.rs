@@ -264,8 +264,6 @@ fn some_digits(b: &[u8], j: usize) -> Result<usize, JsonError> {
 #[derive(Debug, Default)]
 pub(crate) struct Nesting {
     open: Vec<Open>,
-    /// The keys of the open objects so far: fingerprint and span.
-    keys: Vec<(u64, u32, u32)>,
 }
 
 /// An open container.
@@ -273,8 +271,8 @@ pub(crate) struct Nesting {
 struct Open {
     /// Its tape index.
     at: u32,
-    /// Where its keys start in [`Nesting::keys`].
-    first_key: u32,
+    /// Its keys so far (while they are compared).
+    keys: u32,
     /// One bit per key, picked by its fingerprint.
     bits: u64,
     /// Marked `may_repeat` (by its keys or an object inside it): its keys
@@ -308,7 +306,6 @@ pub(crate) fn tokenize(
 ) -> Result<bool, JsonError> {
     tape.clear();
     nest.open.clear();
-    nest.keys.clear();
     // Whitespace inside the value: skipped, and remembered.
     let mut spaced = false;
     let mut i = skip_ws(b, 0);
@@ -325,7 +322,7 @@ pub(crate) fn tokenize(
                 let is_obj = c == b'{';
                 nest.open.push(Open {
                     at: tape.len() as u32,
-                    first_key: nest.keys.len() as u32,
+                    keys: 0,
                     bits: 0,
                     // Not compared at all when nobody reads the marks.
                     marked: marks == Marks::None,
@@ -382,10 +379,7 @@ pub(crate) fn tokenize(
         }
         // After a value (or at an empty container's closing bracket).
         loop {
-            let Some(&Open {
-                at: top, first_key, ..
-            }) = nest.open.last()
-            else {
+            let Some(&Open { at: top, .. }) = nest.open.last() else {
                 i = skip_ws(b, i);
                 return if i == b.len() {
                     Ok(!spaced)
@@ -403,7 +397,6 @@ pub(crate) fn tokenize(
                     t.next = n;
                     let may_repeat = t.may_repeat;
                     nest.open.pop();
-                    nest.keys.truncate(first_key as usize);
                     if let (true, Some(outer)) = (may_repeat, nest.open.last_mut()) {
                         outer.marked = true;
                         tape[outer.at as usize].may_repeat = true;
@@ -486,7 +479,7 @@ pub(crate) fn key_print(b: &[u8], s: usize, e: usize) -> u64 {
 /// Reads `"key" :` at `i` in the innermost open object of `nest`;
 /// returns the index of the value. Marks the object `may_repeat` when the
 /// key has an escape or is plainly one it already has (its fingerprint
-/// bit set, then the fingerprints and bytes compared), or past
+/// bit set, then its bytes compared with the keys before it), or past
 /// [`COMPARED_KEYS`] keys.
 #[inline(always)]
 fn object_key(
@@ -502,22 +495,16 @@ fn object_key(
     let (end, escaped) = string_token(b, i, tape)?;
     let open = nest.open.last_mut().expect("in an object");
     if !open.marked {
-        let key = &b[i + 1..end];
-        let print = key_print(b, i + 1, end);
-        let bit = 1u64 << (print >> 58);
-        let keys = &nest.keys[open.first_key as usize..];
+        let bit = 1u64 << (key_print(b, i + 1, end) >> 58);
         let repeat = escaped
-            || keys.len() >= COMPARED_KEYS
-            || (open.bits & bit != 0
-                && keys
-                    .iter()
-                    .any(|&(p, s, e)| p == print && &b[s as usize..e as usize] == key));
+            || open.keys as usize >= COMPARED_KEYS
+            || (open.bits & bit != 0 && has_key(b, tape, open.at as usize, i + 1, end));
         if repeat {
             open.marked = true;
             tape[open.at as usize].may_repeat = true;
         } else {
             open.bits |= bit;
-            nest.keys.push((print, i as u32 + 1, end as u32));
+            open.keys += 1;
         }
     }
     let j = ws(b, end + 1, spaced);
@@ -525,6 +512,24 @@ fn object_key(
         return Err(JsonError::Syntax(j));
     }
     Ok(ws(b, j + 1, spaced))
+}
+
+/// Whether the object open at tape index `at` has the key `b[s..e]`
+/// among its keys before the one just pushed (the tape's last token), all
+/// unescaped: read from the tape, each key's value skipped by its `next`
+/// (a container value is closed by the time its next key is read).
+fn has_key(b: &[u8], tape: &[Tok], at: usize, s: usize, e: usize) -> bool {
+    let key = &b[s..e];
+    let last = tape.len() - 1;
+    let mut k = at + 1;
+    while k < last {
+        let t = tape[k];
+        if &b[t.start as usize..t.end as usize] == key {
+            return true;
+        }
+        k = tape[k + 1].next as usize;
+    }
+    false
 }
 
 /// Decodes the content of a JSON string (validated by the tokenizer).

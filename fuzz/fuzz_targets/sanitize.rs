@@ -103,9 +103,16 @@ fuzz_target!(|data: &[u8]| {
         _ => None,
     };
     // An envelope's calls are judged one by one (a bad call is refused,
-    // the others go out): beyond what serde_json can tell.
-    let envelope =
-        serde_json::from_slice::<serde_json::Value>(data).is_ok_and(|v| v.get("batch").is_some());
+    // the others go out): beyond what serde_json can tell. When serde_json
+    // cannot read the message at all (a call with `1e400`, say), any
+    // `batch` in it, or an escape that may spell one, may be an envelope.
+    let envelope = match serde_json::from_slice::<serde_json::Value>(data) {
+        Ok(v) => v.get("batch").is_some(),
+        Err(_) => {
+            let has = |s: &[u8]| data.windows(s.len()).any(|w| w == s);
+            has(b"batch") || has(b"\\u")
+        }
+    };
     match (&judged, &expected) {
         _ if envelope => {}
         (Ok(Sanitized::Clean { records, .. }), Some(v)) => {
